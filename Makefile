@@ -1,0 +1,39 @@
+# Everything a fresh machine needs comes from here: `make demo`, `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv peers test lint typecheck pytest bench demo clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Real peers for the interop tests (Postfix, swaks, HAProxy, openssl), from Debian.
+peers:
+	bash scripts/install-peers.sh
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv peers
+	$(VENV)/bin/pytest
+
+test: lint typecheck pytest
+
+bench: venv
+	$(PY) -m bench
+
+demo: venv
+	$(VENV)/bin/smtpgate demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
