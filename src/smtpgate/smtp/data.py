@@ -1,0 +1,183 @@
+"""The DATA codec: dot-unstuffing with end-of-data detection, and dot-stuffing.
+
+Both sides work on whole buffers with ``bytes`` methods that run in C
+(``find``, ``count``, ``replace``); nothing loops per line in Python, and a
+chunk that needs no change is passed on as a view, not copied.
+
+Smuggling defence (SPEC 2.3): the end of data is *only* ``CRLF . CRLF``.
+Bare CR or LF never ends data and never starts a line for unstuffing; with
+``bare_newline="reject"`` such a message is refused at its real end, with
+``"normalize"`` each bare CR or LF becomes CRLF and the encoder stuffs any
+line that now begins with a dot, so the upstream sees exactly the message
+boundaries smtpgate saw.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+_END = b"\r\n.\r\n"
+# re searches a memoryview without copying it; bytes.find cannot.
+_LINE_STARTS_WITH_DOT = re.compile(rb"\r\n\.")
+# Suffixes of a buffer that may be the start of an end marker or of "CRLF .":
+# they are kept back until the next chunk decides what they are.
+_END_PREFIXES = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
+
+BareNewlinePolicy = Literal["reject", "normalize"]
+
+
+@dataclass(frozen=True, slots=True)
+class DataViolation:
+    code: int
+    text: str
+
+
+BARE_NEWLINE = DataViolation(550, "5.6.0 Message contains bare CR or LF; use CRLF line endings")
+TOO_BIG = DataViolation(552, "5.3.4 Message size exceeds fixed maximum message size")
+LINE_TOO_LONG = DataViolation(550, "5.6.0 Message line too long")
+
+
+class DataDecoder:
+    """Turns the bytes after ``354`` into content chunks and finds the end of data.
+
+    ``feed(data)`` returns ``(chunks, done, trailing)``: content chunks to pass
+    on, whether the final dot was seen, and the bytes after it (the next
+    commands). ``violation`` is set once the body breaks a limit; after that,
+    content is discarded until the end.
+    """
+
+    __slots__ = (
+        "_at_start",
+        "_carry_line",
+        "_max_line",
+        "_max_size",
+        "_normalize",
+        "_pending",
+        "size",
+        "violation",
+    )
+
+    def __init__(self, *, max_size: int, max_line_length: int, bare_newline: BareNewlinePolicy):
+        self._max_size = max_size
+        self._max_line = max_line_length
+        self._normalize = bare_newline == "normalize"
+        self._pending = b""
+        self._at_start = True
+        self._carry_line = 0
+        self.size = 0
+        self.violation: DataViolation | None = None
+
+    def feed(self, data: bytes) -> tuple[list[bytes | memoryview], bool, bytes]:
+        buf = self._pending + data if self._pending else data
+        self._pending = b""
+        start = 0
+        if self._at_start:
+            if len(buf) < 3 and b".\r\n".startswith(buf[:3]) and buf[:1] == b".":
+                self._pending = buf
+                return [], False, b""
+            if buf[:3] == b".\r\n":
+                return [], True, buf[3:]
+            if not buf:
+                return [], False, b""
+            self._at_start = False
+            if buf[:1] == b".":
+                start = 1  # a stuffed dot on the first line
+        end = buf.find(_END, start)
+        if end >= 0:
+            chunk = self._content(buf, start, end + 2)
+            return ([chunk] if chunk else []), True, buf[end + 5 :]
+        cut = len(buf)
+        for prefix in _END_PREFIXES:
+            if buf.endswith(prefix) and cut - len(prefix) >= start:
+                cut -= len(prefix)
+                break
+        self._pending = buf[cut:]
+        chunk = self._content(buf, start, cut)
+        return ([chunk] if chunk else []), False, b""
+
+    def _content(self, buf: bytes, start: int, stop: int) -> bytes | memoryview | None:
+        """Check ``buf[start:stop]`` and return it unstuffed (a view when unchanged)."""
+        if stop <= start or self.violation is not None:
+            return None
+        length = stop - start
+        self.size += length
+        if self.size > self._max_size:
+            self.violation = TOO_BIG
+            return None
+        crlf = buf.count(b"\r\n", start, stop)
+        bare = buf.count(b"\n", start, stop) != crlf or buf.count(b"\r", start, stop) != crlf
+        if bare and not self._normalize:
+            self.violation = BARE_NEWLINE
+            return None
+        if not self._lines_fit(buf, start, stop):
+            self.violation = LINE_TOO_LONG
+            return None
+        if buf.find(b"\r\n.", start, stop) >= 0:
+            out = buf[start:stop].replace(b"\r\n.", b"\r\n")
+            return canonicalize(out) if bare else out
+        if bare:
+            return canonicalize(buf[start:stop])
+        if start == 0 and stop == len(buf):
+            return buf
+        return memoryview(buf)[start:stop]
+
+    def _lines_fit(self, buf: bytes, start: int, stop: int) -> bool:
+        """No line longer than the limit (CRLF included), in about len/limit C scans."""
+        limit = self._max_line
+        pos = start
+        room = limit - self._carry_line  # what the partial line from before may still take
+        while stop - pos > room:
+            newline = buf.rfind(b"\n", pos, pos + room)
+            if newline < 0:
+                return False
+            pos = newline + 1
+            room = limit
+        last = buf.rfind(b"\n", start, stop)
+        self._carry_line = stop - last - 1 if last >= 0 else self._carry_line + stop - start
+        return True
+
+
+def canonicalize(content: bytes) -> bytes:
+    """Every bare CR, bare LF and CRLF becomes CRLF."""
+    return content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+class DataEncoder:
+    """Dot-stuffs canonical content for the wire and writes the final dot.
+
+    Input must be canonical CRLF text (what :class:`DataDecoder` produces, or
+    :func:`canonicalize` output); chunks may split lines anywhere.
+    """
+
+    __slots__ = ("_at_line_start", "_pending_cr")
+
+    def __init__(self) -> None:
+        self._at_line_start = True
+        self._pending_cr = False
+
+    def encode(self, chunk: bytes | memoryview) -> list[bytes | memoryview]:
+        """Wire bytes for ``chunk``: a list, so an unchanged chunk is never copied."""
+        if not chunk:
+            return []
+        out: list[bytes | memoryview] = []
+        if self._at_line_start and chunk[:1] == b".":
+            out.append(b".")
+        elif self._pending_cr and chunk[:2] == b"\n.":
+            # "CR | LF ." split across chunks: stuff the dot of the new line.
+            out.append(b"\n.")
+            chunk = chunk[1:]
+        if _LINE_STARTS_WITH_DOT.search(chunk) is not None:
+            chunk = bytes(chunk).replace(b"\r\n.", b"\r\n..")
+        out.append(chunk)
+        self._at_line_start = chunk[-2:] == b"\r\n"
+        self._pending_cr = chunk[-1:] == b"\r"
+        return out
+
+    def end(self) -> bytes:
+        """The end-of-data marker, with the CRLF the content may lack."""
+        marker = b".\r\n" if self._at_line_start else b"\r\n.\r\n"
+        self._at_line_start = True
+        self._pending_cr = False
+        return marker

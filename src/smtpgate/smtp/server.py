@@ -1,0 +1,480 @@
+"""Server role: the client leg of the proxy, sans-IO.
+
+One object owns all session state; :data:`TRANSITIONS` is the table of what a
+positive answer to each command does. The core answers what needs no
+decision (NOOP, RSET, HELP, VRFY, QUIT, syntax and sequence errors) and asks
+the caller, through an event, for everything a proxy must decide or relay
+(EHLO/HELO, STARTTLS, MAIL, RCPT, DATA, end of data).
+
+Commands are parsed one at a time: while a command waits for its answer, the
+next one stays in the buffer, so replies to pipelined commands (RFC 2920)
+always leave in order, and each command is checked against the state its
+predecessors' answers produced.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from smtpgate.smtp.address import AddressError, parse_path
+from smtpgate.smtp.data import BareNewlinePolicy, DataDecoder
+from smtpgate.smtp.events import (
+    NEED_DATA,
+    PAUSED,
+    BodyChunk,
+    BodyEnd,
+    BodyInvalid,
+    ConnectionClosed,
+    DataRequested,
+    Event,
+    Hello,
+    MailFrom,
+    RcptTo,
+    Reset,
+    StartTLSRequested,
+    _Sentinel,
+)
+from smtpgate.smtp.replies import format_reply, format_reply_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Every limit of the server role; defaults follow RFC 5321 section 4.5.3."""
+
+    max_command_line: int = 512
+    max_data_line: int = 1000
+    max_message_size: int = 10 * 1024 * 1024
+    max_recipients: int = 100
+    max_errors: int = 20
+    max_buffer: int = 256 * 1024
+    bare_newline: BareNewlinePolicy = "reject"
+    vrfy: bool = True
+
+
+class State(Enum):
+    INIT = "init"  # no HELO/EHLO yet (again, after STARTTLS)
+    READY = "ready"  # greeted, no transaction
+    MAIL = "mail"  # MAIL accepted
+    RCPT = "rcpt"  # at least one RCPT accepted
+    DATA = "data"  # reading the body
+    TLS = "tls"  # paused for the TLS handshake
+    CLOSED = "closed"
+
+
+#: (command awaiting an answer, answer positive) -> next state; None keeps the state.
+TRANSITIONS: dict[tuple[str, bool], State | None] = {
+    ("HELO", True): State.READY,
+    ("HELO", False): None,
+    ("STARTTLS", True): State.TLS,
+    ("STARTTLS", False): None,
+    ("MAIL", True): State.MAIL,
+    ("MAIL", False): None,
+    ("RCPT", True): State.RCPT,
+    ("RCPT", False): None,
+    ("DATA", True): State.DATA,
+    ("DATA", False): None,
+    ("BODY", True): State.READY,
+    ("BODY", False): State.READY,
+}
+
+_MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"})
+_RCPT_PARAMS = frozenset({"NOTIFY", "ORCPT"})
+_NOT_IMPLEMENTED = frozenset({b"EXPN", b"TURN", b"ETRN", b"BDAT", b"AUTH", b"ATRN", b"SEND"})
+
+
+class LocalProtocolError(RuntimeError):
+    """The caller used the API out of order (a bug in the caller, not the peer)."""
+
+
+class ServerConnection:
+    """SMTP server state machine for one client connection."""
+
+    def __init__(self, hostname: str, limits: ServerLimits | None = None, *, tls: bool = False):
+        self.hostname = hostname
+        self.limits = limits or ServerLimits()
+        self.state = State.INIT
+        self.tls = tls
+        self.esmtp = False
+        self.starttls_offered = False
+        self.errors = 0
+        #: Plaintext bytes that followed STARTTLS and were thrown away (injection attempts).
+        self.discarded_after_starttls = b""
+        self.recipients = 0
+        self._smtputf8 = False
+        self._buf = b""
+        self._pos = 0
+        self._skip_line = False
+        self._hello_esmtp = False
+        self._awaiting: str | None = None
+        self._events: deque[Event] = deque()
+        self._out: list[bytes] = []
+        self._decoder: DataDecoder | None = None
+
+    # -- output -------------------------------------------------------------------------------
+
+    def greet(self, text: str = "ESMTP") -> None:
+        self._out.append(format_reply(220, f"{self.hostname} {text}"))
+
+    def data_to_send(self) -> bytes:
+        """All replies queued since the last call, for one write."""
+        if not self._out:
+            return b""
+        out = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        return out
+
+    # -- answers to events --------------------------------------------------------------------
+
+    def reply(self, code: int, text: str | Sequence[str]) -> None:
+        """Answer the command awaiting a decision with a reply of our own."""
+        self._queue(format_reply(code, text))
+        self._answered(code)
+
+    def reply_lines(self, code: int, lines: Sequence[bytes]) -> None:
+        """Answer with a reply relayed verbatim (code and every text line)."""
+        self._queue(format_reply_bytes(code, lines))
+        self._answered(code)
+
+    def reply_ehlo(self, keywords: Sequence[str], greeting: str | None = None) -> None:
+        """Answer EHLO with ``keywords`` (e.g. ``["PIPELINING", "SIZE 1000", "STARTTLS"]``)."""
+        if self._awaiting != "HELO" or not self._hello_esmtp:
+            raise LocalProtocolError("reply_ehlo answers an EHLO")
+        self.starttls_offered = any(k.upper() == "STARTTLS" for k in keywords)
+        self.reply(250, [greeting or self.hostname, *keywords])
+
+    def accept_starttls(self) -> None:
+        """``220``, then pause: the caller starts TLS and calls :meth:`tls_established`."""
+        if self._awaiting != "STARTTLS":
+            raise LocalProtocolError("accept_starttls answers STARTTLS")
+        self.reply(220, "2.0.0 Ready to start TLS")
+        # RFC 3207 section 5: anything the client pipelined after STARTTLS is
+        # discarded, never executed inside the TLS session (CVE-2011-0411).
+        self.discarded_after_starttls = self._buf[self._pos :]
+        self._buf, self._pos = b"", 0
+        self._events.clear()
+
+    def tls_established(self) -> None:
+        """The handshake finished: the session starts over, as RFC 3207 requires."""
+        if self.state is not State.TLS:
+            raise LocalProtocolError("tls_established without STARTTLS")
+        self.tls = True
+        self.state = State.INIT
+        self.esmtp = False
+        self.starttls_offered = False
+
+    def accept_data(self) -> None:
+        if self._awaiting != "DATA":
+            raise LocalProtocolError("accept_data answers DATA")
+        self.reply(354, "End data with <CR><LF>.<CR><LF>")
+
+    def _answered(self, code: int) -> None:
+        command = self._awaiting
+        if command is None:
+            raise LocalProtocolError("no command is waiting for an answer")
+        self._awaiting = None
+        positive = code < 400 if command != "DATA" else code == 354
+        if command == "STARTTLS":
+            positive = code == 220
+        new_state = TRANSITIONS[command, positive]
+        if new_state is not None:
+            self.state = new_state
+        if command == "RCPT" and positive:
+            self.recipients += 1
+        elif command == "HELO" and positive:
+            self.esmtp = self._hello_esmtp
+            self._reset_transaction()
+        elif command == "DATA" and positive:
+            limits = self.limits
+            self._decoder = DataDecoder(
+                max_size=limits.max_message_size,
+                max_line_length=limits.max_data_line,
+                bare_newline=limits.bare_newline,
+            )
+        elif command == "BODY":
+            self._reset_transaction()
+
+    def _reset_transaction(self) -> None:
+        self.recipients = 0
+        self._smtputf8 = False
+        self._decoder = None
+
+    # -- input --------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if self.state is State.CLOSED or not data:
+            return
+        if self._pos < len(self._buf):
+            self._buf = self._buf[self._pos :] + data
+        else:
+            self._buf = data
+        self._pos = 0
+        if len(self._buf) > self.limits.max_buffer and self.state is not State.DATA:
+            # A client that pipelines more than we will hold is flooding: stop reading it.
+            self._fail(421, "4.7.0 Too much pipelined input, closing connection")
+
+    def next_event(self) -> Event | _Sentinel:
+        if self._events:
+            return self._events.popleft()
+        if self.state is State.TLS:
+            return PAUSED
+        if self.state is State.CLOSED:
+            return NEED_DATA
+        if self._awaiting is not None:
+            raise LocalProtocolError(f"{self._awaiting} is waiting for an answer")
+        while self._pos < len(self._buf):
+            if self.state is State.DATA:
+                self._receive_body()
+            elif not self._receive_command():
+                break
+            if self._events:
+                return self._events.popleft()
+            if self._awaiting is not None or self.state in (State.CLOSED, State.TLS):
+                break
+        return NEED_DATA
+
+    def _receive_body(self) -> None:
+        decoder = self._decoder
+        assert decoder is not None
+        data = self._buf[self._pos :] if self._pos else self._buf
+        self._buf, self._pos = b"", 0
+        had_violation = decoder.violation is not None
+        chunks, done, trailing = decoder.feed(data)
+        if decoder.violation is not None:
+            if not had_violation:
+                self._events.append(BodyInvalid(decoder.violation.code, decoder.violation.text))
+        else:
+            self._events.extend(BodyChunk(chunk) for chunk in chunks)
+        if done:
+            self._buf = trailing
+            if decoder.violation is not None:
+                self._awaiting = "BODY"
+                self.reply(decoder.violation.code, decoder.violation.text)
+            else:
+                self._awaiting = "BODY"
+                self._events.append(BodyEnd())
+
+    def _receive_command(self) -> bool:
+        """Parse one command line; False when only a partial line is left."""
+        buf, pos = self._buf, self._pos
+        newline = buf.find(b"\n", pos)
+        limit = self.limits.max_command_line
+        if newline < 0:
+            if len(buf) - pos > limit:
+                self._buf, self._pos = b"", 0
+                if not self._skip_line:
+                    self._skip_line = True
+                    self._error(500, "5.5.2 Line too long")
+                return True
+            if pos:
+                self._buf, self._pos = buf[pos:], 0
+            return False
+        self._pos = newline + 1
+        if self._skip_line:
+            self._skip_line = False
+            return True
+        end = newline - 1 if newline > pos and buf[newline - 1] == 13 else newline
+        if end - pos + 2 > limit:
+            self._error(500, "5.5.2 Line too long")
+            return True
+        self._dispatch(buf[pos:end])
+        return True
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def _dispatch(self, line: bytes) -> None:
+        verb, _, arg = line.partition(b" ")
+        verb = verb.upper()
+        handler = _COMMANDS.get(verb)
+        if handler is not None:
+            handler(self, arg)
+        elif verb in _NOT_IMPLEMENTED:
+            self._error(502, "5.5.1 Command not implemented")
+        else:
+            self._error(500, "5.5.2 Command not recognized")
+
+    def _cmd_helo(self, arg: bytes, *, esmtp: bool) -> None:
+        name = arg.strip(b" ")
+        if not name or b" " in name:
+            self._error(501, f"5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
+            return
+        self._hello_esmtp = esmtp
+        self.starttls_offered = False
+        self._ask("HELO", Hello(esmtp, name.decode("utf-8", "replace")))
+
+    def _cmd_ehlo(self, arg: bytes) -> None:
+        self._cmd_helo(arg, esmtp=True)
+
+    def _cmd_helo_plain(self, arg: bytes) -> None:
+        self._cmd_helo(arg, esmtp=False)
+
+    def _cmd_starttls(self, arg: bytes) -> None:
+        if arg.strip(b" "):
+            self._error(501, "5.5.4 Syntax: STARTTLS")
+        elif self.tls:
+            self._error(503, "5.5.1 TLS already active")
+        elif not self.starttls_offered:
+            self._error(502, "5.5.1 STARTTLS not available")
+        else:
+            self._ask("STARTTLS", StartTLSRequested())
+
+    def _cmd_mail(self, arg: bytes) -> None:
+        if self.state is State.INIT:
+            self._error(503, "5.5.1 Send HELO/EHLO first")
+            return
+        if self.state is not State.READY:
+            self._error(503, "5.5.1 Nested MAIL command")
+            return
+        if arg[:5].upper() != b"FROM:":
+            self._error(501, "5.5.4 Syntax: MAIL FROM:<address>")
+            return
+        try:
+            sender, params, raw = parse_path(arg[5:], allow_null=True)
+        except AddressError as exc:
+            self._error(501 if "5.5." in str(exc) else 553, str(exc))
+            return
+        problem = self._check_mail_params(params, sender.path)
+        if problem is not None:
+            self._error(*problem)
+            return
+        self._smtputf8 = any(key == "SMTPUTF8" for key, _ in params)
+        self._ask("MAIL", MailFrom(sender, params, raw))
+
+    def _check_mail_params(
+        self, params: tuple[tuple[str, str | None], ...], path: bytes
+    ) -> tuple[int, str] | None:
+        smtputf8 = False
+        for key, value in params:
+            if key not in _MAIL_PARAMS or not self.esmtp:
+                return 555, f"5.5.4 Unsupported parameter {key}"
+            if key == "SIZE":
+                if value is None or not value.isdigit():
+                    return 501, "5.5.4 Bad SIZE parameter"
+                if int(value) > self.limits.max_message_size:
+                    return 552, "5.3.4 Message size exceeds fixed maximum message size"
+            elif key == "BODY" and (value or "").upper() not in ("7BIT", "8BITMIME"):
+                return 501, "5.5.4 Bad BODY parameter"
+            elif key == "SMTPUTF8":
+                if value is not None:
+                    return 501, "5.5.4 SMTPUTF8 takes no value"
+                smtputf8 = True
+            elif key == "RET" and (value or "").upper() not in ("FULL", "HDRS"):
+                return 501, "5.5.4 Bad RET parameter"
+        if not smtputf8 and not path.isascii():
+            return 553, "5.6.7 Non-ASCII address requires SMTPUTF8"
+        return None
+
+    def _cmd_rcpt(self, arg: bytes) -> None:
+        if self.state not in (State.MAIL, State.RCPT):
+            self._error(503, "5.5.1 Need MAIL command")
+            return
+        if arg[:3].upper() != b"TO:":
+            self._error(501, "5.5.4 Syntax: RCPT TO:<address>")
+            return
+        try:
+            recipient, params, raw = parse_path(arg[3:], allow_null=False, allow_postmaster=True)
+        except AddressError as exc:
+            self._error(501 if "5.5." in str(exc) else 553, str(exc))
+            return
+        for key, value in params:
+            if key not in _RCPT_PARAMS or not self.esmtp:
+                self._error(555, f"5.5.4 Unsupported parameter {key}")
+                return
+            if key == "NOTIFY" and not _valid_notify(value):
+                self._error(501, "5.5.4 Bad NOTIFY parameter")
+                return
+        if not self._smtputf8 and not recipient.path.isascii():
+            self._error(553, "5.6.7 Non-ASCII address requires SMTPUTF8")
+            return
+        if self.recipients >= self.limits.max_recipients:
+            # Not an error of the client's: it resends these in another transaction.
+            self._queue(format_reply(452, "4.5.3 Too many recipients"))
+            return
+        self._ask("RCPT", RcptTo(recipient, params, raw))
+
+    def _cmd_data(self, arg: bytes) -> None:
+        if arg.strip(b" "):
+            self._error(501, "5.5.4 Syntax: DATA")
+        elif self.state is State.RCPT:
+            self._ask("DATA", DataRequested())
+        elif self.state is State.MAIL:
+            self._error(554, "5.5.1 No valid recipients")
+        else:
+            self._error(503, "5.5.1 Need RCPT command")
+
+    def _cmd_rset(self, arg: bytes) -> None:
+        if arg.strip(b" "):
+            self._error(501, "5.5.4 Syntax: RSET")
+            return
+        if self.state in (State.MAIL, State.RCPT):
+            self.state = State.READY
+        self._reset_transaction()
+        self._queue(format_reply(250, "2.0.0 Ok"))
+        self._events.append(Reset())
+
+    def _cmd_noop(self, arg: bytes) -> None:
+        self._queue(format_reply(250, "2.0.0 Ok"))
+
+    def _cmd_help(self, arg: bytes) -> None:
+        self._queue(format_reply(214, "2.0.0 See RFC 5321"))
+
+    def _cmd_vrfy(self, arg: bytes) -> None:
+        if not arg.strip(b" "):
+            self._error(501, "5.5.4 Syntax: VRFY address")
+        elif self.limits.vrfy:
+            self._queue(format_reply(252, "2.5.0 Cannot VRFY user, but will accept message"))
+        else:
+            self._queue(format_reply(502, "5.5.1 VRFY disabled"))
+
+    def _cmd_quit(self, arg: bytes) -> None:
+        self._queue(format_reply(221, "2.0.0 Bye"))
+        self._close("quit")
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _ask(self, command: str, event: Event) -> None:
+        self._awaiting = command
+        self._events.append(event)
+
+    def _queue(self, reply: bytes) -> None:
+        self._out.append(reply)
+
+    def _error(self, code: int, text: str) -> None:
+        self._queue(format_reply(code, text))
+        self.errors += 1
+        if self.errors >= self.limits.max_errors:
+            self._fail(421, "4.7.0 Too many errors, closing connection")
+
+    def _fail(self, code: int, text: str) -> None:
+        self._queue(format_reply(code, text))
+        self._close(text)
+
+    def _close(self, reason: str) -> None:
+        self.state = State.CLOSED
+        self._buf, self._pos = b"", 0
+        self._awaiting = None
+        self._events.append(ConnectionClosed(reason))
+
+
+def _valid_notify(value: str | None) -> bool:
+    if value is None:
+        return False
+    words = {w.upper() for w in value.split(",")}
+    return words == {"NEVER"} or (bool(words) and words <= {"SUCCESS", "FAILURE", "DELAY"})
+
+
+_COMMANDS = {
+    b"EHLO": ServerConnection._cmd_ehlo,
+    b"HELO": ServerConnection._cmd_helo_plain,
+    b"STARTTLS": ServerConnection._cmd_starttls,
+    b"MAIL": ServerConnection._cmd_mail,
+    b"RCPT": ServerConnection._cmd_rcpt,
+    b"DATA": ServerConnection._cmd_data,
+    b"RSET": ServerConnection._cmd_rset,
+    b"NOOP": ServerConnection._cmd_noop,
+    b"HELP": ServerConnection._cmd_help,
+    b"VRFY": ServerConnection._cmd_vrfy,
+    b"QUIT": ServerConnection._cmd_quit,
+}
