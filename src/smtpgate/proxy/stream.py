@@ -1,0 +1,188 @@
+"""A TCP connection as the session sees it: read what arrived, write a batch,
+switch to TLS in place.
+
+A bare :class:`asyncio.Protocol` rather than asyncio streams: received
+``bytes`` objects are handed to the SMTP core as they are (StreamReader would
+copy them into its own buffer and out again), and a batch of replies or body
+chunks goes out in one ``writelines``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+#: Stop reading from the peer once this much is waiting for the session.
+READ_HIGH_WATER = 256 * 1024
+
+
+class Stream(asyncio.Protocol):
+    def __init__(self, on_connect: Callable[[Stream], Coroutine[Any, Any, None]] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._on_connect = on_connect
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False
+        self._reading_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self.task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self._on_connect is not None:
+            self.task = asyncio.get_running_loop().create_task(self._on_connect(self))
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > READ_HIGH_WATER and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_reader()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake_reader()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- what the session uses ----------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """Everything received so far, waiting if nothing is there; ``b""`` at end of stream."""
+        if not self._chunks:
+            if self._eof:
+                return b""
+            self._read_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+            if not self._chunks:
+                return b""
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def writelines(self, data: Iterable[bytes | memoryview]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and self.transport is not None and not self.transport.is_closing():
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    async def start_tls(
+        self,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        """Upgrade in place. Plaintext not yet consumed is dropped (RFC 3207)."""
+        assert self.transport is not None
+        self._chunks.clear()
+        self._buffered = 0
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(
+            self.transport,
+            self,
+            context,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=timeout,
+        )
+        if transport is None:
+            raise ConnectionError("TLS handshake did not complete")
+        self.transport = transport
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        if self.transport is None:
+            return None
+        obj: Any = self.transport.get_extra_info("ssl_object")
+        return obj if isinstance(obj, ssl.SSLObject | ssl.SSLSocket) else None  # type: ignore[return-value]
+
+    @property
+    def peername(self) -> tuple[str, int] | None:
+        if self.transport is None:
+            return None
+        peer: Any = self.transport.get_extra_info("peername")
+        return (str(peer[0]), int(peer[1])) if peer else None
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def open_stream(
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    timeout: float = 30.0,
+) -> Stream:
+    loop = asyncio.get_running_loop()
+    _, protocol = await asyncio.wait_for(
+        loop.create_connection(
+            Stream,
+            host,
+            port,
+            ssl=ssl_context,
+            server_hostname=server_hostname if ssl_context else None,
+            ssl_handshake_timeout=timeout if ssl_context else None,
+        ),
+        timeout,
+    )
+    return protocol
