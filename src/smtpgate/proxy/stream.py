@@ -13,14 +13,16 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from typing import Any, cast
 
 #: Stop reading from the peer once this much is waiting for the session.
 READ_HIGH_WATER = 256 * 1024
 
 
 class Stream(asyncio.Protocol):
-    def __init__(self, on_connect: Callable[[Stream], Coroutine[Any, Any, None]] | None = None) -> None:
+    def __init__(
+        self, on_connect: Callable[[Stream], Coroutine[Any, Any, None]] | None = None
+    ) -> None:
         self.transport: asyncio.Transport | None = None
         self._on_connect = on_connect
         self._chunks: deque[bytes] = deque()
@@ -35,8 +37,8 @@ class Stream(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         if self._on_connect is not None:
             self.task = asyncio.get_running_loop().create_task(self._on_connect(self))
 

@@ -1,0 +1,126 @@
+"""Per-policy settings compiled once, at start and on SIGHUP.
+
+Everything a session consults per command is precomputed here (SSL
+contexts, the EHLO keyword list, limits), so the hot path only reads
+attributes.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from smtpgate.config.schema import Config, Policy, TLSProfile
+from smtpgate.policy.decisions import advertise_starttls
+from smtpgate.policy.rules import RuleSet
+from smtpgate.smtp.server import ServerLimits
+from smtpgate.tls.certificates import CertificateStore
+from smtpgate.tls.contexts import TLSContextCache
+
+#: Command lines may carry ESMTP parameters beyond RFC 5321's 512 octets
+#: (RFC 1869 section 4.1.2 allows extensions to extend it); Postfix allows 2048.
+MAX_COMMAND_LINE = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRuntime:
+    name: str
+    listen_host: str
+    listen_port: int
+    implicit_tls: bool
+    proxy_protocol: bool
+    upstream_host: str
+    upstream_port: int
+    upstream_implicit_tls: bool
+    hostname: str
+    action_name: str
+    limits: ServerLimits
+    esmtp_enabled: bool
+    #: EHLO keywords for a cleartext session and for an encrypted one.
+    ehlo_keywords_clear: tuple[str, ...]
+    ehlo_keywords_tls: tuple[str, ...]
+    require_tls_for_envelope: bool
+    rules: RuleSet
+    received_header: bool
+    command_timeout: float
+    data_timeout: float
+    profile: TLSProfile
+    client_tls_context: ssl.SSLContext
+    upstream_context_verified: ssl.SSLContext
+    upstream_context_unverified: ssl.SSLContext
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.upstream_host}:{self.upstream_port}"
+
+
+def compile_policy(
+    config: Config, policy: Policy, certificates: CertificateStore, contexts: TLSContextCache
+) -> PolicyRuntime:
+    action = config.action(policy.proxy_action)
+    profile = config.profile_for(action)
+    general = action.general
+    esmtp = action.esmtp
+    starttls = action.starttls
+    rules = action.rule_set
+    keywords = tuple(
+        f"SIZE {general.max_message_size}" if k.upper() == "SIZE" else k.upper()
+        for k in esmtp.keywords
+    )
+    offer_starttls = advertise_starttls(
+        implicit_tls_listener=policy.implicit_tls,
+        session_encrypted=False,
+        esmtp_enabled=esmtp.enabled,
+        starttls_enabled=starttls.enabled,
+        rules=rules,
+    )
+    if action.direction == "outgoing":
+        client_ctx = contexts.client_leg_context_for_upstream(
+            profile, certificates, policy.upstream.host
+        )
+    else:
+        client_ctx = contexts.client_leg_context(profile, certificates, outgoing=False)
+    return PolicyRuntime(
+        name=policy.name,
+        listen_host=policy.listen.host,
+        listen_port=policy.listen.port,
+        implicit_tls=policy.implicit_tls,
+        proxy_protocol=policy.proxy_protocol,
+        upstream_host=policy.upstream.host,
+        upstream_port=policy.upstream.port,
+        upstream_implicit_tls=policy.upstream_implicit_tls,
+        hostname=config.gateway.hostname,
+        action_name=action.name,
+        limits=ServerLimits(
+            max_command_line=MAX_COMMAND_LINE,
+            max_data_line=general.max_line_length,
+            max_message_size=general.max_message_size,
+            max_recipients=general.max_recipients,
+            bare_newline=general.bare_newline,
+        ),
+        esmtp_enabled=esmtp.enabled,
+        ehlo_keywords_clear=(*keywords, "STARTTLS") if offer_starttls else keywords,
+        ehlo_keywords_tls=keywords,
+        require_tls_for_envelope=starttls.require_tls_for_envelope,
+        rules=rules,
+        received_header=general.received_header,
+        command_timeout=general.command_timeout,
+        data_timeout=general.data_timeout,
+        profile=profile,
+        client_tls_context=client_ctx,
+        upstream_context_verified=contexts.upstream_leg_context(profile, verify=True),
+        upstream_context_unverified=contexts.upstream_leg_context(profile, verify=False),
+    )
+
+
+def load_certificates(config: Config) -> CertificateStore:
+    certs = config.certificates
+    return CertificateStore.load(
+        config.gateway.state_dir,
+        server_cert=certs.server_cert,
+        server_key=certs.server_key,
+        ca_cert=certs.ca_cert,
+        ca_key=certs.ca_key,
+        sni=[(list(entry.names), entry.cert, entry.key) for entry in certs.sni],
+        hostname=config.gateway.hostname,
+    )

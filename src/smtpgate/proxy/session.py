@@ -1,0 +1,482 @@
+"""One client connection: feeds the client leg's SMTP core, applies the
+encryption rules, and drives the upstream leg.
+
+Decisions come from :mod:`smtpgate.policy` (pure functions); this module only
+carries them out. Replies produced while handling a batch of pipelined
+commands leave in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from email.utils import formatdate
+
+from smtpgate.logs import EventLog
+from smtpgate.policy.decisions import (
+    REPLY_MUST_STARTTLS,
+    REPLY_OTHER_TRANSACTION,
+    UpstreamTLS,
+    reject_mail_from_in_clear,
+    reject_rcpt_in_clear,
+    upstream_tls,
+)
+from smtpgate.policy.patterns import normalize_domain
+from smtpgate.proxy.runtime import PolicyRuntime
+from smtpgate.proxy.stream import Stream
+from smtpgate.proxy.upstream import UpstreamLeg, UpstreamUnavailable
+from smtpgate.smtp.client import UpstreamProtocolError
+from smtpgate.smtp.events import (
+    NEED_DATA,
+    PAUSED,
+    BodyChunk,
+    BodyEnd,
+    BodyInvalid,
+    ConnectionClosed,
+    DataRequested,
+    Event,
+    Hello,
+    MailFrom,
+    RcptTo,
+    Reset,
+    StartTLSRequested,
+)
+from smtpgate.smtp.server import ServerConnection, State
+from smtpgate.tls.info import describe_tls
+
+_session_ids = itertools.count(1)
+_SESSION_PREFIX = f"{os.getpid():x}"
+
+UPSTREAM_FAILED = (451, "4.4.2 Upstream connection lost, message not delivered, try later")
+
+
+class Transaction:
+    """What one MAIL ... end-of-data needs to remember."""
+
+    __slots__ = (
+        "mail_params",
+        "mail_sent",
+        "outcome",
+        "recipient_domains",
+        "reply",
+        "rule",
+        "sender",
+        "sender_domain",
+        "upstream_key",
+    )
+
+    def __init__(self, sender: bytes, sender_domain: str, mail_params: bytes) -> None:
+        self.sender = sender
+        self.sender_domain = sender_domain
+        self.mail_params = mail_params
+        self.mail_sent = False
+        self.upstream_key: UpstreamTLS | None = None
+        self.recipient_domains: list[str] = []
+        self.rule = ""
+        self.outcome = ""
+        self.reply = 0
+
+
+class Session:
+    def __init__(
+        self, stream: Stream, rt: PolicyRuntime, log: EventLog, client: tuple[str, int] | None
+    ) -> None:
+        self.stream = stream
+        self.rt = rt
+        self.log = log
+        self.id = f"{_SESSION_PREFIX}.{next(_session_ids)}"
+        self.client_addr = f"{client[0]}:{client[1]}" if client else "unknown"
+        self.server = ServerConnection(rt.hostname, rt.limits, tls=rt.implicit_tls)
+        self.upstream: UpstreamLeg | None = None
+        self.txn: Transaction | None = None
+        self.client_tls = ("none", "none")
+        self.helo_name = ""
+        self.in_body = False
+
+    @property
+    def encrypted(self) -> bool:
+        return self.server.tls
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        rt = self.rt
+        server = self.server
+        if server.tls:
+            self.client_tls = describe_tls(self.stream.ssl_object)
+        self.log.emit(
+            "session_start",
+            session=self.id,
+            client=self.client_addr,
+            policy=rt.name,
+            client_tls=self.client_tls[0],
+            client_cipher=self.client_tls[1],
+        )
+        server.greet("ESMTP smtpgate")
+        self._flush()
+        try:
+            while server.state is not State.CLOSED:
+                timeout = rt.data_timeout if server.state is State.DATA else rt.command_timeout
+                try:
+                    async with asyncio.timeout(timeout):
+                        data = await self.stream.read()
+                except TimeoutError:
+                    self.stream.write(b"421 4.4.2 Timeout, closing connection\r\n")
+                    self._end_transaction("aborted", 421)
+                    break
+                if not data:
+                    self._end_transaction("aborted", 0)  # client vanished: nothing delivered
+                    break
+                server.receive_data(data)
+                if not await self._drain_events():
+                    break
+                self._flush()
+        finally:
+            self._flush()
+            self.stream.close()
+            await self._close_upstream()
+            self.log.emit("session_end", session=self.id, client=self.client_addr)
+
+    async def _drain_events(self) -> bool:
+        server = self.server
+        while True:
+            event = server.next_event()
+            if event is NEED_DATA:
+                return True
+            if event is PAUSED:
+                if not await self._start_tls():
+                    return False
+                continue
+            await self._handle(event)
+
+    def _flush(self) -> None:
+        out = self.server.data_to_send()
+        if out:
+            self.stream.write(out)
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def _handle(self, event: Event) -> None:
+        server = self.server
+        if isinstance(event, BodyChunk):
+            await self._body_chunk(event)
+        elif isinstance(event, RcptTo):
+            await self._rcpt(event)
+        elif isinstance(event, MailFrom):
+            self._mail(event)
+        elif isinstance(event, DataRequested):
+            await self._data()
+        elif isinstance(event, BodyEnd):
+            await self._body_end()
+        elif isinstance(event, BodyInvalid):
+            self._body_invalid(event)
+        elif isinstance(event, Hello):
+            self._hello(event)
+        elif isinstance(event, StartTLSRequested):
+            server.accept_starttls()
+        elif isinstance(event, Reset):
+            await self._reset()
+        elif isinstance(event, ConnectionClosed):
+            self._end_transaction("aborted", 0)
+
+    def _hello(self, event: Hello) -> None:
+        rt = self.rt
+        self.helo_name = event.name
+        if not event.esmtp:
+            self.server.reply(250, rt.hostname)
+        elif not rt.esmtp_enabled:
+            self.server.reply(502, "5.5.1 EHLO not supported, use HELO")
+        else:
+            keywords = rt.ehlo_keywords_tls if self.encrypted else rt.ehlo_keywords_clear
+            self.server.reply_ehlo(keywords)
+
+    async def _start_tls(self) -> bool:
+        self._flush()
+        server = self.server
+        if server.discarded_after_starttls:
+            self.log.emit(
+                "starttls_injection",
+                session=self.id,
+                client=self.client_addr,
+                discarded_bytes=len(server.discarded_after_starttls),
+            )
+        try:
+            await self.stream.start_tls(
+                self.rt.client_tls_context, server_side=True, timeout=self.rt.command_timeout
+            )
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            self.log.emit(
+                "starttls_failed", session=self.id, client=self.client_addr, reason=str(exc)
+            )
+            return False
+        server.tls_established()
+        self.client_tls = describe_tls(self.stream.ssl_object)
+        self.log.emit(
+            "starttls",
+            session=self.id,
+            client=self.client_addr,
+            client_tls=self.client_tls[0],
+            client_cipher=self.client_tls[1],
+        )
+        return True
+
+    def _mail(self, event: MailFrom) -> None:
+        sender_domain = normalize_domain(event.sender.domain)
+        if reject_mail_from_in_clear(
+            rules=self.rt.rules,
+            sender_domain=sender_domain,
+            client_encrypted=self.encrypted,
+            require_tls_for_envelope=self.rt.require_tls_for_envelope,
+        ):
+            self.server.reply(*REPLY_MUST_STARTTLS)
+            self.log.emit(
+                "mail_rejected",
+                session=self.id,
+                client=self.client_addr,
+                sender_domain=sender_domain,
+                reply=REPLY_MUST_STARTTLS[0],
+            )
+            return
+        self.txn = Transaction(event.sender.path, sender_domain, event.raw_params)
+        self.server.reply(250, "2.1.0 Ok")
+
+    async def _rcpt(self, event: RcptTo) -> None:
+        txn = self.txn
+        assert txn is not None
+        server = self.server
+        domain = normalize_domain(event.recipient.domain)
+        match = self.rt.rules.match(txn.sender_domain, domain)
+        if reject_rcpt_in_clear(
+            match=match,
+            client_encrypted=self.encrypted,
+            require_tls_for_envelope=self.rt.require_tls_for_envelope,
+        ):
+            server.reply(*REPLY_MUST_STARTTLS)
+            self._log_rcpt_rejected(txn, domain, match.label, REPLY_MUST_STARTTLS[0], "")
+            return
+        mode = upstream_tls(match.rule.recipient_encryption, client_encrypted=self.encrypted)
+        if txn.upstream_key is not None and txn.upstream_key is not mode:
+            server.reply(*REPLY_OTHER_TRANSACTION)
+            self._log_rcpt_rejected(txn, domain, match.label, REPLY_OTHER_TRANSACTION[0], "")
+            return
+        try:
+            upstream = await self._upstream_for(mode)
+            client = upstream.client
+            if not txn.mail_sent:
+                client.send_mail(txn.sender, self._mail_params(txn.mail_params))
+            client.send_rcpt(event.recipient.path, event.raw_params)
+            if not txn.mail_sent:
+                mail_reply = await upstream.reply()
+                if not mail_reply.is_positive:
+                    await upstream.reply()  # the RCPT's answer, moot without a sender
+                    server.reply_lines(mail_reply.code, mail_reply.lines)
+                    self._log_rcpt_rejected(txn, domain, match.label, mail_reply.code, "")
+                    return
+                txn.mail_sent = True
+            answer = await upstream.reply()
+        except UpstreamUnavailable as exc:
+            server.reply(exc.code, exc.text)
+            self._log_rcpt_rejected(txn, domain, match.label, exc.code, exc.reason)
+            return
+        except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError) as exc:
+            await self._drop_upstream()
+            txn.mail_sent = False
+            server.reply(*UPSTREAM_FAILED)
+            self._log_rcpt_rejected(txn, domain, match.label, UPSTREAM_FAILED[0], repr(exc))
+            return
+        server.reply_lines(answer.code, answer.lines)
+        if answer.is_positive:
+            if txn.upstream_key is None:
+                txn.upstream_key = mode
+                txn.rule = match.label
+            txn.recipient_domains.append(domain)
+        else:
+            self._log_rcpt_rejected(txn, domain, match.label, answer.code, "upstream")
+
+    def _mail_params(self, raw: bytes) -> bytes:
+        """Pass on the parameters the upstream understands (RFC 1869: never send unknown ones)."""
+        if not raw:
+            return raw
+        upstream = self.upstream
+        assert upstream is not None
+        caps = upstream.client.capabilities
+        wanted = {
+            "SIZE": "SIZE",
+            "BODY": "8BITMIME",
+            "SMTPUTF8": "SMTPUTF8",
+            "RET": "DSN",
+            "ENVID": "DSN",
+            "AUTH": "AUTH",
+        }
+        kept = [
+            word
+            for word in raw.split(b" ")
+            if wanted.get(word.split(b"=", 1)[0].decode("ascii", "replace").upper(), "") in caps
+        ]
+        return b" ".join(kept)
+
+    async def _upstream_for(self, mode: UpstreamTLS) -> UpstreamLeg:
+        upstream = self.upstream
+        if upstream is not None:
+            if upstream.mode is mode and not upstream.stream.at_eof:
+                return upstream
+            await self._close_upstream()
+        upstream = await UpstreamLeg.open(self.rt, mode)
+        self.upstream = upstream
+        self.log.emit(
+            "upstream_connected",
+            session=self.id,
+            upstream=self.rt.upstream,
+            mode=str(mode),
+            upstream_tls=upstream.tls_version,
+            upstream_cipher=upstream.cipher,
+            upstream_verify=str(upstream.verification),
+        )
+        return upstream
+
+    async def _data(self) -> None:
+        upstream = self.upstream
+        server = self.server
+        if upstream is None:
+            server.reply(*UPSTREAM_FAILED)
+            return
+        upstream.client.send_data()
+        try:
+            answer = await upstream.reply()
+        except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
+            await self._drop_upstream()
+            server.reply(*UPSTREAM_FAILED)
+            self._end_transaction("tempfail", UPSTREAM_FAILED[0])
+            return
+        if answer.code != 354:
+            server.reply_lines(answer.code, answer.lines)
+            return
+        server.accept_data()
+        self.in_body = True
+        if self.rt.received_header:
+            upstream.client.send_body(self._received_header())
+
+    async def _body_chunk(self, event: BodyChunk) -> None:
+        upstream = self.upstream
+        if upstream is None or not self.in_body:
+            return
+        upstream.client.send_body(event.data)
+        upstream.flush()
+        await upstream.stream.drain()
+
+    def _body_invalid(self, event: BodyInvalid) -> None:
+        # Abandon the upstream transaction without its final dot: nothing is delivered.
+        self.in_body = False
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        self._end_transaction("rejected", event.code)
+
+    async def _body_end(self) -> None:
+        upstream = self.upstream
+        server = self.server
+        self.in_body = False
+        if upstream is None:
+            server.reply(*UPSTREAM_FAILED)
+            self._end_transaction("tempfail", UPSTREAM_FAILED[0])
+            return
+        upstream.client.send_end_of_data()
+        try:
+            upstream.timeout = self.rt.data_timeout
+            answer = await upstream.reply()
+            upstream.timeout = self.rt.command_timeout
+        except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
+            # We cannot know whether the upstream took it; a 4xx makes the client retry
+            # (a possible duplicate is better than a loss, RFC 5321 section 6.1).
+            await self._drop_upstream()
+            server.reply(*UPSTREAM_FAILED)
+            self._end_transaction("tempfail", UPSTREAM_FAILED[0])
+            return
+        server.reply_lines(answer.code, answer.lines)
+        outcome = (
+            "delivered" if answer.code < 300 else "tempfail" if answer.code < 500 else "rejected"
+        )
+        self._end_transaction(outcome, answer.code)
+
+    async def _reset(self) -> None:
+        self._end_transaction("aborted", 0)
+        upstream = self.upstream
+        if upstream is not None and upstream.client.waiting == 0:
+            upstream.client.send_rset()
+            try:
+                await upstream.reply()
+            except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
+                await self._drop_upstream()
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _end_transaction(self, outcome: str, reply: int) -> None:
+        txn = self.txn
+        if txn is None:
+            return
+        self.txn = None
+        if self.in_body and self.upstream is not None:
+            # The client went away mid-body: drop the upstream without its final dot.
+            self.upstream.abort()
+            self.upstream = None
+        self.in_body = False
+        if not txn.recipient_domains and outcome == "aborted":
+            return
+        upstream = self.upstream
+        self.log.emit(
+            "transaction",
+            session=self.id,
+            client=self.client_addr,
+            policy=self.rt.name,
+            client_tls=self.client_tls[0],
+            client_cipher=self.client_tls[1],
+            upstream_tls=upstream.tls_version if upstream else "none",
+            upstream_cipher=upstream.cipher if upstream else "none",
+            upstream_verify=str(upstream.verification) if upstream else "not-checked",
+            rule=txn.rule or "default",
+            sender_domain=txn.sender_domain,
+            recipient_domains=txn.recipient_domains,
+            outcome=outcome,
+            reply=reply,
+        )
+
+    def _log_rcpt_rejected(
+        self, txn: Transaction, domain: str, rule: str, code: int, reason: str
+    ) -> None:
+        self.log.emit(
+            "rcpt_rejected",
+            session=self.id,
+            client=self.client_addr,
+            policy=self.rt.name,
+            client_tls=self.client_tls[0],
+            rule=rule,
+            sender_domain=txn.sender_domain,
+            recipient_domain=domain,
+            reply=code,
+            reason=reason,
+        )
+
+    def _received_header(self) -> bytes:
+        version, cipher = self.client_tls
+        tls = f" (version={version} cipher={cipher})" if version != "none" else ""
+        protocol = ("ESMTPS" if version != "none" else "ESMTP") if self.server.esmtp else "SMTP"
+        client_ip = self.client_addr.rsplit(":", 1)[0]
+        line = (
+            f"Received: from {self.helo_name} ([{client_ip}])\r\n"
+            f"\tby {self.rt.hostname} (smtpgate) with {protocol}{tls}\r\n"
+            f"\tid {self.id}; {formatdate(time.time())}\r\n"
+        )
+        return line.encode("utf-8", "replace")
+
+    async def _drop_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+
+    async def _close_upstream(self) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            await upstream.quit()

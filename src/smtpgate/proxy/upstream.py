@@ -1,0 +1,191 @@
+"""The upstream leg: one connection to the receiving server, with its TLS mode.
+
+``UpstreamLeg.open`` carries out the recipient-encryption decision of SPEC
+2.2 and raises :class:`UpstreamUnavailable` with the reply the client should
+get when it cannot be met; nothing is sent in clear under ``required``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import OrderedDict
+
+from smtpgate.policy.decisions import UpstreamTLS
+from smtpgate.proxy.runtime import PolicyRuntime
+from smtpgate.proxy.stream import Stream, open_stream
+from smtpgate.smtp.client import ClientConnection, UpstreamProtocolError
+from smtpgate.smtp.events import NEED_DATA, PAUSED, Reply
+from smtpgate.tls.info import describe_tls
+from smtpgate.tls.result import NOT_CHECKED, OK, VerificationResult
+from smtpgate.tls.verification import verify_peer_certificate
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream leg cannot be set up as the rule demands; ``code text`` goes to the client."""
+
+    def __init__(self, code: int, text: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.text = text
+        self.reason = reason
+
+
+def _tls_required_failure(reason: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(451, "4.7.5 Cannot deliver encrypted as required, try later", reason)
+
+
+def _connect_failure(reason: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(451, "4.4.1 Upstream server unavailable, try later", reason)
+
+
+# Opportunistic handshakes skip verification; what it would have said is
+# computed once per (certificate, host), not per message.
+_verify_cache: OrderedDict[tuple[bytes, str], VerificationResult] = OrderedDict()
+_VERIFY_CACHE_SIZE = 256
+
+
+class UpstreamLeg:
+    __slots__ = ("cipher", "client", "mode", "stream", "timeout", "tls_version", "verification")
+
+    def __init__(self, stream: Stream, client: ClientConnection, mode: UpstreamTLS, timeout: float):
+        self.stream = stream
+        self.client = client
+        self.mode = mode
+        self.timeout = timeout
+        self.tls_version = "none"
+        self.cipher = "none"
+        self.verification = NOT_CHECKED
+
+    @classmethod
+    async def open(cls, rt: PolicyRuntime, mode: UpstreamTLS) -> UpstreamLeg:
+        leg = await cls._connect(rt, mode, starttls=mode is not UpstreamTLS.NONE)
+        if leg is None:  # opportunistic handshake failed: RFC 7435, retry in clear
+            leg = await cls._connect(rt, mode, starttls=False)
+            assert leg is not None
+        return leg
+
+    @classmethod
+    async def _connect(
+        cls, rt: PolicyRuntime, mode: UpstreamTLS, *, starttls: bool
+    ) -> UpstreamLeg | None:
+        verify = mode is UpstreamTLS.REQUIRED and rt.profile.validate_certificates
+        context = rt.upstream_context_verified if verify else rt.upstream_context_unverified
+        implicit = rt.upstream_implicit_tls and mode is not UpstreamTLS.NONE
+        if rt.upstream_implicit_tls and mode is UpstreamTLS.NONE:
+            implicit = True  # an implicit-TLS upstream cannot be spoken to in clear
+        try:
+            stream = await open_stream(
+                rt.upstream_host,
+                rt.upstream_port,
+                ssl_context=context if implicit else None,
+                server_hostname=rt.upstream_host if implicit else None,
+                timeout=rt.command_timeout,
+            )
+        except ssl.SSLError as exc:
+            if mode is UpstreamTLS.REQUIRED:
+                raise _tls_required_failure(f"TLS handshake failed: {exc}") from exc
+            raise _connect_failure(f"implicit TLS handshake failed: {exc}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise _connect_failure(f"connect {rt.upstream}: {exc}") from exc
+        leg = cls(stream, ClientConnection(tls=implicit), mode, rt.command_timeout)
+        try:
+            greeting = await leg.reply()
+            if greeting.code != 220:
+                raise _connect_failure(f"upstream greeting {greeting.code} {greeting.text}")
+            await leg.hello(rt.hostname)
+            if implicit:
+                leg._record_tls(rt, verify)
+            elif starttls:
+                if not leg.client.offers_starttls:
+                    if mode is UpstreamTLS.REQUIRED:
+                        raise _tls_required_failure("upstream does not offer STARTTLS")
+                    return leg
+                leg.client.send_starttls()
+                answer = await leg.reply()
+                if answer.code != 220:
+                    if mode is UpstreamTLS.REQUIRED:
+                        raise _tls_required_failure(f"STARTTLS refused: {answer.code}")
+                    return leg
+                try:
+                    await stream.start_tls(
+                        context,
+                        server_side=False,
+                        server_hostname=rt.upstream_host,
+                        timeout=rt.command_timeout,
+                    )
+                except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+                    stream.abort()
+                    if mode is UpstreamTLS.REQUIRED:
+                        raise _tls_required_failure(f"TLS handshake failed: {exc}") from exc
+                    return None
+                leg.client.tls_established()
+                leg._record_tls(rt, verify)
+                await leg.hello(rt.hostname)
+        except UpstreamUnavailable:
+            leg.abort()
+            raise
+        except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError) as exc:
+            leg.abort()
+            raise _connect_failure(f"upstream dialogue failed: {exc!r}") from exc
+        return leg
+
+    def _record_tls(self, rt: PolicyRuntime, verified: bool) -> None:
+        ssl_object = self.stream.ssl_object
+        self.tls_version, self.cipher = describe_tls(ssl_object)
+        if verified:
+            self.verification = OK
+        elif ssl_object is not None:
+            der = ssl_object.getpeercert(binary_form=True)
+            if der:
+                key = (der, rt.upstream_host)
+                result = _verify_cache.get(key)
+                if result is None:
+                    result = verify_peer_certificate(ssl_object, rt.profile, rt.upstream_host)
+                    _verify_cache[key] = result
+                    if len(_verify_cache) > _VERIFY_CACHE_SIZE:
+                        _verify_cache.popitem(last=False)
+                self.verification = result
+
+    async def hello(self, hostname: str) -> None:
+        self.client.send_ehlo(hostname)
+        answer = await self.reply()
+        if answer.code != 250:
+            self.client.send_helo(hostname)
+            answer = await self.reply()
+            if answer.code != 250:
+                raise _connect_failure(f"upstream refused HELO: {answer.code} {answer.text}")
+
+    async def reply(self) -> Reply:
+        """Flush what is queued, then wait for the next reply."""
+        self.flush()
+        client = self.client
+        while True:
+            event = client.next_event()
+            if isinstance(event, Reply):
+                return event
+            if event is PAUSED:
+                raise UpstreamProtocolError("reply wanted while paused for TLS")
+            assert event is NEED_DATA
+            async with asyncio.timeout(self.timeout):
+                data = await self.stream.read()
+            if not data:
+                raise ConnectionError("upstream closed the connection")
+            client.receive_data(data)
+
+    def flush(self) -> None:
+        out = self.client.data_to_send()
+        if out:
+            self.stream.writelines(out)
+
+    async def quit(self) -> None:
+        try:
+            self.client.send_quit()
+            async with asyncio.timeout(5):
+                await self.reply()
+        except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
+            pass
+        self.stream.close()
+
+    def abort(self) -> None:
+        self.stream.abort()
