@@ -92,7 +92,7 @@ def rules_test(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Which rule matches and what each leg will do."""
-    from smtpgate.policy.explain import explain
+    from smtpgate.explain import explain
 
     cfg = _load(config)
     try:

@@ -1,0 +1,97 @@
+"""``host:port`` addresses for listeners and upstreams (SPEC.md 5)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, NamedTuple
+
+from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from smtpgate.policy.patterns import DomainPattern, PatternError
+
+RESERVED_UPSTREAMS = frozenset({"transparent"})
+"""SPEC 5: ``upstream = "transparent"`` is reserved (not implemented)."""
+
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
+
+
+class HostPort(NamedTuple):
+    """A parsed address; ``host`` is an IP address text (IPv6 without
+    brackets) or a lower-case host name."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_wildcard(self) -> bool:
+        """Listens on every address of its family (``0.0.0.0`` or ``::``)."""
+        return self.host in _WILDCARD_HOSTS
+
+    def overlaps(self, other: HostPort) -> bool:
+        """Whether binding both would collide (same port; same or wildcard host)."""
+        return self.port == other.port and (
+            self.host == other.host or self.is_wildcard or other.is_wildcard
+        )
+
+
+def parse_host_port(text: str) -> HostPort:
+    """Parse ``host:port`` / ``[v6]:port``; raise ``ValueError`` when invalid."""
+    if text in RESERVED_UPSTREAMS:
+        raise ValueError(f"{text!r} is reserved and not supported; write host:port")
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or text[close + 1 : close + 2] != ":":
+            raise ValueError(f"invalid address {text!r}; write [IPv6]:port, e.g. [::1]:2525")
+        host, port_text = text[1:close], text[close + 2 :]
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            raise ValueError(f"{host!r} in {text!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"invalid address {text!r}; write host:port, e.g. 127.0.0.1:2525")
+        if ":" in host:
+            raise ValueError(f"IPv6 address in {text!r} must be in brackets, e.g. [::1]:2525")
+        host = _check_host(host, text)
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"invalid port in {text!r}; expected 1-65535")
+    return HostPort(host, int(port_text))
+
+
+def _check_host(host: str, text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    try:
+        pattern = DomainPattern.parse(host)
+    except PatternError:
+        raise ValueError(f"{host!r} in {text!r} is not an IPv4 address or host name") from None
+    if pattern.is_any or pattern.text.startswith("*"):
+        raise ValueError(f"{host!r} in {text!r} is not an IPv4 address or host name")
+    return pattern.domain
+
+
+def _validate(value: object) -> HostPort:
+    if isinstance(value, HostPort):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("host_port", 'expected a "host:port" string')
+    try:
+        return parse_host_port(value)
+    except ValueError as exc:
+        raise PydanticCustomError("host_port", "{reason}", {"reason": str(exc)}) from None
+
+
+Address = Annotated[
+    HostPort,
+    PlainValidator(_validate),
+    PlainSerializer(str),
+    WithJsonSchema({"type": "string", "examples": ["127.0.0.1:2525", "[::1]:2525"]}),
+]
+"""A validated ``host:port`` field, written back as text."""

@@ -1,0 +1,518 @@
+"""Configuration models for the TOML file of SPEC.md section 5.
+
+Models are frozen; lists are tuples. The ``tls_profiles`` and
+``proxy_actions`` fields hold what the file defines; the predefined objects
+(SPEC 3, 4) are merged in by the lookups (:meth:`Config.profile`,
+:attr:`Config.profiles`, ...). Cross-references are checked when a
+:class:`Config` is validated and reported as a :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Mapping
+from functools import cached_property, lru_cache
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    StrictStr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from smtpgate.config.errors import ConfigError, Loc
+from smtpgate.config.names import (
+    DEFAULT_PROFILE_FOR_DIRECTION,
+    PREDEFINED_ACTION_NAMES,
+    PREDEFINED_PROFILE_NAMES,
+    SMTP_INCOMING_STANDARD,
+    TLS_SERVER_STANDARD,
+    clone_name,
+)
+from smtpgate.config.netaddr import Address, HostPort
+from smtpgate.config.paths import OptionalPath, RequiredPath
+from smtpgate.config.units import ByteSize, Duration
+from smtpgate.policy.patterns import ANY_DOMAIN, DomainPattern, PatternError, PatternKind
+from smtpgate.policy.rules import EncryptionRule, RecipientEncryption, RuleSet, SenderEncryption
+
+MAX_NAME_LENGTH = 100
+FALLBACK_HOSTNAME = "smtpgate.local"
+
+KNOWN_ESMTP_KEYWORDS = frozenset(
+    {
+        "8BITMIME",
+        "PIPELINING",
+        "SIZE",
+        "SMTPUTF8",
+        "DSN",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "BINARYMIME",
+    }
+)
+"""Keywords smtpgate may pass to the client. STARTTLS has its own section."""
+
+DEFAULT_ESMTP_KEYWORDS = (
+    "8BITMIME",
+    "PIPELINING",
+    "SIZE",
+    "SMTPUTF8",
+    "DSN",
+    "ENHANCEDSTATUSCODES",
+)
+
+# Keyword -> keyword it depends on (RFC 3030: BINARYMIME needs CHUNKING;
+# RFC 6531: an SMTPUTF8 server also supports 8BITMIME).
+_ESMTP_DEPENDENCIES = {"BINARYMIME": "CHUNKING", "SMTPUTF8": "8BITMIME"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _custom_error(kind: str, reason: str) -> PydanticCustomError:
+    # The reason goes through the context so braces in it are never a template.
+    return PydanticCustomError(kind, "{reason}", {"reason": reason})
+
+
+def _check_name(value: str) -> str:
+    if not value:
+        raise _custom_error("name", "name must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise _custom_error("name", f"name longer than {MAX_NAME_LENGTH} characters")
+    if value != value.strip() or not value.isprintable():
+        raise _custom_error(
+            "name", f"name {value!r} has leading/trailing white space or control characters"
+        )
+    return value
+
+
+Name = Annotated[StrictStr, AfterValidator(_check_name)]
+
+
+def _pattern(value: object) -> DomainPattern:
+    if isinstance(value, DomainPattern):
+        return value
+    if not isinstance(value, str):
+        raise _custom_error("domain_pattern", "expected a domain pattern string")
+    try:
+        return DomainPattern.parse(value)
+    except PatternError as exc:
+        raise _custom_error("domain_pattern", str(exc)) from None
+
+
+def _pattern_text(value: DomainPattern) -> str:
+    return value.text
+
+
+Pattern = Annotated[
+    DomainPattern,
+    PlainValidator(_pattern),
+    PlainSerializer(_pattern_text),
+    WithJsonSchema({"type": "string", "maxLength": 200}),
+]
+
+
+@lru_cache(maxsize=1)
+def default_hostname() -> str:
+    """``socket.getfqdn()``, or ``smtpgate.local`` when it yields nothing usable."""
+    try:
+        name = socket.getfqdn()
+    except OSError:  # pragma: no cover - getfqdn falls back internally
+        name = ""
+    return name if name and name.isprintable() and " " not in name else FALLBACK_HOSTNAME
+
+
+# --- gateway, logging, certificates, console -------------------------------------
+
+
+class Gateway(_Model):
+    hostname: StrictStr = Field(default_factory=default_hostname)
+    state_dir: RequiredPath = Field(default="state", validate_default=True)
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        if not value or len(value) > 253 or not value.isprintable() or " " in value:
+            raise _custom_error("hostname", f"{value!r} is not a usable host name")
+        return value
+
+
+class LoggingSettings(_Model):
+    format: Literal["json", "text"] = "json"
+    file: OptionalPath = None
+
+
+class SNICertificate(_Model):
+    """More certificates chosen by SNI; ``names`` are stored as lower-case
+    A-labels (``*.example.com`` allowed), as :mod:`smtpgate.tls` expects."""
+
+    names: tuple[StrictStr, ...] = Field(strict=False)
+    cert: RequiredPath
+    key: RequiredPath
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise _custom_error("sni_names", "list at least one name")
+        normalized = []
+        for name in value:
+            pattern = _pattern(name)
+            if pattern.is_any:
+                raise _custom_error(
+                    "sni_names", "'*' is not a name; the default certificate covers it"
+                )
+            prefix = "*." if pattern.kind is PatternKind.SUBDOMAINS else ""
+            normalized.append(prefix + pattern.domain)
+        return tuple(normalized)
+
+
+class Certificates(_Model):
+    server_cert: OptionalPath = None
+    server_key: OptionalPath = None
+    ca_cert: OptionalPath = None
+    ca_key: OptionalPath = None
+    sni: tuple[SNICertificate, ...] = Field(default=(), strict=False)
+
+
+class ConsoleSettings(_Model):
+    enabled: bool = False
+    listen: Address = Field(default=HostPort("127.0.0.1", 8443))
+
+
+# --- TLS profiles (SPEC 3) ------------------------------------------------------
+
+
+class TLSProfile(_Model):
+    name: Name
+    min_version: Literal["1.0", "1.1", "1.2", "1.3"] = "1.2"
+    pfs: Literal["none", "allowed", "required"] = "allowed"
+    validate_certificates: bool = True
+    ca_file: OptionalPath = None
+    ocsp: bool = False
+    ocsp_allow_unavailable: bool = True
+    tls_compliant_only: bool = False
+
+    @property
+    def read_only(self) -> bool:
+        """Predefined profiles cannot be changed; the file cannot use their names."""
+        return self.name in PREDEFINED_PROFILE_NAMES
+
+
+# --- proxy actions (SPEC 4) --------------------------------------------------------
+
+
+class RuleEntry(_Model):
+    """One encryption rule as written in ``[[proxy_actions.starttls.rules]]``."""
+
+    enabled: bool = True
+    sender: Pattern = ANY_DOMAIN
+    recipient: Pattern = ANY_DOMAIN
+    sender_encryption: SenderEncryption = Field(default=SenderEncryption.OPTIONAL, strict=False)
+    recipient_encryption: RecipientEncryption = Field(
+        default=RecipientEncryption.PREFERRED, strict=False
+    )
+
+    def to_rule(self) -> EncryptionRule:
+        return EncryptionRule(
+            enabled=self.enabled,
+            sender=self.sender,
+            recipient=self.recipient,
+            sender_encryption=self.sender_encryption,
+            recipient_encryption=self.recipient_encryption,
+        )
+
+
+class GeneralSettings(_Model):
+    max_message_size: ByteSize = Field(default=25_000_000, validate_default=True)
+    max_recipients: int = Field(default=100, ge=1, le=100_000)
+    # Bytes including CRLF. RFC 5321 4.5.3.1.6: 1000 must be accepted.
+    max_line_length: int = Field(default=1000, ge=1000, le=1_048_576)
+    command_timeout: Duration = Field(default=300.0, validate_default=True)
+    data_timeout: Duration = Field(default=600.0, validate_default=True)
+    bare_newline: Literal["reject", "normalize"] = "reject"
+    received_header: bool = True
+
+    @field_validator("max_message_size")
+    @classmethod
+    def _positive_size(cls, value: int) -> int:
+        if value < 1:
+            raise _custom_error("size", "must be at least 1 byte")
+        return value
+
+
+class ESMTPSettings(_Model):
+    enabled: bool = True
+    keywords: tuple[StrictStr, ...] = Field(default=DEFAULT_ESMTP_KEYWORDS, strict=False)
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        upper = tuple(k.upper() for k in value)
+        for keyword in upper:
+            if keyword == "STARTTLS":
+                raise _custom_error("esmtp_keyword", "STARTTLS is set in [starttls], not here")
+            if keyword not in KNOWN_ESMTP_KEYWORDS:
+                known = ", ".join(sorted(KNOWN_ESMTP_KEYWORDS))
+                raise _custom_error(
+                    "esmtp_keyword", f"unknown ESMTP keyword {keyword!r}; known: {known}"
+                )
+        if len(set(upper)) != len(upper):
+            raise _custom_error("esmtp_keyword", "keywords are listed more than once")
+        for keyword, needs in _ESMTP_DEPENDENCIES.items():
+            if keyword in upper and needs not in upper:
+                raise _custom_error("esmtp_keyword", f"{keyword} requires {needs}")
+        return upper
+
+
+class StartTLSSettings(_Model):
+    enabled: bool = True
+    tls_profile: Name = TLS_SERVER_STANDARD
+    require_tls_for_envelope: bool = False
+    rules: tuple[RuleEntry, ...] = Field(default=(), strict=False)
+
+
+class ProxyAction(_Model):
+    name: Name
+    direction: Literal["incoming", "outgoing"] = "incoming"
+    general: GeneralSettings = GeneralSettings()
+    esmtp: ESMTPSettings = ESMTPSettings()
+    starttls: StartTLSSettings = StartTLSSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _direction_default_profile(cls, data: Any) -> Any:
+        # The default profile depends on the direction (see names.py).
+        if not isinstance(data, dict):
+            return data
+        starttls = data.get("starttls", {})
+        if isinstance(starttls, dict) and "tls_profile" not in starttls:
+            direction = data.get("direction", "incoming")
+            profile = DEFAULT_PROFILE_FOR_DIRECTION.get(direction, TLS_SERVER_STANDARD)
+            data = {**data, "starttls": {**starttls, "tls_profile": profile}}
+        return data
+
+    @property
+    def read_only(self) -> bool:
+        return self.name in PREDEFINED_ACTION_NAMES
+
+    @cached_property
+    def rule_set(self) -> RuleSet:
+        """The compiled rules (computed once; the model is frozen)."""
+        return RuleSet([entry.to_rule() for entry in self.starttls.rules])
+
+
+# --- policies ------------------------------------------------------------------------
+
+
+class Policy(_Model):
+    name: Name
+    listen: Address
+    implicit_tls: bool = False
+    upstream: Address
+    upstream_implicit_tls: bool = False
+    proxy_action: Name = SMTP_INCOMING_STANDARD
+    proxy_protocol: bool = False
+
+
+# --- the whole file ------------------------------------------------------------------
+
+
+_SECTIONS = ("gateway", "logging", "certificates", "console")
+
+
+class Config(_Model):
+    format: Literal[1, 2] = 2
+    # Defaults serve direct construction; validation fills {} first (below).
+    gateway: Gateway = Field(default_factory=Gateway)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    certificates: Certificates = Field(default_factory=Certificates)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    policies: tuple[Policy, ...] = Field(default=(), strict=False)
+    tls_profiles: tuple[TLSProfile, ...] = Field(default=(), strict=False)
+    proxy_actions: tuple[ProxyAction, ...] = Field(default=(), strict=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_sections(cls, data: Any) -> Any:
+        # Missing sections are validated from {} so that their defaults see the
+        # validation context (relative state_dir).
+        if isinstance(data, dict):
+            missing: dict[str, Any] = {s: {} for s in _SECTIONS if s not in data}
+            if missing:
+                data = {**data, **missing}
+        return data
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Config:
+        problems = list(_cross_check(self))
+        if problems:
+            raise ConfigError.at(problems)
+        return self
+
+    # -- merged views (predefined first) --
+
+    @property
+    def profiles(self) -> tuple[TLSProfile, ...]:
+        """Predefined and user TLS profiles."""
+        return tuple(self.profiles_by_name.values())
+
+    @property
+    def actions(self) -> tuple[ProxyAction, ...]:
+        """Predefined and user proxy actions."""
+        return tuple(self.actions_by_name.values())
+
+    @cached_property
+    def profiles_by_name(self) -> Mapping[str, TLSProfile]:
+        from smtpgate.config.predefined import PREDEFINED_PROFILES
+
+        return MappingProxyType({p.name: p for p in (*PREDEFINED_PROFILES, *self.tls_profiles)})
+
+    @cached_property
+    def actions_by_name(self) -> Mapping[str, ProxyAction]:
+        from smtpgate.config.predefined import PREDEFINED_ACTIONS
+
+        return MappingProxyType({a.name: a for a in (*PREDEFINED_ACTIONS, *self.proxy_actions)})
+
+    @cached_property
+    def policies_by_name(self) -> Mapping[str, Policy]:
+        return MappingProxyType({p.name: p for p in self.policies})
+
+    def profile(self, name: str) -> TLSProfile:
+        """The TLS profile called ``name``; ``KeyError`` if there is none."""
+        return self.profiles_by_name[name]
+
+    def action(self, name: str) -> ProxyAction:
+        """The proxy action called ``name``; ``KeyError`` if there is none."""
+        return self.actions_by_name[name]
+
+    def policy(self, name: str) -> Policy:
+        """The policy called ``name``; ``KeyError`` if there is none."""
+        return self.policies_by_name[name]
+
+    def profile_for(self, action: ProxyAction | str) -> TLSProfile:
+        """The TLS profile an action (or action name) uses."""
+        if isinstance(action, str):
+            action = self.action(action)
+        return self.profile(action.starttls.tls_profile)
+
+    def clone_profile(self, name: str) -> TLSProfile:
+        """An editable copy of profile ``name`` under the next free ``name.N``.
+        The copy is not added to this (immutable) config."""
+        source = self.profile(name)
+        return source.model_copy(update={"name": clone_name(self.profiles_by_name, name)})
+
+    def clone_action(self, name: str) -> ProxyAction:
+        """An editable copy of action ``name`` under the next free ``name.N``."""
+        source = self.action(name)
+        return source.model_copy(update={"name": clone_name(self.actions_by_name, name)})
+
+
+# --- cross-reference checks ----------------------------------------------------------
+
+
+def _names_problems(
+    section: str, names: list[str], predefined: frozenset[str]
+) -> Iterator[tuple[Loc, str]]:
+    first_index: dict[str, int] = {}
+    taken = set(names) | predefined
+    for index, name in enumerate(names):
+        if name in predefined:
+            yield (
+                (section, index, "name"),
+                f"{name!r} is predefined and read-only; clone it "
+                f"(e.g. as {clone_name(taken, name)!r}) and change the copy",
+            )
+        elif name in first_index:
+            yield (
+                (section, index, "name"),
+                f"duplicate name {name!r} (also {section}[{first_index[name]}])",
+            )
+        else:
+            first_index[name] = index
+
+
+def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
+    yield from _names_problems("policies", [p.name for p in config.policies], frozenset())
+    yield from _names_problems(
+        "tls_profiles", [p.name for p in config.tls_profiles], PREDEFINED_PROFILE_NAMES
+    )
+    yield from _names_problems(
+        "proxy_actions", [a.name for a in config.proxy_actions], PREDEFINED_ACTION_NAMES
+    )
+
+    for k, profile in enumerate(config.tls_profiles):
+        # Same rule as smtpgate.tls.check_profile, reported here with its path.
+        if profile.pfs == "none" and profile.min_version == "1.3":
+            yield (
+                ("tls_profiles", k, "pfs"),
+                "'none' needs TLS 1.2 or lower, but min_version is '1.3' "
+                "(every TLS 1.3 cipher suite is forward-secret)",
+            )
+
+    action_names = PREDEFINED_ACTION_NAMES | {a.name for a in config.proxy_actions}
+    profile_names = PREDEFINED_PROFILE_NAMES | {p.name for p in config.tls_profiles}
+    for i, action in enumerate(config.proxy_actions):
+        if action.starttls.tls_profile not in profile_names:
+            yield (
+                ("proxy_actions", i, "starttls", "tls_profile"),
+                f"no TLS profile named {action.starttls.tls_profile!r}",
+            )
+
+    for i, policy in enumerate(config.policies):
+        if policy.proxy_action not in action_names:
+            yield (
+                ("policies", i, "proxy_action"),
+                f"no proxy action named {policy.proxy_action!r}",
+            )
+        for j, earlier in enumerate(config.policies[:i]):
+            if policy.listen.overlaps(earlier.listen):
+                yield (
+                    ("policies", i, "listen"),
+                    f"{policy.listen} collides with policies[{j}].listen ({earlier.listen})",
+                )
+        for j, other in enumerate(config.policies):
+            if policy.upstream.overlaps(other.listen):
+                yield (
+                    ("policies", i, "upstream"),
+                    f"{policy.upstream} is smtpgate's own listener policies[{j}].listen "
+                    "(mail loop)",
+                )
+                break
+        if config.console.enabled and config.console.listen.overlaps(policy.listen):
+            yield (
+                ("console", "listen"),
+                f"{config.console.listen} collides with policies[{i}].listen ({policy.listen})",
+            )
+
+    yield from _certificate_problems(config.certificates)
+
+
+def _certificate_problems(certs: Certificates) -> Iterator[tuple[Loc, str]]:
+    for cert_key, key_key in (("server_cert", "server_key"), ("ca_cert", "ca_key")):
+        cert, key = getattr(certs, cert_key), getattr(certs, key_key)
+        if (cert is None) != (key is None):
+            missing = key_key if key is None else cert_key
+            yield (
+                ("certificates", missing),
+                f"{cert_key} and {key_key} must both be set or both be empty",
+            )
+    seen: dict[str, int] = {}
+    for k, entry in enumerate(certs.sni):
+        for name in entry.names:
+            if name in seen and seen[name] != k:
+                yield (
+                    ("certificates", "sni", k, "names"),
+                    f"{name!r} is already in certificates.sni[{seen[name]}]",
+                )
+            seen.setdefault(name, k)

@@ -1,0 +1,140 @@
+"""Encryption rules and first-match evaluation (SPEC.md section 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+from smtpgate.policy.patterns import ANY_DOMAIN, DomainPattern
+
+MATCH_CACHE_SIZE = 4096
+"""Bounded per-RuleSet cache of (sender, recipient) -> RuleMatch."""
+
+
+class SenderEncryption(StrEnum):
+    """What a rule asks of the client leg (SPEC 2.1)."""
+
+    REQUIRED = "required"
+    NONE = "none"
+    OPTIONAL = "optional"
+
+
+class RecipientEncryption(StrEnum):
+    """What a rule asks of the upstream leg (SPEC 2.2)."""
+
+    REQUIRED = "required"
+    NONE = "none"
+    PREFERRED = "preferred"
+    ALLOWED = "allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionRule:
+    enabled: bool = True
+    sender: DomainPattern = ANY_DOMAIN
+    recipient: DomainPattern = ANY_DOMAIN
+    sender_encryption: SenderEncryption = SenderEncryption.OPTIONAL
+    recipient_encryption: RecipientEncryption = RecipientEncryption.PREFERRED
+
+    @property
+    def is_catch_all(self) -> bool:
+        """Matches every (sender, recipient) pair, so nothing after it is reached."""
+        return self.sender.is_any and self.recipient.is_any
+
+
+DEFAULT_RULE = EncryptionRule()
+"""SPEC 2: applies when no enabled rule matches: sender optional, recipient preferred."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    """The rule that decided a pair: ``position`` is its 0-based index in the
+    action's list, or ``None`` for the built-in default."""
+
+    position: int | None
+    rule: EncryptionRule
+
+    @property
+    def label(self) -> str:
+        """1-based position as users count rules, or ``"default"`` (SPEC 6, 7)."""
+        return "default" if self.position is None else str(self.position + 1)
+
+
+_DEFAULT_MATCH = RuleMatch(None, DEFAULT_RULE)
+
+
+class RuleSet:
+    """An action's ordered rules, compiled for per-recipient evaluation.
+
+    Disabled rules are dropped once here, and evaluation stops at the first
+    enabled catch-all rule, so :meth:`match` only loops over rules that can
+    still win. Results are cached per (sender, recipient) pair.
+    """
+
+    __slots__ = (
+        "_candidates",
+        "_default_reachable",
+        "_match_cached",
+        "_sender_required",
+        "rules",
+    )
+
+    def __init__(self, rules: Sequence[EncryptionRule]) -> None:
+        self.rules: tuple[EncryptionRule, ...] = tuple(rules)
+        enabled = [RuleMatch(i, r) for i, r in enumerate(self.rules) if r.enabled]
+        candidates: list[RuleMatch] = []
+        for entry in enabled:
+            candidates.append(entry)
+            if entry.rule.is_catch_all:
+                break
+        self._candidates: tuple[RuleMatch, ...] = tuple(candidates)
+        self._default_reachable = not (candidates and candidates[-1].rule.is_catch_all)
+        # SPEC 2.1 "any enabled rule whose sender pattern matches": all enabled
+        # rules count here, also those shadowed by an earlier catch-all.
+        self._sender_required: tuple[DomainPattern, ...] = tuple(
+            e.rule.sender for e in enabled if e.rule.sender_encryption is SenderEncryption.REQUIRED
+        )
+        self._match_cached = lru_cache(maxsize=MATCH_CACHE_SIZE)(self._match_uncached)
+
+    def match(self, sender_domain: str, recipient_domain: str) -> RuleMatch:
+        """First enabled rule whose sender and recipient patterns both match,
+        else the default (SPEC 2). Domains must already be normalized."""
+        return self._match_cached(sender_domain, recipient_domain)
+
+    def _match_uncached(self, sender_domain: str, recipient_domain: str) -> RuleMatch:
+        for entry in self._candidates:
+            rule = entry.rule
+            if rule.sender.matches(sender_domain) and rule.recipient.matches(recipient_domain):
+                return entry
+        return _DEFAULT_MATCH
+
+    def sender_rules_require_tls(self, sender_domain: str) -> bool:
+        """Whether any enabled rule whose sender pattern matches requires sender
+        encryption, whatever its recipient pattern (SPEC 2.1, switch on)."""
+        return any(p.matches(sender_domain) for p in self._sender_required)
+
+    def any_sender_encryption_wanted(self) -> bool:
+        """Whether STARTTLS is worth advertising (SPEC 2.1, first bullet).
+
+        Counts every enabled rule with sender encryption other than ``none``,
+        and the default (``optional``) only while it can still apply, that is
+        unless an enabled catch-all rule (``*`` / ``*``) precedes it. So a
+        single enabled rule ``* -> * none`` switches STARTTLS off; counting
+        the default unconditionally would make the SPEC condition always true.
+        """
+        if self._default_reachable and DEFAULT_RULE.sender_encryption is not SenderEncryption.NONE:
+            return True
+        return any(
+            r.enabled and r.sender_encryption is not SenderEncryption.NONE for r in self.rules
+        )
+
+    def __repr__(self) -> str:
+        return f"RuleSet({list(self.rules)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RuleSet) and self.rules == other.rules
+
+    def __hash__(self) -> int:
+        return hash(self.rules)
