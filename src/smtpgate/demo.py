@@ -1,0 +1,189 @@
+"""``smtpgate demo``: the product on one machine, in under a minute.
+
+Starts a local receiving server (with STARTTLS, certificate signed by the
+proxy's own CA), the proxy with three example rules in front of it, sends
+sample mail through each rule with Python's smtplib (a real SMTP client), and
+prints what the log recorded. Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import smtplib
+import socket
+import ssl
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from smtpgate.config.loader import load_config
+from smtpgate.logs import EventLog, render_text
+from smtpgate.proxy.gateway import Gateway
+from smtpgate.proxy.mailsink import MailSink
+from smtpgate.tls.certificates import CertificateStore
+
+HOST = "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+CONFIG = """\
+[gateway]
+hostname = "mx.demo.test"
+state_dir = "state"
+
+[logging]
+format = "json"
+
+[[policies]]
+name = "inbound"
+listen = "127.0.0.1:{listen}"
+upstream = "localhost:{upstream}"
+proxy_action = "Inbound.Demo"
+
+[[tls_profiles]]
+name = "Demo.Strict"
+min_version = "1.2"
+pfs = "required"
+validate_certificates = true
+ca_file = "state/tls/ca.pem"
+
+[[proxy_actions]]
+name = "Inbound.Demo"
+[proxy_actions.starttls]
+tls_profile = "Demo.Strict"
+
+# 1. Mail from our partner must be encrypted on both legs.
+[[proxy_actions.starttls.rules]]
+sender = "partner.example"
+sender_encryption = "required"
+recipient_encryption = "required"
+
+# 2. The old ticketing system cannot do TLS: deliver to it in clear.
+[[proxy_actions.starttls.rules]]
+recipient = "*.legacy.example"
+recipient_encryption = "none"
+
+# Everything else: the default (sender optional, recipient preferred).
+"""
+
+
+@dataclass(frozen=True)
+class Sample:
+    title: str
+    sender: str
+    recipient: str
+    starttls: bool
+
+
+SAMPLES = (
+    Sample(
+        "partner mail sent in clear: refused, must use TLS",
+        "alice@partner.example",
+        "bob@corp.example",
+        starttls=False,
+    ),
+    Sample(
+        "the same mail over STARTTLS: re-encrypted to the upstream",
+        "alice@partner.example",
+        "bob@corp.example",
+        starttls=True,
+    ),
+    Sample(
+        "mail for the legacy system: delivered in clear",
+        "alerts@monitoring.example",
+        "tickets@helpdesk.legacy.example",
+        starttls=False,
+    ),
+    Sample(
+        "anyone else, in clear: upstream TLS used since it is offered",
+        "newsletter@vendor.example",
+        "carol@corp.example",
+        starttls=False,
+    ),
+)
+
+
+def _send(port: int, sample: Sample) -> str:
+    body = (
+        f"From: {sample.sender}\r\nTo: {sample.recipient}\r\n"
+        f"Subject: smtpgate demo: {sample.title}\r\n\r\nHello from the demo.\r\n"
+    )
+    with smtplib.SMTP(HOST, port, timeout=10) as client:
+        client.ehlo("client.demo.test")
+        if sample.starttls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE  # the demo client does not check the proxy
+            client.starttls(context=context)
+            client.ehlo("client.demo.test")
+        try:
+            client.sendmail(sample.sender, [sample.recipient], body.encode())
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = exc.recipients[sample.recipient]
+            return f"{code} {text.decode()}"
+        except smtplib.SMTPException as exc:
+            return f"error: {exc}"
+    return "250 accepted"
+
+
+async def run_demo(keep_state: Path | None = None) -> int:
+    with tempfile.TemporaryDirectory(prefix="smtpgate-demo-") as tmp:
+        base = keep_state or Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
+        listen, upstream_port = _free_port(), _free_port()
+        config_path = base / "smtpgate.toml"
+        config_path.write_text(CONFIG.format(listen=listen, upstream=upstream_port))
+        # The proxy CA must exist before the profile that trusts it is loaded.
+        store = CertificateStore.load(
+            base / "state",
+            server_cert=None,
+            server_key=None,
+            ca_cert=None,
+            ca_key=None,
+            sni=[],
+            hostname="mx.demo.test",
+        )
+        cert, key = store.leaf_for("localhost")
+        sink_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sink_tls.load_cert_chain(cert, key)
+        sink = MailSink(hostname="upstream.demo.test", starttls_context=sink_tls)
+        await sink.start(HOST, upstream_port)
+
+        log_buffer = io.StringIO()
+        config = load_config(config_path)
+        gateway = Gateway(config, EventLog(log_buffer, fmt="json"))
+        await gateway.start()
+        print(f"smtpgate demo: proxy on {HOST}:{listen} -> upstream on {HOST}:{upstream_port}")
+        print(f"configuration: {config_path}\n")
+        print(textwrap.indent(CONFIG.split("[[proxy_actions]]", 1)[1].strip(), "    "))
+        print()
+        try:
+            for number, sample in enumerate(SAMPLES, 1):
+                reply = await asyncio.to_thread(_send, listen, sample)
+                print(f"{number}. {sample.title}")
+                print(
+                    f"   {sample.sender} -> {sample.recipient}"
+                    f" ({'STARTTLS' if sample.starttls else 'in clear'}): {reply}"
+                )
+        finally:
+            await gateway.stop()
+            await sink.stop()
+        print("\nWhat the log recorded (one line per decision and per transaction):\n")
+        for line in log_buffer.getvalue().splitlines():
+            record = json.loads(line)
+            if record["event"] in ("transaction", "rcpt_rejected", "mail_rejected"):
+                print("  " + render_text(record))
+        print(f"\nThe upstream received {len(sink.messages)} message(s):")
+        for message in sink.messages:
+            leg = f"{message.tls_version} {message.cipher}" if message.cipher != "none" else "clear"
+            print(f"  {message.sender} -> {', '.join(message.recipients)} (in {leg})")
+        expected = sum(1 for s in SAMPLES if s.starttls or s.sender != "alice@partner.example")
+        return 0 if len(sink.messages) == expected else 1
