@@ -1,0 +1,429 @@
+"""Messages per second, latency and proxy CPU per message, TLS on both legs.
+
+Every figure is paired with a baseline from the same run, because absolute
+numbers on a shared 2-core machine mean little:
+
+- ``direct``: the load generator talks to the receiving server itself
+  (STARTTLS, or implicit TLS); the receiving server's CPU per message is the
+  yardstick for "what one SMTP+TLS server side costs".
+- ``smtpgate``: the same load through the proxy (client leg and upstream leg
+  encrypted, the upstream certificate verified against the proxy CA).
+- ``haproxy``: HAProxy in TCP mode terminating and re-originating TLS (implicit
+  TLS on both legs: HAProxy cannot speak STARTTLS), the reference for the CPU
+  an in-line TLS relay written in C spends per message.
+
+CPU is read from /proc/<pid>/stat (user + system) of the proxy process only.
+Latency: connect to the final ``250`` for one message per connection; that
+time divided by ten for ten per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from smtpgate.proxy.mailsender import OutgoingMessage, send_messages
+from smtpgate.tls.certificates import CertificateStore
+
+HOST = "127.0.0.1"
+MESSAGE_SIZE = 10 * 1024
+CONCURRENCY = 8
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _body(size: int) -> bytes:
+    line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
+    head = b"From: bench@sender.bench\r\nTo: rcpt@rcpt.bench\r\nSubject: bench\r\n\r\n"
+    return head + line * ((size - len(head)) // len(line))
+
+
+@dataclass
+class Result:
+    name: str
+    messages: int
+    seconds: float
+    latencies: list[float]
+    cpu: float | None  # proxy CPU seconds, None for direct
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    @property
+    def cpu_ms(self) -> float | None:
+        return None if self.cpu is None else self.cpu / self.messages * 1000
+
+
+class Process:
+    def __init__(self, args: list[str], ready: str | None = None, **kw: object) -> None:
+        self.proc = subprocess.Popen(  # noqa: S603
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kw,  # type: ignore[call-overload]
+        )
+        if ready is not None:
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            if ready not in line:
+                self.stop()
+                raise RuntimeError(f"{args[0]} did not start: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+async def _load(
+    port: int, *, per_connection: int, total: int, implicit: bool, client_ctx: object
+) -> tuple[float, list[float]]:
+    import ssl
+
+    assert isinstance(client_ctx, ssl.SSLContext)
+    body = _body(MESSAGE_SIZE)
+    message = OutgoingMessage("bench@sender.bench", ["rcpt@rcpt.bench"], body)
+    connections = total // per_connection
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(connections):
+        queue.put_nowait(i)
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            queue.get_nowait()
+            started = time.perf_counter()
+            results = await send_messages(
+                HOST,
+                port,
+                messages=[message] * per_connection,
+                starttls=None if implicit else client_ctx,
+                require_starttls=not implicit,
+                implicit_tls=client_ctx if implicit else None,
+            )
+            elapsed = time.perf_counter() - started
+            if not all(r.end is not None and r.end.code == 250 for r in results):
+                raise RuntimeError(f"delivery failed: {results[-1]}")
+            latencies.extend([elapsed / per_connection] * per_connection)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return time.perf_counter() - started, latencies
+
+
+def _measure(
+    name: str,
+    port: int,
+    pid: int | None,
+    *,
+    per_connection: int,
+    total: int,
+    implicit: bool,
+    client_ctx: object,
+) -> Result:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        # Warm-up: first connections pay for imports, caches and leaf issuing.
+        runner.run(
+            _load(
+                port, per_connection=1, total=CONCURRENCY, implicit=implicit, client_ctx=client_ctx
+            )
+        )
+        cpu0 = _cpu_seconds(pid) if pid else 0.0
+        seconds, latencies = runner.run(
+            _load(
+                port,
+                per_connection=per_connection,
+                total=total,
+                implicit=implicit,
+                client_ctx=client_ctx,
+            )
+        )
+        cpu = _cpu_seconds(pid) - cpu0 if pid else None
+    return Result(name, total, seconds, latencies, cpu)
+
+
+SMTPGATE_CONFIG = """\
+[gateway]
+hostname = "proxy.bench.test"
+state_dir = "{state}"
+[logging]
+format = "json"
+file = "{log}"
+[[policies]]
+name = "bench"
+listen = "127.0.0.1:{listen}"
+implicit_tls = {implicit}
+upstream = "127.0.0.1:{upstream}"
+upstream_implicit_tls = {implicit}
+proxy_action = "Bench"
+[[tls_profiles]]
+name = "Bench.Verify"
+ca_file = "{ca}"
+[[proxy_actions]]
+name = "Bench"
+[proxy_actions.starttls]
+tls_profile = "Bench.Verify"
+[[proxy_actions.starttls.rules]]
+recipient_encryption = "required"
+"""
+
+HAPROXY_CONFIG = """\
+global
+    maxconn 1000
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend smtps
+    bind 127.0.0.1:{listen} ssl crt {pem}
+    default_backend upstream
+backend upstream
+    server sink 127.0.0.1:{upstream} ssl verify required ca-file {ca} sni str(127.0.0.1)
+"""
+
+
+def run(quick: bool = False) -> dict[str, object]:
+    import ssl
+
+    total_single = 120 if quick else 400
+    total_ten = 200 if quick else 1000
+    tmp = Path(tempfile.mkdtemp(prefix="smtpgate-bench-"))
+    processes: list[Process] = []
+    results: list[Result] = []
+    try:
+        state = tmp / "state"
+        store = CertificateStore.load(
+            state,
+            server_cert=None,
+            server_key=None,
+            ca_cert=None,
+            ca_key=None,
+            sni=[],
+            hostname="proxy.bench.test",
+        )
+        ca = tmp / "ca.pem"
+        ca.write_bytes(store.ca_pem())
+        sink_cert, sink_key = store.leaf_for("127.0.0.1")
+        client_ctx = ssl.create_default_context(cafile=str(ca))
+        client_ctx.check_hostname = False  # the load generator trusts the proxy CA, not names
+
+        for mode in ("starttls", "implicit"):
+            implicit = mode == "implicit"
+            sink_port = _free_port()
+            sink = Process(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.sink",
+                    str(sink_port),
+                    str(sink_cert),
+                    str(sink_key),
+                    mode,
+                ],
+                ready="ready",
+                cwd=Path(__file__).parent.parent,
+            )
+            processes.append(sink)
+            results.append(
+                _measure(
+                    f"direct {mode}, 1/conn",
+                    sink_port,
+                    sink.pid,
+                    per_connection=1,
+                    total=total_single,
+                    implicit=implicit,
+                    client_ctx=client_ctx,
+                )
+            )
+            listen = _free_port()
+            config = tmp / f"smtpgate-{mode}.toml"
+            config.write_text(
+                SMTPGATE_CONFIG.format(
+                    state=state,
+                    log=tmp / f"smtpgate-{mode}.log",
+                    listen=listen,
+                    implicit=str(implicit).lower(),
+                    upstream=sink_port,
+                    ca=ca,
+                )
+            )
+            gate = Process(
+                [str(Path(sys.executable).with_name("smtpgate")), "serve", "--config", str(config)]
+            )
+            processes.append(gate)
+            _wait_port(listen)
+            results.append(
+                _measure(
+                    f"smtpgate {mode}, 1/conn",
+                    listen,
+                    gate.pid,
+                    per_connection=1,
+                    total=total_single,
+                    implicit=implicit,
+                    client_ctx=client_ctx,
+                )
+            )
+            if not implicit:
+                results.append(
+                    _measure(
+                        f"direct {mode}, 10/conn",
+                        sink_port,
+                        sink.pid,
+                        per_connection=10,
+                        total=total_ten,
+                        implicit=False,
+                        client_ctx=client_ctx,
+                    )
+                )
+                results.append(
+                    _measure(
+                        f"smtpgate {mode}, 10/conn",
+                        listen,
+                        gate.pid,
+                        per_connection=10,
+                        total=total_ten,
+                        implicit=False,
+                        client_ctx=client_ctx,
+                    )
+                )
+            gate.stop()
+            if implicit:
+                haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+                pem = tmp / "haproxy.pem"
+                pem.write_bytes(
+                    Path(store.server_cert_path).read_bytes()
+                    + Path(store.server_key_path).read_bytes()
+                )
+                hport = _free_port()
+                hcfg = tmp / "haproxy.cfg"
+                hcfg.write_text(
+                    HAPROXY_CONFIG.format(listen=hport, pem=pem, upstream=sink_port, ca=ca)
+                )
+                hap = Process([haproxy, "-db", "-f", str(hcfg)])
+                processes.append(hap)
+                _wait_port(hport)
+                results.append(
+                    _measure(
+                        "haproxy implicit, 1/conn",
+                        hport,
+                        hap.pid,
+                        per_connection=1,
+                        total=total_single,
+                        implicit=True,
+                        client_ctx=client_ctx,
+                    )
+                )
+                hap.stop()
+            sink.stop()
+    finally:
+        for process in processes:
+            process.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _report(results)
+
+
+def _report(results: list[Result]) -> dict[str, object]:
+    by_name = {r.name: r for r in results}
+    print(
+        f"\nproxy benchmark: {MESSAGE_SIZE // 1024} KB messages, {CONCURRENCY} concurrent "
+        "connections, TLS on both legs\n"
+    )
+    print(f"{'run':28} {'msgs':>5} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/msg':>11}")
+    for r in results:
+        cpu = f"{r.cpu_ms:.2f}" if r.cpu_ms is not None else "-"
+        print(
+            f"{r.name:28} {r.messages:5d} {r.rate:8.1f} {r.pct(0.5):8.2f} {r.pct(0.99):8.2f} "
+            f"{cpu:>11}"
+        )
+    ratios: dict[str, object] = {}
+    print("\nratios (same run):")
+    for case, base in (
+        ("smtpgate starttls, 1/conn", "direct starttls, 1/conn"),
+        ("smtpgate starttls, 10/conn", "direct starttls, 10/conn"),
+        ("smtpgate implicit, 1/conn", "direct implicit, 1/conn"),
+        ("haproxy implicit, 1/conn", "direct implicit, 1/conn"),
+    ):
+        r, b = by_name.get(case), by_name.get(base)
+        if r is None or b is None or r.cpu_ms is None or b.cpu_ms is None:
+            continue
+        entry = {
+            "throughput": r.rate / b.rate,
+            "p50": r.pct(0.5) / b.pct(0.5),
+            "p99": r.pct(0.99) / b.pct(0.99),
+            "cpu_vs_receiving_server": r.cpu_ms / b.cpu_ms,
+        }
+        ratios[case] = entry
+        print(
+            f"  {case:28} throughput x{entry['throughput']:.2f}, p50 x{entry['p50']:.2f}, "
+            f"p99 x{entry['p99']:.2f}, CPU/msg x{entry['cpu_vs_receiving_server']:.2f} "
+            f"of the receiving server's"
+        )
+    gate, hap = by_name.get("smtpgate implicit, 1/conn"), by_name.get("haproxy implicit, 1/conn")
+    if gate and hap and gate.cpu_ms and hap.cpu_ms:
+        ratios["smtpgate_vs_haproxy_cpu"] = gate.cpu_ms / hap.cpu_ms
+        print(
+            f"  smtpgate CPU/msg vs HAProxy (implicit TLS both legs): "
+            f"x{gate.cpu_ms / hap.cpu_ms:.2f}"
+        )
+    return {
+        "results": {
+            r.name: {
+                "msg_per_s": r.rate,
+                "p50_ms": r.pct(0.5),
+                "p99_ms": r.pct(0.99),
+                "cpu_ms_per_msg": r.cpu_ms,
+            }
+            for r in results
+        },
+        "ratios": ratios,
+    }
+
+
+if __name__ == "__main__":
+    run(quick="--quick" in sys.argv)

@@ -1,0 +1,387 @@
+"""The proxy's certificates: server certificate, SNI certificates, proxy CA
+and the leaf certificates it issues for upstream host names.
+
+Layout under ``state_dir/tls/`` (directories 0700, keys 0600, certs 0644)::
+
+    ca.pem  ca.key            proxy CA, generated unless ca_cert/ca_key given
+    server.pem  server.key    proxy server cert (+ CA), unless server_cert/key given
+    leaves/leaf.key           the one key shared by all issued leaves
+    leaves/<host>.pem         leaf for <host> + CA chain, reused while valid
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+
+from smtpgate.tls import issuing
+
+log = logging.getLogger(__name__)
+
+KEY_MODE = 0o600
+CERT_MODE = 0o644
+DIR_MODE = 0o700
+# Renew generated certificates this long before they expire, so a connection
+# never gets a certificate that expires during the session.
+SERVER_RENEW = dt.timedelta(days=30)
+LEAF_RENEW = dt.timedelta(days=1)
+
+
+class CertificateError(Exception):
+    """A certificate or key file is missing, unreadable or inconsistent."""
+
+
+@dataclass(frozen=True, slots=True)
+class SNICertificate:
+    """A configured certificate chosen when the client's SNI matches ``names``.
+
+    ``names`` are A-label lower case; ``*.example.com`` matches one label.
+    """
+
+    names: tuple[str, ...]
+    cert_path: Path
+    key_path: Path
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
+
+
+def _load_chain(path: Path) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(_read(path, "certificate"))
+    except ValueError as exc:
+        raise CertificateError(f"{path}: not a PEM certificate file: {exc}") from exc
+    return certs
+
+
+def _load_key(path: Path) -> PrivateKeyTypes:
+    try:
+        return serialization.load_pem_private_key(_read(path, "private key"), password=None)
+    except (ValueError, TypeError) as exc:
+        # TypeError: an encrypted key (no passphrase support, on purpose:
+        # the proxy must start unattended).
+        raise CertificateError(f"{path}: not an unencrypted PEM private key: {exc}") from exc
+
+
+def _spki(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _load_pair(cert_path: Path, key_path: Path) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
+    chain = _load_chain(cert_path)
+    key = _load_key(key_path)
+    if _spki(key.public_key()) != _spki(chain[0].public_key()):
+        raise CertificateError(
+            f"{key_path}: private key does not match the certificate in {cert_path}"
+        )
+    return chain, key
+
+
+def _certifiable(key: PrivateKeyTypes, path: Path) -> issuing.PublicKey:
+    public = key.public_key()
+    if not isinstance(public, issuing.PublicKey):
+        raise CertificateError(f"{path}: this key type cannot be used in a certificate")
+    return public
+
+
+def _pair(cert: Path | None, key: Path | None, what: str) -> tuple[Path, Path] | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given = cert if cert is not None else key
+        raise CertificateError(f"{given}: {what} certificate and key must be given together")
+    return cert, key
+
+
+def _sni_name(name: str, cert: Path) -> str:
+    wildcard = name.startswith("*.")
+    try:
+        host = issuing.normalize_host(name[2:] if wildcard else name)
+    except ValueError as exc:
+        raise CertificateError(f"{cert}: SNI name {name!r}: {exc}") from exc
+    return f"*.{host}" if wildcard else str(host)
+
+
+def _expires_soon(cert: x509.Certificate, margin: dt.timedelta) -> bool:
+    now = dt.datetime.now(dt.UTC)
+    return cert.not_valid_after_utc - margin <= now or cert.not_valid_before_utc > now
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _leaf_file_name(host: str | issuing.IPAddress) -> str:
+    # Normalized names are [a-z0-9.-]; IPv6 colons are not portable in names.
+    return re.sub(r"[^a-z0-9.-]", "_", str(host)) + ".pem"
+
+
+class CertificateStore:
+    """All certificates the proxy presents. Build with :meth:`load`."""
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        server_cert_path: Path,
+        server_key_path: Path,
+        ca_chain: list[x509.Certificate],
+        ca_key: issuing.SigningKey,
+        sni: list[SNICertificate],
+        leaves_dir: Path,
+        leaf_key_path: Path,
+        leaf_public_key: issuing.PublicKey,
+    ) -> None:
+        self.hostname = hostname
+        self.server_cert_path = server_cert_path
+        self.server_key_path = server_key_path
+        self.sni_certificates: tuple[SNICertificate, ...] = tuple(sni)
+        self._ca_chain = ca_chain
+        self._ca_key = ca_key
+        self._leaves_dir = leaves_dir
+        self._leaf_key_path = leaf_key_path
+        self._leaf_public_key = leaf_public_key
+        self._leaves: dict[str, tuple[Path, dt.datetime]] = {}
+        # Leaf issuing may be reached from several threads (sync servers,
+        # console); the cache and the files must not race.
+        self._lock = threading.Lock()
+        self._sni_exact: dict[str, SNICertificate] = {}
+        self._sni_wild: dict[str, SNICertificate] = {}
+        for entry in self.sni_certificates:
+            for name in entry.names:
+                if name.startswith("*."):
+                    self._sni_wild.setdefault(name[2:], entry)
+                else:
+                    self._sni_exact.setdefault(name, entry)
+
+    # -- construction --------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        state_dir: Path,
+        *,
+        server_cert: Path | None,
+        server_key: Path | None,
+        ca_cert: Path | None,
+        ca_key: Path | None,
+        sni: list[tuple[list[str], Path, Path]],
+        hostname: str,
+    ) -> CertificateStore:
+        """Load user-supplied files, generating what is missing in state_dir.
+
+        Runs at start and on SIGHUP; it is the only place (with the first
+        leaf for a host) that reads key files or generates keys.
+        """
+        tls_dir = state_dir / "tls"
+        leaves_dir = tls_dir / "leaves"
+        for directory in (tls_dir, leaves_dir):
+            try:
+                directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                # mkdir's mode is filtered by the umask; the keys' folder is
+                # ours and private whatever the umask.
+                directory.chmod(DIR_MODE)
+            except OSError as exc:
+                raise CertificateError(f"{directory}: cannot create directory: {exc}") from exc
+
+        ca_chain, ca_priv = cls._load_ca(tls_dir, _pair(ca_cert, ca_key, "CA"), hostname)
+        server = _pair(server_cert, server_key, "server")
+        if server is not None:
+            _load_pair(*server)
+            server_paths = server
+        else:
+            server_paths = cls._generated_server(tls_dir, hostname, ca_chain, ca_priv)
+
+        entries: list[SNICertificate] = []
+        for names, cert, key in sni:
+            _load_pair(cert, key)
+            entries.append(SNICertificate(tuple(_sni_name(n, cert) for n in names), cert, key))
+
+        leaf_key_path = leaves_dir / "leaf.key"
+        leaf_key = cls._key_file(leaf_key_path)
+        return cls(
+            hostname=hostname,
+            server_cert_path=server_paths[0],
+            server_key_path=server_paths[1],
+            ca_chain=ca_chain,
+            ca_key=ca_priv,
+            sni=entries,
+            leaves_dir=leaves_dir,
+            leaf_key_path=leaf_key_path,
+            leaf_public_key=_certifiable(leaf_key, leaf_key_path),
+        )
+
+    @staticmethod
+    def _key_file(path: Path) -> PrivateKeyTypes:
+        """Load the key at ``path``, generating it (0600, atomically) if absent."""
+        if path.exists():
+            return _load_key(path)
+        key = issuing.new_key()
+        issuing.write_atomic(path, issuing.key_pem(key), KEY_MODE)
+        return key
+
+    @classmethod
+    def _load_ca(
+        cls, tls_dir: Path, supplied: tuple[Path, Path] | None, hostname: str
+    ) -> tuple[list[x509.Certificate], issuing.SigningKey]:
+        if supplied is not None:
+            chain, key = _load_pair(*supplied)
+        else:
+            cert_path, key_path = tls_dir / "ca.pem", tls_dir / "ca.key"
+            if cert_path.exists() and not key_path.exists():
+                raise CertificateError(f"{key_path}: missing (the CA in {cert_path} needs it)")
+            # The key is written first: a crash before ca.pem leaves a key
+            # with no certificate, which nobody can have trusted yet.
+            key = cls._key_file(key_path)
+            if not cert_path.exists():
+                if not isinstance(key, issuing.SigningKey):
+                    raise CertificateError(f"{key_path}: this key type cannot sign certificates")
+                issuing.write_atomic(
+                    cert_path, issuing.cert_pem(issuing.make_ca(hostname, key)), CERT_MODE
+                )
+                log.info("generated proxy CA %s", cert_path)
+            chain, key = _load_pair(cert_path, key_path)
+            supplied = (cert_path, key_path)
+        cert_path = supplied[0]
+        try:
+            bc = chain[0].extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            bc = None
+        if bc is None or not bc.ca:
+            raise CertificateError(f"{cert_path}: not a CA certificate (basicConstraints CA:FALSE)")
+        if _expires_soon(chain[0], dt.timedelta(0)):
+            raise CertificateError(f"{cert_path}: the CA certificate is expired or not yet valid")
+        if not isinstance(key, issuing.SigningKey):
+            raise CertificateError(f"{supplied[1]}: this key type cannot sign certificates")
+        return chain, key
+
+    @classmethod
+    def _generated_server(
+        cls,
+        tls_dir: Path,
+        hostname: str,
+        ca_chain: list[x509.Certificate],
+        ca_key: issuing.SigningKey,
+    ) -> tuple[Path, Path]:
+        cert_path, key_path = tls_dir / "server.pem", tls_dir / "server.key"
+        key = cls._key_file(key_path)
+        try:
+            host = issuing.normalize_host(hostname)
+        except ValueError as exc:
+            raise CertificateError(f"gateway hostname: {exc}") from exc
+        names: list[str | issuing.IPAddress] = [host]
+        names += [n for n in ("localhost", issuing.LOCALHOST) if n != host]
+        public_key = _certifiable(key, key_path)
+        if cert_path.exists():
+            current = _load_chain(cert_path)[0]
+            if cls._server_still_good(current, names, public_key, ca_chain[0]):
+                return cert_path, key_path
+        cert = issuing.make_leaf(names, public_key, ca_chain[0], ca_key, days=issuing.SERVER_DAYS)
+        issuing.write_atomic(cert_path, issuing.cert_pem(cert, *ca_chain), CERT_MODE)
+        log.info("generated proxy server certificate %s for %s", cert_path, hostname)
+        return cert_path, key_path
+
+    @staticmethod
+    def _server_still_good(
+        cert: x509.Certificate,
+        names: list[str | issuing.IPAddress],
+        public_key: PublicKeyTypes,
+        ca: x509.Certificate,
+    ) -> bool:
+        """Reuse a generated server cert unless the hostname, CA or key changed."""
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return False
+        first = names[0]
+        wanted = x509.DNSName(first) if isinstance(first, str) else x509.IPAddress(first)
+        return (
+            wanted in san
+            and _spki(cert.public_key()) == _spki(public_key)
+            and not _expires_soon(cert, SERVER_RENEW)
+            and _issued_by(cert, ca)
+        )
+
+    # -- use -------------------------------------------------------------------
+
+    @property
+    def ca_certificate(self) -> x509.Certificate:
+        return self._ca_chain[0]
+
+    def ca_pem(self) -> bytes:
+        """The proxy CA (with any chain above it) for ``smtpgate ca export``."""
+        return issuing.cert_pem(*self._ca_chain)
+
+    def sni_for(self, server_name: str) -> SNICertificate | None:
+        """The configured certificate for an SNI name (A-label), or None."""
+        name = server_name.rstrip(".").lower()
+        entry = self._sni_exact.get(name)
+        if entry is None and "." in name:
+            entry = self._sni_wild.get(name.split(".", 1)[1])
+        return entry
+
+    def leaf_for(self, hostname: str) -> tuple[Path, Path]:
+        """(chain file, key file) of a CA-issued certificate for ``hostname``.
+
+        Memory first, then the file from an earlier run if it is still valid
+        and from the current CA, else a new one (a signature and one small
+        file write: the key is shared). Raises CertificateError for a host
+        name that cannot go into a certificate.
+        """
+        try:
+            host = issuing.normalize_host(hostname)
+        except ValueError as exc:
+            raise CertificateError(f"leaf certificate: {exc}") from exc
+        key = str(host)
+        now = dt.datetime.now(dt.UTC)
+        with self._lock:
+            cached = self._leaves.get(key)
+            if cached is not None and cached[1] - LEAF_RENEW > now:
+                return cached[0], self._leaf_key_path
+            path = self._leaves_dir / _leaf_file_name(host)
+            cert = self._reusable_leaf(path, host)
+            if cert is None:
+                cert = issuing.make_leaf(
+                    [host], self._leaf_public_key, self.ca_certificate, self._ca_key
+                )
+                issuing.write_atomic(path, issuing.cert_pem(cert, *self._ca_chain), CERT_MODE)
+            self._leaves[key] = (path, cert.not_valid_after_utc)
+            return path, self._leaf_key_path
+
+    def _reusable_leaf(self, path: Path, host: str | issuing.IPAddress) -> x509.Certificate | None:
+        try:
+            cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+        except (OSError, ValueError):
+            return None  # absent or damaged: issue a fresh one
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return None
+        wanted = x509.DNSName(host) if isinstance(host, str) else x509.IPAddress(host)
+        if (
+            wanted in san
+            and _spki(cert.public_key()) == _spki(self._leaf_public_key)
+            and not _expires_soon(cert, LEAF_RENEW)
+            and _issued_by(cert, self.ca_certificate)
+        ):
+            return cert
+        return None

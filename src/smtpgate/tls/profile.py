@@ -1,0 +1,89 @@
+"""The TLS profile as the tls package sees it (SPEC.md section 3).
+
+The config package owns the real (pydantic) profile objects; this package only
+reads them through :class:`TLSProfileLike`, so ``smtpgate.tls`` never imports
+``smtpgate.config`` and the dependency points one way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+MinVersion = Literal["1.0", "1.1", "1.2", "1.3"]
+PFSMode = Literal["none", "allowed", "required"]
+
+
+class TLSProfileError(ValueError):
+    """A profile that cannot be turned into a working TLS context."""
+
+
+class TLSProfileLike(Protocol):
+    """Read-only view of a TLS profile; the fields of SPEC.md section 3."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def min_version(self) -> MinVersion: ...
+    @property
+    def pfs(self) -> PFSMode: ...
+    @property
+    def validate_certificates(self) -> bool: ...
+    @property
+    def ca_file(self) -> Path | None: ...
+    @property
+    def ocsp(self) -> bool: ...
+    @property
+    def ocsp_allow_unavailable(self) -> bool: ...
+    @property
+    def tls_compliant_only(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TLSProfileSettings:
+    """A plain implementation of :class:`TLSProfileLike` (tests, embedding)."""
+
+    name: str = "TLS-Test"
+    min_version: MinVersion = "1.2"
+    pfs: PFSMode = "allowed"
+    validate_certificates: bool = True
+    ca_file: Path | None = None
+    ocsp: bool = False
+    ocsp_allow_unavailable: bool = True
+    tls_compliant_only: bool = False
+
+
+ProfileKey = tuple[str, str, str, bool, str, bool, bool, bool]
+
+
+def profile_key(profile: TLSProfileLike) -> ProfileKey:
+    """Hashable identity of everything a profile can change.
+
+    Caches key on the values, not on the object: config objects may be
+    unhashable, and a reloaded profile with new values must not hit an old
+    context even if the caller forgot to clear the cache.
+    """
+    return (
+        profile.name,
+        profile.min_version,
+        profile.pfs,
+        profile.validate_certificates,
+        "" if profile.ca_file is None else str(profile.ca_file),
+        profile.ocsp,
+        profile.ocsp_allow_unavailable,
+        profile.tls_compliant_only,
+    )
+
+
+def check_profile(profile: TLSProfileLike) -> None:
+    """Raise :class:`TLSProfileError` for contradictory settings.
+
+    ``pfs = "none"`` needs TLS 1.2 or lower (every TLS 1.3 suite is
+    forward-secret), so it cannot be combined with ``min_version = "1.3"``.
+    """
+    if profile.pfs == "none" and profile.min_version == "1.3":
+        raise TLSProfileError(
+            f"TLS profile {profile.name!r}: pfs = 'none' requires TLS 1.2 or lower, "
+            "but min_version is '1.3' (all TLS 1.3 cipher suites are forward-secret)"
+        )
