@@ -23,7 +23,6 @@ import asyncio
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,7 +79,7 @@ class Result:
 
 class Process:
     def __init__(self, args: list[str], ready: str | None = None, **kw: object) -> None:
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -8,11 +8,12 @@ attributes.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from smtpgate.config.schema import Config, Policy, TLSProfile
 from smtpgate.policy.decisions import advertise_starttls
 from smtpgate.policy.rules import RuleSet
+from smtpgate.proxy.pool import UpstreamPool
 from smtpgate.smtp.server import ServerLimits
 from smtpgate.tls.certificates import CertificateStore
 from smtpgate.tls.contexts import TLSContextCache
@@ -48,6 +49,8 @@ class PolicyRuntime:
     client_tls_context: ssl.SSLContext
     upstream_context_verified: ssl.SSLContext
     upstream_context_unverified: ssl.SSLContext
+    #: Idle upstream legs of this policy; a reload starts a new pool.
+    pool: UpstreamPool = field(default_factory=UpstreamPool, compare=False)
 
     @property
     def upstream(self) -> str:

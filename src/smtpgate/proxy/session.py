@@ -40,6 +40,7 @@ from smtpgate.smtp.events import (
     Hello,
     MailFrom,
     RcptTo,
+    Reply,
     Reset,
     StartTLSRequested,
 )
@@ -262,20 +263,15 @@ class Session:
             self._log_rcpt_rejected(txn, domain, match.label, REPLY_OTHER_TRANSACTION[0], "")
             return
         try:
-            upstream = await self._upstream_for(mode)
-            client = upstream.client
-            if not txn.mail_sent:
-                client.send_mail(txn.sender, self._mail_params(txn.mail_params))
-            client.send_rcpt(event.recipient.path, event.raw_params)
-            if not txn.mail_sent:
-                mail_reply = await upstream.reply()
-                if not mail_reply.is_positive:
-                    await upstream.reply()  # the RCPT's answer, moot without a sender
-                    server.reply_lines(mail_reply.code, mail_reply.lines)
-                    self._log_rcpt_rejected(txn, domain, match.label, mail_reply.code, "")
-                    return
-                txn.mail_sent = True
-            answer = await upstream.reply()
+            try:
+                answer = await self._send_rcpt(txn, mode, event)
+            except (UpstreamProtocolError, OSError, ConnectionError):
+                upstream = self.upstream
+                if upstream is None or not upstream.reused or txn.mail_sent:
+                    raise
+                # A parked leg the upstream had closed: once more on a fresh connection.
+                await self._drop_upstream()
+                answer = await self._send_rcpt(txn, mode, event)
         except UpstreamUnavailable as exc:
             server.reply(exc.code, exc.text)
             self._log_rcpt_rejected(txn, domain, match.label, exc.code, exc.reason)
@@ -286,6 +282,10 @@ class Session:
             server.reply(*UPSTREAM_FAILED)
             self._log_rcpt_rejected(txn, domain, match.label, UPSTREAM_FAILED[0], repr(exc))
             return
+        if isinstance(answer, tuple):  # the upstream refused MAIL: relay that instead
+            server.reply_lines(answer[0].code, answer[0].lines)
+            self._log_rcpt_rejected(txn, domain, match.label, answer[0].code, "upstream MAIL")
+            return
         server.reply_lines(answer.code, answer.lines)
         if answer.is_positive:
             if txn.upstream_key is None:
@@ -294,6 +294,32 @@ class Session:
             txn.recipient_domains.append(domain)
         else:
             self._log_rcpt_rejected(txn, domain, match.label, answer.code, "upstream")
+
+    async def _send_rcpt(
+        self, txn: Transaction, mode: UpstreamTLS, event: RcptTo
+    ) -> Reply | tuple[Reply]:
+        """MAIL (with the first recipient) and RCPT upstream, pipelined when offered."""
+        upstream = await self._upstream_for(mode)
+        client = upstream.client
+        if not txn.mail_sent:
+            client.send_mail(txn.sender, self._mail_params(txn.mail_params))
+            upstream.in_transaction = True
+            if not client.pipelining:
+                mail_reply = await upstream.reply()
+                if not mail_reply.is_positive:
+                    upstream.in_transaction = False
+                    return (mail_reply,)
+            client.send_rcpt(event.recipient.path, event.raw_params)
+            if client.pipelining:
+                mail_reply = await upstream.reply()
+                if not mail_reply.is_positive:
+                    await upstream.reply()  # the RCPT's answer, moot without a sender
+                    upstream.in_transaction = False
+                    return (mail_reply,)
+            txn.mail_sent = True
+        else:
+            client.send_rcpt(event.recipient.path, event.raw_params)
+        return await upstream.reply()
 
     def _mail_params(self, raw: bytes) -> bytes:
         """Pass on the parameters the upstream understands (RFC 1869: never send unknown ones)."""
@@ -320,20 +346,24 @@ class Session:
     async def _upstream_for(self, mode: UpstreamTLS) -> UpstreamLeg:
         upstream = self.upstream
         if upstream is not None:
-            if upstream.mode is mode and not upstream.stream.at_eof:
+            if upstream.mode is mode and upstream.usable:
                 return upstream
-            await self._close_upstream()
-        upstream = await UpstreamLeg.open(self.rt, mode)
+            self._release_upstream()
+        upstream = self.rt.pool.take(mode)
+        if upstream is not None:
+            upstream.reused = True
+        else:
+            upstream = await UpstreamLeg.open(self.rt, mode)
+            self.log.emit(
+                "upstream_connected",
+                session=self.id,
+                upstream=self.rt.upstream,
+                mode=str(mode),
+                upstream_tls=upstream.tls_version,
+                upstream_cipher=upstream.cipher,
+                upstream_verify=str(upstream.verification),
+            )
         self.upstream = upstream
-        self.log.emit(
-            "upstream_connected",
-            session=self.id,
-            upstream=self.rt.upstream,
-            mode=str(mode),
-            upstream_tls=upstream.tls_version,
-            upstream_cipher=upstream.cipher,
-            upstream_verify=str(upstream.verification),
-        )
         return upstream
 
     async def _data(self) -> None:
@@ -387,6 +417,7 @@ class Session:
             upstream.timeout = self.rt.data_timeout
             answer = await upstream.reply()
             upstream.timeout = self.rt.command_timeout
+            upstream.in_transaction = False
         except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
             # We cannot know whether the upstream took it; a 4xx makes the client retry
             # (a possible duplicate is better than a loss, RFC 5321 section 6.1).
@@ -407,6 +438,7 @@ class Session:
             upstream.client.send_rset()
             try:
                 await upstream.reply()
+                upstream.in_transaction = False
             except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
                 await self._drop_upstream()
 
@@ -475,8 +507,15 @@ class Session:
             self.upstream.abort()
             self.upstream = None
 
-    async def _close_upstream(self) -> None:
+    def _release_upstream(self) -> None:
+        """Park the leg for the next session when its dialogue is at rest, else close it."""
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
-            await upstream.quit()
+            if self.in_body or upstream.client.waiting or upstream.in_transaction:
+                upstream.abort()
+            else:
+                self.rt.pool.give(upstream)
+
+    async def _close_upstream(self) -> None:
+        self._release_upstream()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 #: Stop reading from the peer once this much is waiting for the session.
@@ -33,12 +33,14 @@ class Stream(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self.task: asyncio.Task[None] | None = None
+        self._tls = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self._tls = transport.get_extra_info("ssl_object") is not None
         if self._on_connect is not None:
             self.task = asyncio.get_running_loop().create_task(self._on_connect(self))
 
@@ -103,9 +105,16 @@ class Stream(asyncio.Protocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def writelines(self, data: Iterable[bytes | memoryview]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(data)
+    def writelines(self, data: list[bytes | memoryview]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._tls and len(data) > 1:
+            # A TLS transport encrypts each piece into its own record and write;
+            # one joined buffer is one record and one system call.
+            transport.write(b"".join(data))
+        else:
+            transport.writelines(data)
 
     async def drain(self) -> None:
         if self._write_paused and self.transport is not None and not self.transport.is_closing():
@@ -139,6 +148,7 @@ class Stream(asyncio.Protocol):
         if transport is None:
             raise ConnectionError("TLS handshake did not complete")
         self.transport = transport
+        self._tls = True
 
     @property
     def at_eof(self) -> bool:

@@ -46,7 +46,17 @@ _VERIFY_CACHE_SIZE = 256
 
 
 class UpstreamLeg:
-    __slots__ = ("cipher", "client", "mode", "stream", "timeout", "tls_version", "verification")
+    __slots__ = (
+        "cipher",
+        "client",
+        "in_transaction",
+        "mode",
+        "reused",
+        "stream",
+        "timeout",
+        "tls_version",
+        "verification",
+    )
 
     def __init__(self, stream: Stream, client: ClientConnection, mode: UpstreamTLS, timeout: float):
         self.stream = stream
@@ -56,6 +66,10 @@ class UpstreamLeg:
         self.tls_version = "none"
         self.cipher = "none"
         self.verification = NOT_CHECKED
+        #: Taken from the pool: it may have died while parked.
+        self.reused = False
+        #: MAIL was sent and neither the final dot nor RSET has been answered.
+        self.in_transaction = False
 
     @classmethod
     async def open(cls, rt: PolicyRuntime, mode: UpstreamTLS) -> UpstreamLeg:
@@ -189,3 +203,13 @@ class UpstreamLeg:
 
     def abort(self) -> None:
         self.stream.abort()
+
+    @property
+    def usable(self) -> bool:
+        transport = self.stream.transport
+        return not self.stream.at_eof and transport is not None and not transport.is_closing()
+
+    def close_quietly(self) -> None:
+        """QUIT without waiting for the answer: for parked legs nobody waits on."""
+        self.stream.write(b"QUIT\r\n")
+        self.stream.close()
