@@ -319,7 +319,17 @@ class Session:
             txn.mail_sent = True
         else:
             client.send_rcpt(event.recipient.path, event.raw_params)
-        return await upstream.reply()
+        if client.pipelining and self.server.next_command_is(b"DATA"):
+            # The client pipelined DATA after this RCPT: so do we, saving a round trip.
+            client.send_data()
+            upstream.data_sent = True
+        answer = await upstream.reply()
+        if upstream.data_sent and not answer.is_positive and not txn.recipient_domains:
+            # No recipient for the pipelined DATA: RFC 2920 has the server refuse it.
+            upstream.data_sent = False
+            if (await upstream.reply()).code == 354:
+                raise UpstreamProtocolError("upstream accepted DATA without recipients")
+        return answer
 
     def _mail_params(self, raw: bytes) -> bytes:
         """Pass on the parameters the upstream understands (RFC 1869: never send unknown ones)."""
@@ -372,7 +382,9 @@ class Session:
         if upstream is None:
             server.reply(*UPSTREAM_FAILED)
             return
-        upstream.client.send_data()
+        if not upstream.data_sent:
+            upstream.client.send_data()
+        upstream.data_sent = False
         try:
             answer = await upstream.reply()
         except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
@@ -398,11 +410,12 @@ class Session:
 
     def _body_invalid(self, event: BodyInvalid) -> None:
         # Abandon the upstream transaction without its final dot: nothing is delivered.
+        # (_end_transaction aborts the upstream while in_body, after noting its TLS facts.)
+        self._end_transaction("rejected", event.code)
         self.in_body = False
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
-        self._end_transaction("rejected", event.code)
 
     async def _body_end(self) -> None:
         upstream = self.upstream
@@ -449,14 +462,15 @@ class Session:
         if txn is None:
             return
         self.txn = None
-        if self.in_body and self.upstream is not None:
+        # The record describes the leg this transaction used, also when it is dropped here.
+        upstream = self.upstream
+        if self.in_body and upstream is not None:
             # The client went away mid-body: drop the upstream without its final dot.
-            self.upstream.abort()
+            upstream.abort()
             self.upstream = None
         self.in_body = False
         if not txn.recipient_domains and outcome == "aborted":
             return
-        upstream = self.upstream
         self.log.emit(
             "transaction",
             session=self.id,

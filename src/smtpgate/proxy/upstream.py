@@ -49,6 +49,7 @@ class UpstreamLeg:
     __slots__ = (
         "cipher",
         "client",
+        "data_sent",
         "in_transaction",
         "mode",
         "reused",
@@ -70,6 +71,8 @@ class UpstreamLeg:
         self.reused = False
         #: MAIL was sent and neither the final dot nor RSET has been answered.
         self.in_transaction = False
+        #: DATA went out pipelined behind the last RCPT; its reply is still owed.
+        self.data_sent = False
 
     @classmethod
     async def open(cls, rt: PolicyRuntime, mode: UpstreamTLS) -> UpstreamLeg:

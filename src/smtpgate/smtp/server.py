@@ -206,6 +206,10 @@ class ServerConnection:
     def receive_data(self, data: bytes) -> None:
         if self.state is State.CLOSED or not data:
             return
+        if self.state is State.TLS:
+            # Plaintext that arrived after our 220 but before the handshake: never a command.
+            self.discarded_after_starttls += data
+            return
         if self._pos < len(self._buf):
             self._buf = self._buf[self._pos :] + data
         else:
@@ -234,6 +238,18 @@ class ServerConnection:
             if self._awaiting is not None or self.state in (State.CLOSED, State.TLS):
                 break
         return NEED_DATA
+
+    def next_command_is(self, verb: bytes) -> bool:
+        """Whether the next pipelined command line, already received, is ``verb``.
+
+        Lets a proxy pipeline that command upstream too (RFC 2920) before
+        the event for it is produced.
+        """
+        buf, pos = self._buf, self._pos
+        if self.state is State.DATA or buf.find(b"\n", pos) < 0:
+            return False
+        line = buf[pos : pos + len(verb) + 2].rstrip(b"\r\n").upper()
+        return line == verb
 
     def _receive_body(self) -> None:
         decoder = self._decoder

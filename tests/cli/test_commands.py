@@ -1,0 +1,227 @@
+"""The commands of SPEC section 6, run as a user runs them: as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cryptography import x509
+
+SMTPGATE = str(Path(sys.executable).with_name("smtpgate"))
+
+
+def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SMTPGATE, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+CONFIG = """\
+[gateway]
+hostname = "mx.cli.test"
+state_dir = "state"
+[logging]
+file = "smtpgate.log"
+[[policies]]
+name = "inbound"
+listen = "127.0.0.1:{listen}"
+upstream = "127.0.0.1:{upstream}"
+proxy_action = "Inbound.Custom"
+[[proxy_actions]]
+name = "Inbound.Custom"
+[proxy_actions.starttls]
+require_tls_for_envelope = {envelope}
+[[proxy_actions.starttls.rules]]
+sender = "partner.example"
+sender_encryption = "required"
+recipient_encryption = "required"
+[[proxy_actions.starttls.rules]]
+recipient = "*.legacy.example"
+recipient_encryption = "none"
+"""
+
+
+def write_config(tmp_path: Path, *, envelope: bool = False, listen: int = 0) -> Path:
+    path = tmp_path / "smtpgate.toml"
+    path.write_text(
+        CONFIG.format(
+            listen=listen or free_port(), upstream=free_port(), envelope=str(envelope).lower()
+        )
+    )
+    return path
+
+
+def test_check_accepts_a_valid_file(tmp_path: Path) -> None:
+    result = run("check", "--config", str(write_config(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_check_names_the_key_path_and_exits_1(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    text = path.read_text()
+    path.write_text(text.replace('sender = "partner.example"', 'sender = "bad..example"'))
+    result = run("check", "--config", str(path))
+    assert result.returncode == 1
+    assert "proxy_actions[0].starttls.rules[0].sender" in result.stderr
+    path.write_text(text.replace('proxy_action = "Inbound.Custom"', 'proxy_action = "Missing"'))
+    dangling = run("check", "--config", str(path))
+    assert dangling.returncode == 1
+    assert "policies[0].proxy_action" in dangling.stderr and "Missing" in dangling.stderr
+
+
+def test_serve_with_bad_config_listens_on_nothing(tmp_path: Path) -> None:
+    listen = free_port()
+    path = write_config(tmp_path, listen=listen)
+    path.write_text(path.read_text().replace('recipient_encryption = "none"', "x = 1"))
+    result = run("serve", "--config", str(path), timeout=20)
+    assert result.returncode == 1
+    assert "proxy_actions[0].starttls.rules[1].x" in result.stderr
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", listen)) != 0
+
+
+def test_rules_test_reports_rule_and_both_legs(tmp_path: Path) -> None:
+    path = str(write_config(tmp_path))
+    clear = run(
+        "rules",
+        "test",
+        "--config",
+        path,
+        "--action",
+        "Inbound.Custom",
+        "--from",
+        "alice@Partner.Example",
+        "--to",
+        "bob@corp.example",
+        "--json",
+    )
+    assert clear.returncode == 0, clear.stderr
+    decision = json.loads(clear.stdout)
+    assert decision["rule"] == "1"
+    assert decision["client_leg"].startswith("530 at RCPT")
+    assert decision["upstream_mode"] == "required"
+    legacy = json.loads(
+        run(
+            "rules",
+            "test",
+            "--config",
+            path,
+            "--action",
+            "Inbound.Custom",
+            "--from",
+            "x@other.example",
+            "--to",
+            "t@a.legacy.example",
+            "--client-tls",
+            "--json",
+        ).stdout
+    )
+    assert legacy["rule"] == "2" and legacy["upstream_mode"] == "none"
+    fallback = run(
+        "rules",
+        "test",
+        "--config",
+        path,
+        "--action",
+        "Inbound.Custom",
+        "--from",
+        "x@other.example",
+        "--to",
+        "t@legacy.example",
+    )
+    assert "default" in fallback.stdout and "STARTTLS if offered" in fallback.stdout
+
+
+def test_rules_test_with_envelope_switch_rejects_at_mail(tmp_path: Path) -> None:
+    path = str(write_config(tmp_path, envelope=True))
+    result = json.loads(
+        run(
+            "rules",
+            "test",
+            "--config",
+            path,
+            "--action",
+            "Inbound.Custom",
+            "--from",
+            "a@partner.example",
+            "--to",
+            "b@x.example",
+            "--json",
+        ).stdout
+    )
+    assert result["client_leg"].startswith("530 at MAIL FROM")
+
+
+def test_ca_export_prints_the_ca_that_signed_the_server_certificate(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    result = run("ca", "export", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    ca = x509.load_pem_x509_certificate(result.stdout.encode())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    again = run("ca", "export", "--config", str(path))
+    assert again.stdout == result.stdout  # generated once, then reused
+
+
+def _wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _records(log: Path) -> list[dict[str, object]]:
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def test_serve_sighup_reloads_and_sigterm_lets_a_session_finish(tmp_path: Path) -> None:
+    listen = free_port()
+    path = write_config(tmp_path, listen=listen)
+    log = tmp_path / "smtpgate.log"
+    proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(path)], stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: any(r["event"] == "listening" for r in _records(log)))
+        client = smtplib.SMTP("127.0.0.1", listen, timeout=10)
+        assert client.ehlo()[0] == 250
+        # SIGHUP with the envelope switch turned on: new sessions see it, this one keeps going.
+        path.write_text(
+            path.read_text().replace(
+                "require_tls_for_envelope = false", "require_tls_for_envelope = true"
+            )
+        )
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: any(r["event"] == "reloaded" for r in _records(log)))
+        second = smtplib.SMTP("127.0.0.1", listen, timeout=10)
+        second.ehlo()
+        code, _ = second.mail("a@partner.example")
+        assert code == 530
+        second.quit()
+        # SIGTERM: stop accepting, but the open session still gets its answers.
+        proc.send_signal(signal.SIGTERM)
+        _wait_for(lambda: any(r["event"] == "stopping" for r in _records(log)))
+        assert client.noop()[0] == 250
+        client.quit()
+        assert proc.wait(20) == 0
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", listen)) != 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
