@@ -1,0 +1,105 @@
+"""``openssl s_client -starttls smtp`` against smtpgate's client leg.
+
+Proves the TLS profile is enforced on the wire (SPEC.md section 3): a profile
+with ``min_version = "1.3"`` refuses a TLS 1.2-only client and accepts TLS 1.3;
+``pfs = "required"`` refuses a TLS 1.2 client that offers only a
+non-forward-secret cipher (``AES128-GCM-SHA256``, RSA key exchange) and accepts
+ECDHE. The client-leg certificate is an RSA one from the test CA, so the
+refusal cannot be explained by the key type. Also: the certificate is chosen by
+SNI, and an implicit-TLS listener speaks TLS from the first byte.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from tests.peers.certs import LeafFiles, TestPKI
+from tests.peers.openssl import s_client
+from tests.peers.smtpgate_proc import SmtpgateProcess, gate_config
+from tests.peers.upstream import AiosmtpdUpstream
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
+
+StartGate = Callable[..., SmtpgateProcess]
+StartUpstream = Callable[..., AiosmtpdUpstream]
+
+
+def _ou(cert: Path) -> str:
+    leaf = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    return str(leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value)
+
+
+def test_min_version_13_refuses_tls12_client(
+    start_gate: StartGate, start_upstream: StartUpstream, gate_cert: LeafFiles, pki: TestPKI
+) -> None:
+    up = start_upstream()
+    gate = start_gate(gate_config(up.port, server_cert=gate_cert, min_version="1.3"))
+    refused = s_client(gate.port(), tls1_2=True)
+    assert not refused.ok, refused
+    accepted = s_client(gate.port(), tls1_3=True, ca_file=pki.ca_file)
+    assert accepted.ok and accepted.version == "TLSv1.3", accepted
+    assert accepted.verify_code == 0, accepted  # the configured certificate was presented
+    # Without a version switch, the client gets TLS 1.3.
+    assert s_client(gate.port()).version == "TLSv1.3"
+
+
+def test_pfs_required_refuses_rsa_key_exchange_and_accepts_ecdhe(
+    start_gate: StartGate, start_upstream: StartUpstream, gate_cert: LeafFiles
+) -> None:
+    up = start_upstream()
+    gate = start_gate(gate_config(up.port, server_cert=gate_cert, pfs="required"))
+    refused = s_client(gate.port(), tls1_2=True, cipher="AES128-GCM-SHA256")
+    assert not refused.ok, refused
+    accepted = s_client(gate.port(), tls1_2=True, cipher="ECDHE")
+    assert accepted.ok and accepted.version == "TLSv1.2", accepted
+    assert accepted.cipher is not None and accepted.cipher.startswith("ECDHE-"), accepted
+
+
+def test_client_leg_certificate_is_chosen_by_sni(
+    start_gate: StartGate,
+    start_upstream: StartUpstream,
+    gate_cert: LeafFiles,
+    pki: TestPKI,
+) -> None:
+    mx2 = pki.issue("mx2.example.test", stem="mx2")
+    up = start_upstream()
+    gate = start_gate(
+        gate_config(
+            up.port,
+            server_cert=gate_cert,
+            sni=[{"names": ["mx2.example.test"], "cert": str(mx2.cert), "key": str(mx2.key)}],
+        )
+    )
+    with_sni = s_client(gate.port(), servername="mx2.example.test", ca_file=pki.ca_file)
+    assert with_sni.ok and with_sni.verify_code == 0, with_sni
+    assert _ou(mx2.cert) in with_sni.output
+    default = s_client(gate.port(), servername="unknown.example.test")
+    assert default.ok, default
+    assert _ou(gate_cert.cert) in default.output
+    assert _ou(mx2.cert) not in default.output
+
+
+def test_implicit_tls_listener(
+    start_gate: StartGate, start_upstream: StartUpstream, gate_cert: LeafFiles, pki: TestPKI
+) -> None:
+    up = start_upstream()
+    gate = start_gate(gate_config(up.port, server_cert=gate_cert, implicit_tls=True))
+    r = s_client(gate.port(), starttls=False, ca_file=pki.ca_file, wait_for_close=True)
+    assert r.ok and r.verify_code == 0, r
+    assert "220 mx.example.test" in r.output, r  # the banner came inside TLS
+    assert "221 " in r.output, r  # and QUIT was answered inside TLS
+    # A cleartext client gets no banner on an implicit-TLS port: the server waits
+    # for a ClientHello (or closes), it never speaks SMTP in clear.
+    with socket.create_connection(("127.0.0.1", gate.port()), timeout=5) as sock:
+        sock.settimeout(2)
+        try:
+            first = sock.recv(64)
+        except TimeoutError:
+            first = b""
+    assert not first.startswith(b"220"), first

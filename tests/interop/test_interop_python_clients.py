@@ -1,0 +1,201 @@
+"""Python's smtplib and aiosmtplib as clients, aiosmtpd as the upstream server.
+
+Proves: STARTTLS on the client leg with full certificate verification (test CA,
+host name 127.0.0.1), implicit TLS with aiosmtplib, STARTTLS towards an aiosmtpd
+upstream (``tls_context``) and towards an implicit-TLS upstream; the end-of-data
+reply is the upstream's (a 451 stays a 451, a 554 a 554: SPEC.md section 2.3);
+the message body arrives byte-for-byte with dot-stuffing undone; ``smtpgate ca
+export`` prints the CA that signs the on-the-fly certificates of an outgoing
+action; the proxy writes nothing on stdout and exits 0 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Callable
+from email.message import EmailMessage
+
+import aiosmtplib
+import pytest
+from cryptography import x509
+
+from tests.peers.certs import LeafFiles, TestPKI
+from tests.peers.smtpgate_proc import SmtpgateProcess, gate_config, rule
+from tests.peers.upstream import AiosmtpdUpstream
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
+
+StartGate = Callable[..., SmtpgateProcess]
+StartUpstream = Callable[..., AiosmtpdUpstream]
+
+BODY = "line one\n.leading dot\n..two dots\nlast line\n"
+
+
+def _message(subject: str = "python client") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "alice@sender.test"
+    msg["To"] = "bob@receiver.test"
+    msg["Subject"] = subject
+    msg.set_content(BODY)
+    return msg
+
+
+def test_smtplib_starttls_verified_to_aiosmtpd_starttls(
+    start_gate: StartGate,
+    start_upstream: StartUpstream,
+    pki: TestPKI,
+    upstream_cert: LeafFiles,
+    gate_cert: LeafFiles,
+) -> None:
+    up = start_upstream(starttls=pki.server_context(upstream_cert))
+    gate = start_gate(
+        gate_config(
+            up.port,
+            server_cert=gate_cert,
+            ca_file=pki.ca_file,
+            validate_certificates=True,
+            rules=[rule(recipient_encryption="required")],
+        )
+    )
+    with smtplib.SMTP("127.0.0.1", gate.port(), timeout=20) as smtp:
+        smtp.ehlo("client.test")
+        assert smtp.has_extn("starttls")
+        smtp.starttls(context=pki.client_context())
+        client_version = smtp.sock.version()  # type: ignore[union-attr]
+        refused = smtp.send_message(_message())
+    assert refused == {}
+    got = up.wait_messages(1)[0]
+    assert got.tls_version in ("TLSv1.2", "TLSv1.3")
+    assert "Subject: python client" in got.data.decode()
+    for line in BODY.splitlines():
+        assert line.encode() in got.data.splitlines()  # dot-stuffing undone upstream
+    tx = gate.transactions(outcome="delivered")[0]
+    assert tx["client_tls"] == client_version
+    assert tx["upstream_tls"] == got.tls_version
+    assert tx["upstream_verify"] == "ok"
+
+
+async def test_aiosmtplib_starttls_and_implicit_tls(
+    start_gate: StartGate,
+    start_upstream: StartUpstream,
+    pki: TestPKI,
+    upstream_cert: LeafFiles,
+    gate_cert: LeafFiles,
+) -> None:
+    up = start_upstream(starttls=pki.server_context(upstream_cert))
+    starttls_gate = start_gate(gate_config(up.port, server_cert=gate_cert))
+    implicit_gate = start_gate(gate_config(up.port, server_cert=gate_cert, implicit_tls=True))
+    ctx = pki.client_context()
+
+    errors, reply = await aiosmtplib.send(
+        _message("aiosmtplib starttls"),
+        hostname="127.0.0.1",
+        port=starttls_gate.port(),
+        start_tls=True,
+        tls_context=ctx,
+        timeout=20,
+    )
+    assert errors == {} and reply.startswith("2"), reply
+    errors, reply = await aiosmtplib.send(
+        _message("aiosmtplib implicit"),
+        hostname="127.0.0.1",
+        port=implicit_gate.port(),
+        use_tls=True,
+        tls_context=ctx,
+        timeout=20,
+    )
+    assert errors == {} and reply.startswith("2"), reply
+    subjects = sorted(
+        line
+        for m in up.wait_messages(2)
+        for line in m.data.decode().splitlines()
+        if line.startswith("Subject:")
+    )
+    assert subjects == ["Subject: aiosmtplib implicit", "Subject: aiosmtplib starttls"]
+    for gate in (starttls_gate, implicit_gate):
+        tx = gate.transactions(outcome="delivered")[0]
+        assert tx["client_tls"] in ("TLSv1.2", "TLSv1.3")
+
+
+def test_implicit_tls_upstream(
+    start_gate: StartGate,
+    start_upstream: StartUpstream,
+    pki: TestPKI,
+    upstream_cert: LeafFiles,
+    gate_cert: LeafFiles,
+) -> None:
+    up = start_upstream(implicit=pki.server_context(upstream_cert))
+    gate = start_gate(
+        gate_config(
+            up.port,
+            server_cert=gate_cert,
+            upstream_implicit_tls=True,
+            ca_file=pki.ca_file,
+            validate_certificates=True,
+            rules=[rule(recipient_encryption="required")],
+        )
+    )
+    with smtplib.SMTP("127.0.0.1", gate.port(), timeout=20) as smtp:
+        smtp.send_message(_message())
+    got = up.wait_messages(1)[0]
+    assert got.tls_version in ("TLSv1.2", "TLSv1.3")
+    tx = gate.transactions(outcome="delivered")[0]
+    assert tx["client_tls"] == "none"
+    assert tx["upstream_tls"] == got.tls_version
+
+
+@pytest.mark.parametrize(
+    ("upstream_reply", "code"), [("451 4.3.0 try later", 451), ("554 5.6.0 no", 554)]
+)
+def test_end_of_data_reply_is_the_upstreams(
+    upstream_reply: str,
+    code: int,
+    start_gate: StartGate,
+    start_upstream: StartUpstream,
+    gate_cert: LeafFiles,
+) -> None:
+    up = start_upstream(data_reply=upstream_reply)
+    gate = start_gate(gate_config(up.port, server_cert=gate_cert))
+    with (
+        smtplib.SMTP("127.0.0.1", gate.port(), timeout=20) as smtp,
+        pytest.raises(smtplib.SMTPDataError) as err,
+    ):
+        smtp.send_message(_message())
+    assert err.value.smtp_code == code
+    tx = gate.transactions()[0]
+    assert tx["reply"] == code
+    assert tx["outcome"] != "delivered"
+
+
+def test_ca_export_signs_outgoing_client_leg_certificates(
+    start_gate: StartGate, start_upstream: StartUpstream
+) -> None:
+    up = start_upstream()
+    gate = start_gate(gate_config(up.port, direction="outgoing"))  # certificates generated
+    pem = gate.ca_export()
+    ca = x509.load_pem_x509_certificate(pem.encode())
+    on_disk = x509.load_pem_x509_certificates(gate.state_file("ca.pem").read_bytes())[0]
+    assert ca == on_disk
+    assert gate.state_file("server.pem").exists()
+
+    ctx = ssl.create_default_context(cadata=pem)  # trust only the exported CA
+    with smtplib.SMTP("127.0.0.1", gate.port(), timeout=20) as smtp:
+        smtp.starttls(context=ctx)  # verifies the chain and the name 127.0.0.1
+        smtp.send_message(_message())
+    assert up.wait_messages(1)
+
+
+def test_stdout_is_empty_and_sigterm_exits_zero(
+    start_gate: StartGate, start_upstream: StartUpstream, gate_cert: LeafFiles
+) -> None:
+    up = start_upstream()
+    gate = start_gate(gate_config(up.port, server_cert=gate_cert))
+    with smtplib.SMTP("127.0.0.1", gate.port(), timeout=20) as smtp:
+        smtp.send_message(_message())
+    gate.transactions(outcome="delivered")
+    assert gate.stop() == 0
+    assert gate.stdout() == ""
+    events = [r.get("event") for r in gate.records()]
+    for event in ("listening", "session_start", "transaction", "session_end"):
+        assert event in events, events

@@ -1,0 +1,62 @@
+"""Real SMTP peers for the interop tests.
+
+Each module starts (or runs) one real program on a loopback port under a
+test's temporary directory and stops it by its PID:
+
+- :mod:`tests.peers.postfix`: a private Postfix instance (sender or receiver role)
+- :mod:`tests.peers.swaks`: the swaks SMTP test client
+- :mod:`tests.peers.openssl`: ``openssl s_client -starttls smtp``
+- :mod:`tests.peers.haproxy`: HAProxy in TCP mode sending PROXY headers
+- :mod:`tests.peers.upstream`: aiosmtpd receivers (with or without STARTTLS)
+- :mod:`tests.peers.certs`: a test CA and certificates via trustme
+- :mod:`tests.peers.smtpgate_proc`: the proxy itself as a subprocess
+
+Nothing here talks to anything but 127.0.0.0/8, and nothing touches the
+system-wide mail setup (``/etc/postfix`` and ``/var/spool/postfix`` are only read).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+__all__ = ["PeerMissing", "free_port", "require_binary", "tail"]
+
+
+class PeerMissing(AssertionError):
+    """A peer program is not installed: the test fails (it is never skipped)."""
+
+
+def require_binary(path_or_name: str, package: str) -> str:
+    """Return the executable's path or fail the test with a clear message.
+
+    Interop tests must fail, not skip, in CI when a peer is missing.
+    """
+    found = shutil.which(path_or_name)
+    if found is None and Path(path_or_name).is_file():
+        found = path_or_name
+    if found is None:
+        raise PeerMissing(
+            f"peer program {path_or_name!r} is not installed (Debian package {package!r}); "
+            "run `make peers` (scripts/install-peers.sh) as root"
+        )
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bind to port 0, read it, close).
+
+    There is a small race between closing and the peer binding the port; it is
+    harmless on a test machine, and callers that start a peer fail loudly if the
+    port is taken.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def tail(text: str, lines: int = 40) -> str:
+    """The last ``lines`` lines of ``text``, for failure messages."""
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,116 @@
+"""HAProxy in TCP mode in front of a port, sending PROXY protocol headers.
+
+``HAProxy`` writes a minimal configuration (one frontend on a free loopback
+port, one backend server with ``send-proxy`` or ``send-proxy-v2``), runs
+``haproxy -f <cfg> -db`` in the foreground as a child process and stops it by
+PID with SIGTERM (SIGKILL after a bound). Readiness is detected without sending
+traffic: the frontend port can no longer be bound.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from . import free_port, require_binary, tail
+
+__all__ = ["HAProxy"]
+
+CONFIG = """\
+global
+    maxconn 256
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend smtp_in
+    bind 127.0.0.1:{port}
+    default_backend smtp_out
+
+backend smtp_out
+    server target 127.0.0.1:{target} {proxy}
+"""
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+        return False
+
+
+class HAProxy:
+    def __init__(self, workdir: Path, target_port: int, *, version: int = 1) -> None:
+        if version not in (1, 2):
+            raise ValueError("PROXY protocol version is 1 or 2")
+        self.binary = require_binary("haproxy", "haproxy")
+        self.workdir = Path(workdir)
+        self.target_port = target_port
+        self.version = version
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.config_file = self.workdir / f"haproxy-{self.port}.cfg"
+        self.log_file = self.workdir / f"haproxy-{self.port}.log"
+
+    def start(self, timeout: float = 10) -> HAProxy:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        proxy = "send-proxy" if self.version == 1 else "send-proxy-v2"
+        self.config_file.write_text(
+            CONFIG.format(port=self.port, target=self.target_port, proxy=proxy)
+        )
+        check = subprocess.run(
+            [self.binary, "-c", "-f", str(self.config_file)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        if check.returncode != 0:
+            raise AssertionError(f"haproxy -c rejected {self.config_file}:\n{check.stderr}")
+        with self.log_file.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "-f", str(self.config_file), "-db"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if _listening(self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"haproxy did not listen on 127.0.0.1:{self.port}\n{tail(self.log())}")
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> HAProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

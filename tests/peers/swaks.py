@@ -1,0 +1,156 @@
+"""Run swaks (the Swiss Army Knife for SMTP) against a loopback port.
+
+``run_swaks`` returns a :class:`SwaksResult` with swaks' exit code, its full
+transcript, the parsed server replies (``<-``/``<~`` lines, ``~`` meaning inside
+TLS) and the TLS version/cipher swaks reports (``=== TLS started with cipher
+TLSv1.3:TLS_AES_256_GCM_SHA384:256``).
+
+Exit codes worth knowing (swaks(1)): 0 ok, 2 cannot connect, 23 error in MAIL,
+24 no RCPT accepted, 25 error to DATA, 26 not accepted after data, 29 error in
+TLS (e.g. STARTTLS not offered).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+from . import require_binary
+
+__all__ = ["Reply", "SwaksResult", "run_swaks"]
+
+SWAKS = "swaks"
+
+_REPLY = re.compile(r"^(?P<dir><[-~*])\*?\s+(?P<code>\d{3})(?P<sep>[ -])(?P<text>.*)$")
+_TLS = re.compile(
+    r"^=== TLS started with cipher (?P<version>[^:]+):(?P<cipher>[^:]+):(?P<bits>\d+)"
+)
+_CMD = re.compile(r"^\s?(?P<dir>[-~*])> (?P<cmd>.*)$")
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str  # the last line's text
+    after: str  # the command this answers ("" for the banner, "EHLO vm", ...)
+    tls: bool  # received inside TLS
+
+
+@dataclass
+class SwaksResult:
+    returncode: int
+    transcript: str
+    stderr: str
+    replies: list[Reply] = field(default_factory=list)
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+
+    @property
+    def last_code(self) -> int | None:
+        """The code of the last reply before QUIT's (or of the last reply at all)."""
+        codes = [r for r in self.replies if not r.after.upper().startswith("QUIT")]
+        return codes[-1].code if codes else None
+
+    def reply_to(self, verb: str) -> Reply | None:
+        """The (last) reply to the command starting with ``verb`` ("MAIL", "RCPT", "DATA", ".")."""
+        found = None
+        for r in self.replies:
+            if r.after.upper().startswith(verb.upper()):
+                found = r
+        return found
+
+    @property
+    def end_of_data(self) -> Reply | None:
+        """The reply to the final ``.`` of the message."""
+        return self.reply_to(".")
+
+    def __str__(self) -> str:
+        return f"swaks exit {self.returncode}\n{self.transcript}\n{self.stderr}"
+
+
+def parse_transcript(text: str) -> tuple[list[Reply], str | None, str | None]:
+    replies: list[Reply] = []
+    last_cmd = ""
+    in_data = False
+    tls_version = tls_cipher = None
+    for line in text.splitlines():
+        m = _TLS.match(line)
+        if m:
+            tls_version, tls_cipher = m["version"], m["cipher"]
+            continue
+        m = _REPLY.match(line)
+        if m:
+            if m["sep"] == " ":
+                replies.append(
+                    Reply(int(m["code"]), m["text"], last_cmd, tls=m["dir"].endswith("~"))
+                )
+            continue
+        m = _CMD.match(line)
+        if m:
+            cmd = m["cmd"]
+            if in_data:
+                if cmd == ".":
+                    in_data = False
+                    last_cmd = "."
+                continue
+            last_cmd = cmd
+            if cmd.upper() == "DATA":
+                in_data = True
+                # The 354 answers DATA; the message lines follow it.
+    return replies, tls_version, tls_cipher
+
+
+def run_swaks(
+    port: int,
+    *,
+    sender: str = "alice@sender.test",
+    to: str | list[str] = "bob@receiver.test",
+    tls: str = "plain",
+    helo: str = "client.test",
+    server: str = "127.0.0.1",
+    extra: list[str] | None = None,
+    timeout: float = 30,
+) -> SwaksResult:
+    """Run one swaks transaction.
+
+    ``tls``: ``"plain"`` (no TLS), ``"starttls"`` (``--tls``: STARTTLS required),
+    ``"optional"`` (``--tls-optional``), ``"implicit"`` (``--tlsc``, TLS on connect).
+    """
+    swaks = require_binary(SWAKS, "swaks")
+    rcpts = [to] if isinstance(to, str) else to
+    args = [
+        swaks,
+        "--server",
+        server,
+        "--port",
+        str(port),
+        "--from",
+        sender,
+        "--to",
+        ",".join(rcpts),
+        "--helo",
+        helo,
+        "--timeout",
+        "20",
+        "--header",
+        "Subject: smtpgate interop (swaks)",
+    ]
+    mode = {
+        "plain": [],
+        "starttls": ["--tls"],
+        "optional": ["--tls-optional"],
+        "implicit": ["--tlsc"],
+    }[tls]
+    args += mode
+    args += extra or []
+    proc = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    replies, version, cipher = parse_transcript(proc.stdout)
+    return SwaksResult(proc.returncode, proc.stdout, proc.stderr, replies, version, cipher)

@@ -1,0 +1,142 @@
+"""aiosmtpd as a real upstream (receiving) SMTP server on a loopback port.
+
+aiosmtpd is an independent SMTP implementation (see ARCHITECTURE.md: it stays in
+the project as a peer). ``AiosmtpdUpstream`` runs one in a thread
+(``aiosmtpd.controller.Controller``) and records every message it accepts
+together with the TLS state of the connection it came on, so tests can check
+what the upstream leg really looked like:
+
+- ``starttls=<SSLContext>``: STARTTLS offered (``tls_context``)
+- ``implicit=<SSLContext>``: TLS from the first byte (``ssl_context``)
+- neither: a plain server that does not offer STARTTLS
+- ``proxy_protocol=True``: expects a HAProxy PROXY v1/v2 header first
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from . import free_port
+
+__all__ = ["AiosmtpdUpstream", "ReceivedMessage"]
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    peer: tuple[str, int]
+    ehlo: str | None
+    tls_version: str | None  # "TLSv1.3", None when in clear
+    tls_cipher: str | None
+    proxy_src: tuple[str, int] | None = None  # from a PROXY header
+
+
+@dataclass
+class _Handler:
+    data_reply: str = "250 2.0.0 OK queued"
+    messages: list[ReceivedMessage] = field(default_factory=list)
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_PROXY(self, server: Any, session: Any, envelope: Any, proxy_data: Any) -> bool:
+        return True
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return responses
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        ssl_obj = server.transport.get_extra_info("ssl_object") if server.transport else None
+        proxy = getattr(session, "proxy_data", None)
+        src = None
+        if proxy is not None and getattr(proxy, "src_addr", None) is not None:
+            src = (str(proxy.src_addr), int(proxy.src_port))
+        msg = ReceivedMessage(
+            mail_from=envelope.mail_from,
+            rcpt_tos=list(envelope.rcpt_tos),
+            data=bytes(envelope.original_content or envelope.content or b""),
+            peer=tuple(session.peer[:2]),  # type: ignore[arg-type]
+            ehlo=session.host_name,
+            tls_version=ssl_obj.version() if ssl_obj else None,
+            tls_cipher=ssl_obj.cipher()[0] if ssl_obj else None,
+            proxy_src=src,
+        )
+        with self.lock:
+            self.messages.append(msg)
+        return self.data_reply
+
+
+class AiosmtpdUpstream:
+    """A recording aiosmtpd server; use as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        starttls: ssl.SSLContext | None = None,
+        implicit: ssl.SSLContext | None = None,
+        proxy_protocol: bool = False,
+        hostname: str = "upstream.test",
+        data_reply: str = "250 2.0.0 OK queued",
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.handler = _Handler(data_reply=data_reply)
+        kwargs: dict[str, Any] = {}
+        if starttls is not None:
+            kwargs["tls_context"] = starttls
+            kwargs["require_starttls"] = False
+        if implicit is not None:
+            kwargs["ssl_context"] = implicit
+        if proxy_protocol:
+            kwargs["proxy_protocol_timeout"] = 5
+        self.controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            server_hostname=hostname,
+            auth_require_tls=False,
+            ready_timeout=10,
+            **kwargs,
+        )
+        self.offers_starttls = starttls is not None
+        self.implicit_tls = implicit is not None
+
+    @property
+    def messages(self) -> list[ReceivedMessage]:
+        with self.handler.lock:
+            return list(self.handler.messages)
+
+    def wait_messages(self, count: int = 1, timeout: float = 20) -> list[ReceivedMessage]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msgs = self.messages
+            if len(msgs) >= count:
+                return msgs
+            time.sleep(0.05)
+        raise AssertionError(
+            f"aiosmtpd upstream 127.0.0.1:{self.port}: {len(self.messages)} of {count} "
+            f"message(s) after {timeout}s"
+        )
+
+    def start(self) -> AiosmtpdUpstream:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop(no_assert=True)
+
+    def __enter__(self) -> AiosmtpdUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
