@@ -18,7 +18,7 @@ from smtpgate.smtp.client import ClientConnection, UpstreamProtocolError
 from smtpgate.smtp.events import NEED_DATA, PAUSED, Reply
 from smtpgate.tls.info import describe_tls
 from smtpgate.tls.result import NOT_CHECKED, OK, VerificationResult
-from smtpgate.tls.verification import verify_peer_certificate
+from smtpgate.tls.verification import verify_peer_certificate, verify_upstream_certificate
 
 
 class UpstreamUnavailable(Exception):
@@ -112,7 +112,7 @@ class UpstreamLeg:
                 raise _connect_failure(f"upstream greeting {greeting.code} {greeting.text}")
             await leg.hello(rt.hostname)
             if implicit:
-                leg._record_tls(rt, verify)
+                await leg._record_tls(rt, verify)
             elif starttls:
                 if not leg.client.offers_starttls:
                     if mode is UpstreamTLS.REQUIRED:
@@ -137,7 +137,7 @@ class UpstreamLeg:
                         raise _tls_required_failure(f"TLS handshake failed: {exc}") from exc
                     return None
                 leg.client.tls_established()
-                leg._record_tls(rt, verify)
+                await leg._record_tls(rt, verify)
                 await leg.hello(rt.hostname)
         except UpstreamUnavailable:
             leg.abort()
@@ -147,12 +147,21 @@ class UpstreamLeg:
             raise _connect_failure(f"upstream dialogue failed: {exc!r}") from exc
         return leg
 
-    def _record_tls(self, rt: PolicyRuntime, verified: bool) -> None:
+    async def _record_tls(self, rt: PolicyRuntime, verified: bool) -> None:
         ssl_object = self.stream.ssl_object
         self.tls_version, self.cipher = describe_tls(ssl_object)
-        if verified:
+        if ssl_object is None:
+            return
+        if rt.profile.ocsp:
+            # Revocation needs a fresh answer per connection; no cache here.
+            self.verification = await verify_upstream_certificate(
+                ssl_object, rt.profile, rt.upstream_host
+            )
+            if self.verification.failed and self.mode is UpstreamTLS.REQUIRED:
+                raise _tls_required_failure(f"certificate check: {self.verification}")
+        elif verified:
             self.verification = OK
-        elif ssl_object is not None:
+        else:
             der = ssl_object.getpeercert(binary_form=True)
             if der:
                 key = (der, rt.upstream_host)
