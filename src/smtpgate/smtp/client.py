@@ -119,6 +119,10 @@ class ClientConnection:
     # -- replies -------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
+        if self._paused:
+            # Plaintext after the server's 220 and before the handshake: never a reply.
+            self.discarded_after_starttls += data
+            return
         if self._pos < len(self._buf):
             self._buf = self._buf[self._pos :] + data
         else:

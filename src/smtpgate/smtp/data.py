@@ -162,6 +162,7 @@ class DataEncoder:
         if not chunk:
             return []
         out: list[bytes | memoryview] = []
+        after_cr = self._pending_cr
         if self._at_line_start and chunk[:1] == b".":
             out.append(b".")
         elif self._pending_cr and chunk[:2] == b"\n.":
@@ -171,7 +172,9 @@ class DataEncoder:
         if _LINE_STARTS_WITH_DOT.search(chunk) is not None:
             chunk = bytes(chunk).replace(b"\r\n.", b"\r\n..")
         out.append(chunk)
-        self._at_line_start = chunk[-2:] == b"\r\n"
+        tail = chunk[-2:]
+        # A chunk that is just the LF of a CRLF split across chunks also ends a line.
+        self._at_line_start = tail == b"\r\n" or (after_cr and tail == b"\n")
         self._pending_cr = chunk[-1:] == b"\r"
         return out
 
