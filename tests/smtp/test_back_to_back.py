@@ -88,6 +88,10 @@ def test_client_and_server_back_to_back_with_starttls_and_two_messages() -> None
     assert [type(e) for e in events].count(MailFrom) == 2
 
 
+#: SIZE and DSN offered, so the sender may use SIZE= and NOTIFY= (RFC 1869).
+RELAY_KEYWORDS = ["PIPELINING", "SIZE 10000000", "DSN"]
+
+
 class Relay:
     """A proxy in miniature: the front server's events are relayed to the upstream leg."""
 
@@ -96,7 +100,7 @@ class Relay:
         self.back = ClientConnection()
         self.upstream = ServerConnection("upstream.test")
         self.upstream_events: list[Event] = []
-        self.upstream_policy = AcceptAll(keywords=["PIPELINING"])
+        self.upstream_policy = AcceptAll(keywords=list(RELAY_KEYWORDS))
         self.front.greet()
         self.upstream.greet()
         self.back.send_ehlo("proxy.test")
@@ -111,7 +115,7 @@ class Relay:
             front.reply_lines(reply.code, reply.lines)
 
         if isinstance(event, Hello):
-            front.reply_ehlo(["PIPELINING"]) if event.esmtp else front.reply(250, "proxy.test")
+            front.reply_ehlo(RELAY_KEYWORDS) if event.esmtp else front.reply(250, "proxy.test")
         elif isinstance(event, MailFrom):
             self.back.send_mail(event.sender.path, event.raw_params)
             relay()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smtpgate.smtp import (
+    NEED_DATA,
     PAUSED,
     BodyChunk,
     BodyEnd,
@@ -15,6 +16,7 @@ from smtpgate.smtp import (
     MailFrom,
     RcptTo,
     Reset,
+    ServerConnection,
     ServerLimits,
     StartTLSRequested,
 )
@@ -732,3 +734,20 @@ def test_end_of_data_reply_is_relayed_verbatim() -> None:
     server.reply_lines(451, [b"4.3.0 upstream said", b"4.3.0 try later"])
     assert server.data_to_send() == b"451-4.3.0 upstream said\r\n451 4.3.0 try later\r\n"
     assert server.state is State.READY
+
+
+def test_parameters_of_extensions_not_offered_get_555() -> None:
+    """RFC 1869 section 6: SMTPUTF8 / NOTIFY are refused when EHLO did not offer them."""
+    server = ServerConnection("mx.test")
+    server.receive_data(b"EHLO c.test\r\n")
+    assert isinstance(server.next_event(), Hello)
+    server.reply_ehlo(["PIPELINING", "SIZE 1000"])
+    server.data_to_send()
+    server.receive_data(b"MAIL FROM:<a@b.test> SMTPUTF8\r\nMAIL FROM:<a@b.test> SIZE=10\r\n")
+    event = server.next_event()
+    assert isinstance(event, MailFrom) and event.params == (("SIZE", "10"),)
+    assert server.data_to_send() == b"555 5.5.4 Unsupported parameter SMTPUTF8\r\n"
+    server.reply(250, "2.1.0 Ok")
+    server.receive_data(b"RCPT TO:<x@y.test> NOTIFY=NEVER\r\n")
+    assert server.next_event() is NEED_DATA
+    assert server.data_to_send() == b"250 2.1.0 Ok\r\n555 5.5.4 Unsupported parameter NOTIFY\r\n"

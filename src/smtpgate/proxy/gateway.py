@@ -155,6 +155,8 @@ class Gateway:
         if not unchanged:
             self.log.emit("reload_failed", reason="listeners changed; restart to apply")
             return
+        for rt in self.runtimes.values():
+            rt.pool.close()  # parked legs were set up under the old settings
         self.config, self._contexts, self.runtimes = config, contexts, runtimes
         self.log.emit("reloaded", policies=sorted(runtimes))
 
@@ -176,6 +178,8 @@ class Gateway:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        for rt in self.runtimes.values():
+            rt.pool.close()
         self.log.emit("stopped")
 
 

@@ -61,6 +61,7 @@ class Transaction:
         "mail_sent",
         "outcome",
         "recipient_domains",
+        "refused_reply",
         "reply",
         "rule",
         "sender",
@@ -75,6 +76,8 @@ class Transaction:
         self.mail_sent = False
         self.upstream_key: UpstreamTLS | None = None
         self.recipient_domains: list[str] = []
+        #: The last refusal of a recipient, for the summary when none was accepted.
+        self.refused_reply = 0
         self.rule = ""
         self.outcome = ""
         self.reply = 0
@@ -174,9 +177,15 @@ class Session:
         elif isinstance(event, BodyInvalid):
             self._body_invalid(event)
         elif isinstance(event, Hello):
+            if self.txn is not None:  # EHLO/HELO ends a transaction, like RSET (RFC 5321 4.1.4)
+                await self._reset()
             self._hello(event)
         elif isinstance(event, StartTLSRequested):
-            server.accept_starttls()
+            if self.txn is not None:
+                # As Postfix: the envelope given in clear must not straddle the switch.
+                server.reply(503, "5.5.1 Error: MAIL transaction in progress")
+            else:
+                server.accept_starttls()
         elif isinstance(event, Reset):
             await self._reset()
         elif isinstance(event, ConnectionClosed):
@@ -262,6 +271,14 @@ class Session:
             server.reply(*REPLY_OTHER_TRANSACTION)
             self._log_rcpt_rejected(txn, domain, match.label, REPLY_OTHER_TRANSACTION[0], "")
             return
+        if txn.mail_sent and (self.upstream is None or not self.upstream.usable):
+            # The upstream connection carrying this transaction is gone. Its accepted
+            # recipients cannot move to a new one (SPEC 2.3): refuse the rest, and
+            # DATA gets a 4xx for lack of an upstream, so the client retries all.
+            await self._drop_upstream()
+            server.reply(*UPSTREAM_FAILED)
+            self._log_rcpt_rejected(txn, domain, match.label, UPSTREAM_FAILED[0], "upstream lost")
+            return
         try:
             try:
                 answer = await self._send_rcpt(txn, mode, event)
@@ -278,7 +295,8 @@ class Session:
             return
         except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError) as exc:
             await self._drop_upstream()
-            txn.mail_sent = False
+            if not txn.recipient_domains:
+                txn.mail_sent = False  # nothing to lose: a new connection may start over
             server.reply(*UPSTREAM_FAILED)
             self._log_rcpt_rejected(txn, domain, match.label, UPSTREAM_FAILED[0], repr(exc))
             return
@@ -309,7 +327,7 @@ class Session:
                 if not mail_reply.is_positive:
                     upstream.in_transaction = False
                     return (mail_reply,)
-            client.send_rcpt(event.recipient.path, event.raw_params)
+            client.send_rcpt(event.recipient.path, self._mail_params(event.raw_params))
             if client.pipelining:
                 mail_reply = await upstream.reply()
                 if not mail_reply.is_positive:
@@ -318,7 +336,7 @@ class Session:
                     return (mail_reply,)
             txn.mail_sent = True
         else:
-            client.send_rcpt(event.recipient.path, event.raw_params)
+            client.send_rcpt(event.recipient.path, self._mail_params(event.raw_params))
         if client.pipelining and self.server.next_command_is(b"DATA"):
             # The client pipelined DATA after this RCPT: so do we, saving a round trip.
             client.send_data()
@@ -332,7 +350,8 @@ class Session:
         return answer
 
     def _mail_params(self, raw: bytes) -> bytes:
-        """Pass on the parameters the upstream understands (RFC 1869: never send unknown ones)."""
+        """MAIL/RCPT parameters the upstream understands (RFC 1869: never send unknown ones;
+        RFC 3461 section 4: DSN parameters are not relayed to a server without DSN)."""
         if not raw:
             return raw
         upstream = self.upstream
@@ -345,6 +364,8 @@ class Session:
             "RET": "DSN",
             "ENVID": "DSN",
             "AUTH": "AUTH",
+            "NOTIFY": "DSN",
+            "ORCPT": "DSN",
         }
         kept = [
             word
@@ -388,9 +409,9 @@ class Session:
         try:
             answer = await upstream.reply()
         except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
-            await self._drop_upstream()
             server.reply(*UPSTREAM_FAILED)
-            self._end_transaction("tempfail", UPSTREAM_FAILED[0])
+            self._end_transaction("tempfail", UPSTREAM_FAILED[0])  # logs the leg's TLS
+            await self._drop_upstream()
             return
         if answer.code != 354:
             server.reply_lines(answer.code, answer.lines)
@@ -434,9 +455,9 @@ class Session:
         except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
             # We cannot know whether the upstream took it; a 4xx makes the client retry
             # (a possible duplicate is better than a loss, RFC 5321 section 6.1).
-            await self._drop_upstream()
             server.reply(*UPSTREAM_FAILED)
-            self._end_transaction("tempfail", UPSTREAM_FAILED[0])
+            self._end_transaction("tempfail", UPSTREAM_FAILED[0])  # logs the leg's TLS
+            await self._drop_upstream()
             return
         server.reply_lines(answer.code, answer.lines)
         outcome = (
@@ -470,7 +491,9 @@ class Session:
             self.upstream = None
         self.in_body = False
         if not txn.recipient_domains and outcome == "aborted":
-            return
+            if not txn.refused_reply:
+                return  # MAIL and nothing else: no transaction worth a summary
+            outcome, reply = "rejected", txn.refused_reply
         self.log.emit(
             "transaction",
             session=self.id,
@@ -491,6 +514,9 @@ class Session:
     def _log_rcpt_rejected(
         self, txn: Transaction, domain: str, rule: str, code: int, reason: str
     ) -> None:
+        txn.refused_reply = code
+        if not txn.rule:
+            txn.rule = rule
         self.log.emit(
             "rcpt_rejected",
             session=self.id,

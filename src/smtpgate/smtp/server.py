@@ -80,8 +80,17 @@ TRANSITIONS: dict[tuple[str, bool], State | None] = {
     ("BODY", False): State.READY,
 }
 
-_MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"})
-_RCPT_PARAMS = frozenset({"NOTIFY", "ORCPT"})
+#: Each MAIL/RCPT parameter and the EHLO keyword that must have been offered for it
+#: (RFC 1869 section 6: a parameter of an extension not offered gets 555).
+_MAIL_PARAMS = {
+    "SIZE": "SIZE",
+    "BODY": "8BITMIME",
+    "SMTPUTF8": "SMTPUTF8",
+    "RET": "DSN",
+    "ENVID": "DSN",
+    "AUTH": "AUTH",
+}
+_RCPT_PARAMS = {"NOTIFY": "DSN", "ORCPT": "DSN"}
 _NOT_IMPLEMENTED = frozenset({b"EXPN", b"TURN", b"ETRN", b"BDAT", b"AUTH", b"ATRN", b"SEND"})
 
 
@@ -99,6 +108,8 @@ class ServerConnection:
         self.tls = tls
         self.esmtp = False
         self.starttls_offered = False
+        #: EHLO keywords of our last EHLO answer: the parameters a client may use.
+        self.offered: frozenset[str] = frozenset()
         self.errors = 0
         #: Plaintext bytes that followed STARTTLS and were thrown away (injection attempts).
         self.discarded_after_starttls = b""
@@ -142,7 +153,8 @@ class ServerConnection:
         """Answer EHLO with ``keywords`` (e.g. ``["PIPELINING", "SIZE 1000", "STARTTLS"]``)."""
         if self._awaiting != "HELO" or not self._hello_esmtp:
             raise LocalProtocolError("reply_ehlo answers an EHLO")
-        self.starttls_offered = any(k.upper() == "STARTTLS" for k in keywords)
+        self.offered = frozenset(k.split(" ", 1)[0].upper() for k in keywords)
+        self.starttls_offered = "STARTTLS" in self.offered
         self.reply(250, [greeting or self.hostname, *keywords])
 
     def accept_starttls(self) -> None:
@@ -363,7 +375,7 @@ class ServerConnection:
     ) -> tuple[int, str] | None:
         smtputf8 = False
         for key, value in params:
-            if key not in _MAIL_PARAMS or not self.esmtp:
+            if _MAIL_PARAMS.get(key) not in self.offered or not self.esmtp:
                 return 555, f"5.5.4 Unsupported parameter {key}"
             if key == "SIZE":
                 if value is None or not value.isdigit():
@@ -395,7 +407,7 @@ class ServerConnection:
             self._error(501 if "5.5." in str(exc) else 553, str(exc))
             return
         for key, value in params:
-            if key not in _RCPT_PARAMS or not self.esmtp:
+            if _RCPT_PARAMS.get(key) not in self.offered or not self.esmtp:
                 self._error(555, f"5.5.4 Unsupported parameter {key}")
                 return
             if key == "NOTIFY" and not _valid_notify(value):
