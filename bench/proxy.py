@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from smtpgate.demo import free_port
 from smtpgate.proxy.mailsender import OutgoingMessage, send_messages
 from smtpgate.tls.certificates import CertificateStore
 
@@ -37,12 +38,6 @@ HOST = "127.0.0.1"
 MESSAGE_SIZE = 10 * 1024
 CONCURRENCY = 8
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -254,7 +249,7 @@ def run(quick: bool = False) -> dict[str, object]:
 
         for mode in ("starttls", "implicit"):
             implicit = mode == "implicit"
-            sink_port = _free_port()
+            sink_port = free_port()
             sink = Process(
                 [
                     sys.executable,
@@ -280,7 +275,7 @@ def run(quick: bool = False) -> dict[str, object]:
                     client_ctx=client_ctx,
                 )
             )
-            listen = _free_port()
+            listen = free_port()
             config = tmp / f"smtpgate-{mode}.toml"
             config.write_text(
                 SMTPGATE_CONFIG.format(
@@ -339,7 +334,7 @@ def run(quick: bool = False) -> dict[str, object]:
                     Path(store.server_cert_path).read_bytes()
                     + Path(store.server_key_path).read_bytes()
                 )
-                hport = _free_port()
+                hport = free_port()
                 hcfg = tmp / "haproxy.cfg"
                 hcfg.write_text(
                     HAPROXY_CONFIG.format(listen=hport, pem=pem, upstream=sink_port, ca=ca)

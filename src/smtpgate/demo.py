@@ -28,7 +28,7 @@ from smtpgate.tls.certificates import CertificateStore
 HOST = "127.0.0.1"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
@@ -138,7 +138,7 @@ async def run_demo(keep_state: Path | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="smtpgate-demo-") as tmp:
         base = keep_state or Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
-        listen, upstream_port = _free_port(), _free_port()
+        listen, upstream_port = free_port(), free_port()
         config_path = base / "smtpgate.toml"
         config_path.write_text(CONFIG.format(listen=listen, upstream=upstream_port))
         # The proxy CA must exist before the profile that trusts it is loaded.
