@@ -155,7 +155,10 @@ class UpstreamLeg:
         if rt.profile.ocsp:
             # Revocation needs a fresh answer per connection; no cache here.
             self.verification = await verify_upstream_certificate(
-                ssl_object, rt.profile, rt.upstream_host
+                ssl_object,
+                rt.profile,
+                rt.upstream_host,
+                check_chain=verified or rt.profile.validate_certificates,
             )
             if self.verification.failed and self.mode is UpstreamTLS.REQUIRED:
                 raise _tls_required_failure(f"certificate check: {self.verification}")

@@ -146,13 +146,25 @@ async def verify_upstream_certificate(
     server_hostname: str,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    check_chain: bool = True,
 ) -> VerificationResult:
     """:func:`verify_peer_certificate`, then OCSP if the profile asks for it.
 
     OCSP runs in a worker thread; a certificate that already failed is not
-    sent to a responder.
+    sent to a responder. With ``check_chain=False`` (a profile that does not
+    validate certificates) only revocation is checked: ``ocsp`` must not turn
+    chain and host-name validation back on.
     """
-    result, leaf, issuer = _check(ssl_object, profile, server_hostname)
+    if check_chain:
+        result, leaf, issuer = _check(ssl_object, profile, server_hostname)
+    else:
+        der = ssl_object.getpeercert(binary_form=True)
+        try:
+            leaf = x509.load_der_x509_certificate(der) if der else None
+        except ValueError:
+            leaf = None
+        issuer = trust.find_issuer(leaf, profile.ca_file) if leaf is not None else None
+        result = NOT_CHECKED
     if result.failed or not profile.ocsp or leaf is None:
         return result
     return await check_ocsp_async(

@@ -1,0 +1,199 @@
+"""A local OCSP responder (RFC 6960 over HTTP on 127.0.0.1) and the test CA it signs for.
+
+Used by the end-to-end OCSP tests: :class:`OCSPResponder` owns a CA, issues
+upstream server certificates whose Authority Information Access extension
+points at itself (or at another URL), and answers each certificate's status as
+the test set it. The CA is self-signed and directly issues the leaves, so a
+TLS profile whose ``ca_file`` is :attr:`OCSPResponder.ca_file` can verify the
+leaf alone (Python 3.11 only exposes the peer's leaf to smtpgate).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+
+from smtpgate.tls import issuing
+
+GOOD = ocsp.OCSPCertStatus.GOOD
+REVOKED = ocsp.OCSPCertStatus.REVOKED
+UNKNOWN = ocsp.OCSPCertStatus.UNKNOWN
+
+
+def closed_port_url() -> str:
+    """An http URL on 127.0.0.1 where nothing listens (connection refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/ocsp"
+
+
+@dataclass(frozen=True)
+class Leaf:
+    cert: x509.Certificate
+    cert_file: Path
+    key_file: Path
+
+    @property
+    def serial(self) -> int:
+        return self.cert.serial_number
+
+    def server_context(self) -> ssl.SSLContext:
+        """Server side for an aiosmtpd upstream (STARTTLS or implicit TLS)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+@dataclass
+class OCSPResponder:
+    """Answers OCSP requests for the certificates it issued, signed by its CA."""
+
+    folder: Path
+    ca_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
+    url: str = ""
+    statuses: dict[int, ocsp.OCSPCertStatus] = field(default_factory=dict)
+    certs: dict[int, x509.Certificate] = field(default_factory=dict)
+    #: Serial numbers asked about, in arrival order.
+    asked: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.ca = issuing.make_ca("ocsp-e2e", self.ca_key)
+        self.ca_file = self.folder / "ocsp-e2e-ca.pem"
+        self.ca_file.write_bytes(issuing.cert_pem(self.ca))
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def start(self) -> OCSPResponder:
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                payload = state.answer(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/ocsp-response")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        self._server = server
+        self.url = f"http://127.0.0.1:{server.server_address[1]}/ocsp"
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def hits(self, serial: int) -> int:
+        with self.lock:
+            return self.asked.count(serial)
+
+    def answer(self, body: bytes) -> bytes:
+        req = ocsp.load_der_ocsp_request(body)
+        with self.lock:
+            self.asked.append(req.serial_number)
+            cert = self.certs.get(req.serial_number)
+            status = self.statuses.get(req.serial_number)
+        if cert is None or status is None:
+            return ocsp.OCSPResponseBuilder.build_unsuccessful(
+                ocsp.OCSPResponseStatus.UNAUTHORIZED
+            ).public_bytes(Encoding.DER)
+        now = dt.datetime.now(dt.UTC)
+        revoked = status == REVOKED
+        builder = ocsp.OCSPResponseBuilder().add_response(
+            cert=cert,
+            issuer=self.ca,
+            algorithm=hashes.SHA1(),
+            cert_status=status,
+            this_update=now - dt.timedelta(minutes=1),
+            next_update=now + dt.timedelta(days=1),
+            revocation_time=now - dt.timedelta(days=1) if revoked else None,
+            revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
+        )
+        resp = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, self.ca).sign(
+            self.ca_key, hashes.SHA256()
+        )
+        return resp.public_bytes(Encoding.DER)
+
+    # -- certificates ------------------------------------------------------------------------
+
+    def issue(
+        self,
+        status: ocsp.OCSPCertStatus,
+        *,
+        url: str | None = "",
+        names: tuple[str, ...] = ("127.0.0.1", "localhost"),
+    ) -> Leaf:
+        """A server certificate for ``names``; AIA OCSP = this responder unless ``url`` says.
+
+        ``url=None``: no AIA extension at all.
+        """
+        now = dt.datetime.now(dt.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = []
+        for name in names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                sans.append(x509.DNSName(name))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, names[-1])]))
+            .issuer_name(self.ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_key.public_key()),
+                critical=False,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+        )
+        target = self.url if url == "" else url
+        if target is not None:
+            aia = x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(target)
+            )
+            builder = builder.add_extension(x509.AuthorityInformationAccess([aia]), critical=False)
+        cert = builder.sign(self.ca_key, hashes.SHA256())
+        with self.lock:
+            self.statuses[cert.serial_number] = status
+            self.certs[cert.serial_number] = cert
+        stem = f"leaf-{cert.serial_number:x}"
+        cert_file = self.folder / f"{stem}.pem"
+        key_file = self.folder / f"{stem}.key"
+        cert_file.write_bytes(issuing.cert_pem(cert))
+        key_file.write_bytes(issuing.key_pem(key))
+        return Leaf(cert, cert_file, key_file)
