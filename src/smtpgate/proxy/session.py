@@ -8,7 +8,6 @@ commands leave in one write.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import time
@@ -51,6 +50,18 @@ _session_ids = itertools.count(1)
 _SESSION_PREFIX = f"{os.getpid():x}"
 
 UPSTREAM_FAILED = (451, "4.4.2 Upstream connection lost, message not delivered, try later")
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """RFC 5322 date of this second; formatted once per second, not per message."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now))
+    return _date_cache[1]
 
 
 class Transaction:
@@ -124,8 +135,7 @@ class Session:
             while server.state is not State.CLOSED:
                 timeout = rt.data_timeout if server.state is State.DATA else rt.command_timeout
                 try:
-                    async with asyncio.timeout(timeout):
-                        data = await self.stream.read()
+                    data = await self.stream.read(timeout)
                 except TimeoutError:
                     self.stream.write(b"421 4.4.2 Timeout, closing connection\r\n")
                     self._end_transaction("aborted", 421)
@@ -538,7 +548,7 @@ class Session:
         line = (
             f"Received: from {self.helo_name} ([{client_ip}])\r\n"
             f"\tby {self.rt.hostname} (smtpgate) with {protocol}{tls}\r\n"
-            f"\tid {self.id}; {formatdate(time.time())}\r\n"
+            f"\tid {self.id}; {_date_now()}\r\n"
         )
         return line.encode("utf-8", "replace")
 

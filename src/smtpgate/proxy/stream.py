@@ -80,16 +80,24 @@ class Stream(asyncio.Protocol):
 
     # -- what the session uses ----------------------------------------------------------------
 
-    async def read(self) -> bytes:
-        """Everything received so far, waiting if nothing is there; ``b""`` at end of stream."""
+    async def read(self, timeout: float | None = None) -> bytes:
+        """Everything received so far, waiting if nothing is there; ``b""`` at end of stream.
+
+        Raises TimeoutError when nothing arrives for ``timeout`` seconds. A bare
+        timer handle, not ``asyncio.timeout``: this runs several times per message.
+        """
         if not self._chunks:
             if self._eof:
                 return b""
-            self._read_waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._read_waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
             try:
-                await self._read_waiter
+                await waiter
             finally:
                 self._read_waiter = None
+                if timer is not None:
+                    timer.cancel()
             if not self._chunks:
                 return b""
         chunks = self._chunks
@@ -175,6 +183,11 @@ class Stream(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 async def open_stream(

@@ -196,8 +196,7 @@ class UpstreamLeg:
             if event is PAUSED:
                 raise UpstreamProtocolError("reply wanted while paused for TLS")
             assert event is NEED_DATA
-            async with asyncio.timeout(self.timeout):
-                data = await self.stream.read()
+            data = await self.stream.read(self.timeout)
             if not data:
                 raise ConnectionError("upstream closed the connection")
             client.receive_data(data)

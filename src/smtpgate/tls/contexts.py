@@ -40,6 +40,9 @@ def _server_context(profile: TLSProfileLike, cert: Path, key: Path) -> ssl.SSLCo
     apply_profile(ctx, profile)
     # Our order (ECDHE before static RSA) wins over the client's.
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # OpenSSL sends two TLS 1.3 session tickets per handshake; a sending MTA
+    # caches one session per destination, so one ticket is all it can use.
+    ctx.num_tickets = 1
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
