@@ -73,19 +73,25 @@ class Result:
 
 
 class Process:
-    def __init__(self, args: list[str], ready: str | None = None, **kw: object) -> None:
+    """A benchmark participant; ``output``: a file for its stdout and stderr."""
+
+    def __init__(
+        self,
+        args: list[str],
+        ready: str | None = None,
+        output: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        sink = open(output, "w") if output else subprocess.PIPE  # noqa: SIM115
         self.proc = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            **kw,  # type: ignore[call-overload]
+            args, stdout=sink, stderr=sink if output else subprocess.PIPE, text=True, cwd=cwd
         )
         if ready is not None:
-            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            assert self.proc.stdout is not None and self.proc.stderr is not None
+            line = self.proc.stdout.readline()
             if ready not in line:
                 self.stop()
-                raise RuntimeError(f"{args[0]} did not start: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+                raise RuntimeError(f"{args[0]} did not start: {self.proc.stderr.read()}")
 
     @property
     def pid(self) -> int:
@@ -211,6 +217,9 @@ global
     nbthread 1
 defaults
     mode tcp
+    # One log line per connection, as smtpgate writes its records: like for like.
+    log stdout format raw local0
+    option tcplog
     timeout connect 5s
     timeout client 30s
     timeout server 30s
@@ -222,18 +231,105 @@ backend upstream
 """
 
 
+ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the table: a target (process and port) and a load shape."""
+
+    name: str
+    port: int
+    pid: int
+    per_connection: int
+    total: int
+    implicit: bool
+
+
+def _start_sink(store: CertificateStore, mode: str) -> tuple[Process, int]:
+    cert, key = store.leaf_for("127.0.0.1")
+    port = free_port()
+    sink = Process(
+        [sys.executable, "-m", "bench.sink", str(port), str(cert), str(key), mode],
+        ready="ready",
+        cwd=Path(__file__).parent.parent,
+    )
+    return sink, port
+
+
+def _start_smtpgate(tmp: Path, store: CertificateStore, ca: Path, mode: str, upstream: int):
+    listen = free_port()
+    config = tmp / f"smtpgate-{mode}.toml"
+    config.write_text(
+        SMTPGATE_CONFIG.format(
+            state=tmp / "state",
+            log=tmp / f"smtpgate-{mode}.log",
+            listen=listen,
+            implicit=str(mode == "implicit").lower(),
+            upstream=upstream,
+            ca=ca,
+        )
+    )
+    gate = Process(
+        [str(Path(sys.executable).with_name("smtpgate")), "serve", "--config", str(config)]
+    )
+    _wait_port(listen)
+    return gate, listen
+
+
+def _start_haproxy(tmp: Path, store: CertificateStore, ca: Path, upstream: int):
+    pem = tmp / "haproxy.pem"
+    pem.write_bytes(
+        Path(store.server_cert_path).read_bytes() + Path(store.server_key_path).read_bytes()
+    )
+    port = free_port()
+    config = tmp / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(listen=port, pem=pem, upstream=upstream, ca=ca))
+    hap = Process(
+        [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(config)],
+        output=tmp / "haproxy.log",
+    )
+    _wait_port(port)
+    return hap, port
+
+
+def _run_cases(cases: list[Case], rounds: int, client_ctx: object) -> list[Result]:
+    """Every case once per round, interleaved, so machine noise hits all of them alike."""
+    merged: dict[str, Result] = {}
+    for _ in range(rounds):
+        for case in cases:
+            r = _measure(
+                case.name,
+                case.port,
+                case.pid,
+                per_connection=case.per_connection,
+                total=case.total,
+                implicit=case.implicit,
+                client_ctx=client_ctx,
+            )
+            if case.name not in merged:
+                merged[case.name] = r
+            else:
+                m = merged[case.name]
+                m.messages += r.messages
+                m.seconds += r.seconds
+                m.latencies.extend(r.latencies)
+                m.cpu = (m.cpu or 0.0) + (r.cpu or 0.0)
+    return [merged[case.name] for case in cases]
+
+
 def run(quick: bool = False) -> dict[str, object]:
     import ssl
 
-    total_single = 120 if quick else 400
-    total_ten = 200 if quick else 1000
+    single = 100 if quick else 300
+    ten = 200 if quick else 600
+    rounds = 1 if quick else ROUNDS
     tmp = Path(tempfile.mkdtemp(prefix="smtpgate-bench-"))
     processes: list[Process] = []
     results: list[Result] = []
     try:
-        state = tmp / "state"
         store = CertificateStore.load(
-            state,
+            tmp / "state",
             server_cert=None,
             server_key=None,
             ca_cert=None,
@@ -243,118 +339,43 @@ def run(quick: bool = False) -> dict[str, object]:
         )
         ca = tmp / "ca.pem"
         ca.write_bytes(store.ca_pem())
-        sink_cert, sink_key = store.leaf_for("127.0.0.1")
         client_ctx = ssl.create_default_context(cafile=str(ca))
         client_ctx.check_hostname = False  # the load generator trusts the proxy CA, not names
 
-        for mode in ("starttls", "implicit"):
-            implicit = mode == "implicit"
-            sink_port = free_port()
-            sink = Process(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.sink",
-                    str(sink_port),
-                    str(sink_cert),
-                    str(sink_key),
-                    mode,
-                ],
-                ready="ready",
-                cwd=Path(__file__).parent.parent,
-            )
-            processes.append(sink)
-            results.append(
-                _measure(
-                    f"direct {mode}, 1/conn",
-                    sink_port,
-                    sink.pid,
-                    per_connection=1,
-                    total=total_single,
-                    implicit=implicit,
-                    client_ctx=client_ctx,
-                )
-            )
-            listen = free_port()
-            config = tmp / f"smtpgate-{mode}.toml"
-            config.write_text(
-                SMTPGATE_CONFIG.format(
-                    state=state,
-                    log=tmp / f"smtpgate-{mode}.log",
-                    listen=listen,
-                    implicit=str(implicit).lower(),
-                    upstream=sink_port,
-                    ca=ca,
-                )
-            )
-            gate = Process(
-                [str(Path(sys.executable).with_name("smtpgate")), "serve", "--config", str(config)]
-            )
-            processes.append(gate)
-            _wait_port(listen)
-            results.append(
-                _measure(
-                    f"smtpgate {mode}, 1/conn",
-                    listen,
-                    gate.pid,
-                    per_connection=1,
-                    total=total_single,
-                    implicit=implicit,
-                    client_ctx=client_ctx,
-                )
-            )
-            if not implicit:
-                results.append(
-                    _measure(
-                        f"direct {mode}, 10/conn",
-                        sink_port,
-                        sink.pid,
-                        per_connection=10,
-                        total=total_ten,
-                        implicit=False,
-                        client_ctx=client_ctx,
-                    )
-                )
-                results.append(
-                    _measure(
-                        f"smtpgate {mode}, 10/conn",
-                        listen,
-                        gate.pid,
-                        per_connection=10,
-                        total=total_ten,
-                        implicit=False,
-                        client_ctx=client_ctx,
-                    )
-                )
-            gate.stop()
-            if implicit:
-                haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-                pem = tmp / "haproxy.pem"
-                pem.write_bytes(
-                    Path(store.server_cert_path).read_bytes()
-                    + Path(store.server_key_path).read_bytes()
-                )
-                hport = free_port()
-                hcfg = tmp / "haproxy.cfg"
-                hcfg.write_text(
-                    HAPROXY_CONFIG.format(listen=hport, pem=pem, upstream=sink_port, ca=ca)
-                )
-                hap = Process([haproxy, "-db", "-f", str(hcfg)])
-                processes.append(hap)
-                _wait_port(hport)
-                results.append(
-                    _measure(
-                        "haproxy implicit, 1/conn",
-                        hport,
-                        hap.pid,
-                        per_connection=1,
-                        total=total_single,
-                        implicit=True,
-                        client_ctx=client_ctx,
-                    )
-                )
-                hap.stop()
-            sink.stop()
+        # STARTTLS on both legs: the product's main case.
+        sink, sink_port = _start_sink(store, "starttls")
+        processes.append(sink)
+        gate, gate_port = _start_smtpgate(tmp, store, ca, "starttls", sink_port)
+        processes.append(gate)
+        results += _run_cases(
+            [
+                Case("direct starttls, 1/conn", sink_port, sink.pid, 1, single, False),
+                Case("smtpgate starttls, 1/conn", gate_port, gate.pid, 1, single, False),
+                Case("direct starttls, 10/conn", sink_port, sink.pid, 10, ten, False),
+                Case("smtpgate starttls, 10/conn", gate_port, gate.pid, 10, ten, False),
+            ],
+            rounds,
+            client_ctx,
+        )
+        gate.stop()
+        sink.stop()
+
+        # Implicit TLS on both legs, where HAProxy can stand in the same place.
+        sink, sink_port = _start_sink(store, "implicit")
+        processes.append(sink)
+        gate, gate_port = _start_smtpgate(tmp, store, ca, "implicit", sink_port)
+        processes.append(gate)
+        hap, hap_port = _start_haproxy(tmp, store, ca, sink_port)
+        processes.append(hap)
+        results += _run_cases(
+            [
+                Case("direct implicit, 1/conn", sink_port, sink.pid, 1, single, True),
+                Case("smtpgate implicit, 1/conn", gate_port, gate.pid, 1, single, True),
+                Case("haproxy implicit, 1/conn", hap_port, hap.pid, 1, single, True),
+            ],
+            rounds,
+            client_ctx,
+        )
     finally:
         for process in processes:
             process.stop()

@@ -49,6 +49,9 @@ from smtpgate.tls.info import describe_tls
 _session_ids = itertools.count(1)
 _SESSION_PREFIX = f"{os.getpid():x}"
 
+#: Write body bytes upstream once this many are queued within one read.
+BODY_FLUSH_BYTES = 256 * 1024
+
 UPSTREAM_FAILED = (451, "4.4.2 Upstream connection lost, message not delivered, try later")
 
 
@@ -109,6 +112,8 @@ class Session:
         self.client_tls = ("none", "none")
         self.helo_name = ""
         self.in_body = False
+        #: Body bytes handed to the upstream leg and not yet written.
+        self.body_queued = 0
 
     @property
     def encrypted(self) -> bool:
@@ -147,6 +152,9 @@ class Session:
                 if not await self._drain_events():
                     break
                 self._flush()
+                if self.body_queued and self.upstream is not None:
+                    self.body_queued = 0
+                    self.upstream.flush()
         finally:
             self._flush()
             self.stream.close()
@@ -436,8 +444,13 @@ class Session:
         if upstream is None or not self.in_body:
             return
         upstream.client.send_body(event.data)
-        upstream.flush()
-        await upstream.stream.drain()
+        self.body_queued += len(event.data)
+        # Body bytes wait for the rest of this read (often the final dot) so that
+        # they leave in one write; a large body goes out as it comes, with backpressure.
+        if self.body_queued >= BODY_FLUSH_BYTES:
+            self.body_queued = 0
+            upstream.flush()
+            await upstream.stream.drain()
 
     def _body_invalid(self, event: BodyInvalid) -> None:
         # Abandon the upstream transaction without its final dot: nothing is delivered.
@@ -457,6 +470,7 @@ class Session:
             self._end_transaction("tempfail", UPSTREAM_FAILED[0])
             return
         upstream.client.send_end_of_data()
+        self.body_queued = 0  # the reply() below writes the body's rest with the dot
         try:
             upstream.timeout = self.rt.data_timeout
             answer = await upstream.reply()
