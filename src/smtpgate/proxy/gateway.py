@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import ssl
+from asyncio import sslproto
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ from typing import Any
 from smtpgate.config.errors import ConfigError
 from smtpgate.config.schema import Config
 from smtpgate.logs import EventLog
+from smtpgate.proxy.preamble import Opening, read_preamble
 from smtpgate.proxy.proxyproto import ProxyHeaderError, parse_proxy_header
 from smtpgate.proxy.runtime import PolicyRuntime, compile_policy, load_certificates
 from smtpgate.proxy.session import Session
@@ -26,10 +30,6 @@ def compile_runtimes(config: Config, contexts: TLSContextCache) -> dict[str, Pol
     certificates = load_certificates(config)
     runtimes = {}
     for policy in config.policies:
-        if policy.proxy_protocol and policy.implicit_tls:
-            raise ConfigError(
-                [(f"policies[{policy.name}].proxy_protocol", "not supported with implicit_tls")]
-            )
         runtimes[policy.name] = compile_policy(config, policy, certificates, contexts)
     return runtimes
 
@@ -50,23 +50,37 @@ class Gateway:
         self._contexts = TLSContextCache()
         self.runtimes = compile_runtimes(config, self._contexts)
         self._servers: list[asyncio.Server] = []
+        #: Listening sockets by policy; the ones that look first have an accept loop.
+        self._listeners: dict[str, socket.socket | Any] = {}
+        self._accepting: list[asyncio.Task[None]] = []
         self._sessions: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for name, rt in self.runtimes.items():
-            server = await loop.create_server(
-                lambda name=name: Stream(self._connection_handler(name)),
-                rt.listen_host,
-                rt.listen_port,
-                ssl=rt.client_tls_context if rt.implicit_tls else None,
-                ssl_handshake_timeout=rt.command_timeout if rt.implicit_tls else None,
-                reuse_address=True,
-                backlog=512,
-            )
-            self._servers.append(server)
-            port = server.sockets[0].getsockname()[1]
+            if _looks_first(rt):
+                listener = socket.create_server(
+                    (rt.listen_host, rt.listen_port),
+                    family=socket.AF_INET6 if ":" in rt.listen_host else socket.AF_INET,
+                    backlog=512,
+                )
+                listener.setblocking(False)
+                self._listeners[name] = listener
+                self._accepting.append(loop.create_task(self._accept_loop(listener, name)))
+            else:
+                server = await loop.create_server(
+                    lambda name=name: Stream(self._connection_handler(name)),
+                    rt.listen_host,
+                    rt.listen_port,
+                    ssl=rt.client_tls_context if rt.implicit_tls else None,
+                    ssl_handshake_timeout=rt.command_timeout if rt.implicit_tls else None,
+                    reuse_address=True,
+                    backlog=512,
+                )
+                self._servers.append(server)
+                self._listeners[name] = server.sockets[0]
+            port = self._listeners[name].getsockname()[1]
             self.log.emit(
                 "listening",
                 policy=name,
@@ -76,10 +90,7 @@ class Gateway:
             )
 
     def bound_ports(self) -> dict[str, int]:
-        return {
-            name: int(server.sockets[0].getsockname()[1])
-            for name, server in zip(self.runtimes, self._servers, strict=True)
-        }
+        return {name: int(sock.getsockname()[1]) for name, sock in self._listeners.items()}
 
     def _connection_handler(self, policy: str) -> Callable[[Stream], Coroutine[Any, Any, None]]:
         async def handle(stream: Stream) -> None:
@@ -124,6 +135,50 @@ class Gateway:
             session.server.receive_data(leftover)
         await session.run()
 
+    async def _accept_loop(self, listener: socket.socket, policy: str) -> None:
+        """Accept raw sockets for a listener that looks at the first bytes itself."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except OSError as exc:  # e.g. out of descriptors: keep the listener alive
+                self.log.emit("accept_failed", policy=policy, reason=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._serve_after_preamble(sock, peer, policy))
+            self._sessions.add(task)
+            task.add_done_callback(self._sessions.discard)
+
+    async def _serve_after_preamble(self, sock: socket.socket, peer: Any, policy: str) -> None:
+        rt = self.runtimes[policy]
+        try:
+            preamble = await read_preamble(
+                sock,
+                (str(peer[0]), int(peer[1])),
+                proxy_protocol=rt.proxy_protocol,
+                insist_on_tls=rt.profile.tls_compliant_only,
+                timeout=PROXY_HEADER_TIMEOUT,
+            )
+        except (ProxyHeaderError, OSError) as exc:
+            self.log.emit("proxy_header_error", policy=rt.name, reason=str(exc))
+            sock.close()
+            return
+        if preamble.opening is Opening.CLOSED:
+            sock.close()
+            return
+        encrypted = preamble.opening is Opening.TLS
+        try:
+            stream = await _stream_on_accepted(sock, rt, encrypted)
+        except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
+            self.log.emit("tls_handshake_failed", policy=rt.name, reason=str(exc) or repr(exc))
+            sock.close()
+            return
+        try:
+            await Session(stream, rt, self.log, preamble.client, tls=encrypted).run()
+        except Exception as exc:  # a bug in one session must not stop the others
+            self.log.emit("session_error", policy=policy, error=repr(exc))
+            stream.abort()
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
@@ -144,13 +199,7 @@ class Gateway:
             self.log.emit("reload_failed", reason=str(exc))
             return
         unchanged = set(runtimes) == set(self.runtimes) and all(
-            (r.listen_host, r.listen_port, r.implicit_tls)
-            == (
-                self.runtimes[n].listen_host,
-                self.runtimes[n].listen_port,
-                self.runtimes[n].implicit_tls,
-            )
-            for n, r in runtimes.items()
+            _listener_shape(r) == _listener_shape(self.runtimes[n]) for n, r in runtimes.items()
         )
         if not unchanged:
             self.log.emit("reload_failed", reason="listeners changed; restart to apply")
@@ -171,6 +220,11 @@ class Gateway:
         """Stop accepting, let sessions finish (bounded), then cut the rest."""
         for server in self._servers:
             server.close()
+        for task in self._accepting:
+            task.cancel()
+        for listener in self._listeners.values():
+            if isinstance(listener, socket.socket):
+                listener.close()
         self.log.emit("stopping", sessions=len(self._sessions))
         if self._sessions:
             _, pending = await asyncio.wait(set(self._sessions), timeout=self._drain_seconds)
@@ -181,6 +235,46 @@ class Gateway:
         for rt in self.runtimes.values():
             rt.pool.close()
         self.log.emit("stopped")
+
+
+async def _stream_on_accepted(sock: socket.socket, rt: PolicyRuntime, tls: bool) -> Stream:
+    """A Stream over a socket we accepted ourselves, TLS from its first byte if ``tls``.
+
+    uvloop 0.23's ``connect_accepted_socket(ssl=...)`` never starts reading, so
+    its handshake never completes; asyncio's own SSL protocol layered on the
+    uvloop transport does the same job (only for listeners that look first).
+    """
+    loop = asyncio.get_running_loop()
+    if not tls:
+        _, stream = await loop.connect_accepted_socket(Stream, sock)
+        return stream
+    stream = Stream()
+    handshake: asyncio.Future[None] = loop.create_future()
+    tls_protocol = sslproto.SSLProtocol(
+        loop,
+        stream,
+        rt.client_tls_context,
+        handshake,
+        server_side=True,
+        ssl_handshake_timeout=max(1, int(rt.command_timeout)),
+    )
+    transport, _ = await loop.connect_accepted_socket(lambda: tls_protocol, sock)
+    try:
+        await handshake
+    except BaseException:
+        transport.abort()
+        raise
+    return stream
+
+
+def _listener_shape(rt: PolicyRuntime) -> tuple[str, int, bool, bool]:
+    """What a listening socket was made with; a reload cannot change it."""
+    return rt.listen_host, rt.listen_port, rt.implicit_tls, _looks_first(rt)
+
+
+def _looks_first(rt: PolicyRuntime) -> bool:
+    """Implicit TLS with a PROXY header in front, or with cleartext clients allowed."""
+    return rt.implicit_tls and (rt.proxy_protocol or not rt.profile.tls_compliant_only)
 
 
 def state_dir_of(config: Config) -> Path:

@@ -99,14 +99,23 @@ class Transaction:
 
 class Session:
     def __init__(
-        self, stream: Stream, rt: PolicyRuntime, log: EventLog, client: tuple[str, int] | None
+        self,
+        stream: Stream,
+        rt: PolicyRuntime,
+        log: EventLog,
+        client: tuple[str, int] | None,
+        *,
+        tls: bool | None = None,
     ) -> None:
         self.stream = stream
         self.rt = rt
         self.log = log
         self.id = f"{_SESSION_PREFIX}.{next(_session_ids)}"
         self.client_addr = f"{client[0]}:{client[1]}" if client else "unknown"
-        self.server = ServerConnection(rt.hostname, rt.limits, tls=rt.implicit_tls)
+        # An implicit-TLS listener may also take cleartext clients (tls_compliant_only off).
+        self.server = ServerConnection(
+            rt.hostname, rt.limits, tls=rt.implicit_tls if tls is None else tls
+        )
         self.upstream: UpstreamLeg | None = None
         self.txn: Transaction | None = None
         self.client_tls = ("none", "none")
