@@ -203,6 +203,7 @@ proxy_action = "Bench"
 [[tls_profiles]]
 name = "Bench.Verify"
 ca_file = "{ca}"
+tls_compliant_only = true
 [[proxy_actions]]
 name = "Bench"
 [proxy_actions.starttls]
