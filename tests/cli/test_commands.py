@@ -23,6 +23,25 @@ def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     )
 
 
+def rules_test(
+    path: str, sender: str, recipient: str, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """``smtpgate rules test`` for the action of :data:`CONFIG`."""
+    return run(
+        "rules",
+        "test",
+        "--config",
+        path,
+        "--action",
+        "Inbound.Custom",
+        "--from",
+        sender,
+        "--to",
+        recipient,
+        *flags,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -96,73 +115,23 @@ def test_serve_with_bad_config_listens_on_nothing(tmp_path: Path) -> None:
 
 def test_rules_test_reports_rule_and_both_legs(tmp_path: Path) -> None:
     path = str(write_config(tmp_path))
-    clear = run(
-        "rules",
-        "test",
-        "--config",
-        path,
-        "--action",
-        "Inbound.Custom",
-        "--from",
-        "alice@Partner.Example",
-        "--to",
-        "bob@corp.example",
-        "--json",
-    )
+    clear = rules_test(path, "alice@Partner.Example", "bob@corp.example", "--json")
     assert clear.returncode == 0, clear.stderr
     decision = json.loads(clear.stdout)
     assert decision["rule"] == "1"
     assert decision["client_leg"].startswith("530 at RCPT")
     assert decision["upstream_mode"] == "required"
     legacy = json.loads(
-        run(
-            "rules",
-            "test",
-            "--config",
-            path,
-            "--action",
-            "Inbound.Custom",
-            "--from",
-            "x@other.example",
-            "--to",
-            "t@a.legacy.example",
-            "--client-tls",
-            "--json",
-        ).stdout
+        rules_test(path, "x@other.example", "t@a.legacy.example", "--client-tls", "--json").stdout
     )
     assert legacy["rule"] == "2" and legacy["upstream_mode"] == "none"
-    fallback = run(
-        "rules",
-        "test",
-        "--config",
-        path,
-        "--action",
-        "Inbound.Custom",
-        "--from",
-        "x@other.example",
-        "--to",
-        "t@legacy.example",
-    )
+    fallback = rules_test(path, "x@other.example", "t@legacy.example")
     assert "default" in fallback.stdout and "STARTTLS if offered" in fallback.stdout
 
 
 def test_rules_test_with_envelope_switch_rejects_at_mail(tmp_path: Path) -> None:
     path = str(write_config(tmp_path, envelope=True))
-    result = json.loads(
-        run(
-            "rules",
-            "test",
-            "--config",
-            path,
-            "--action",
-            "Inbound.Custom",
-            "--from",
-            "a@partner.example",
-            "--to",
-            "b@x.example",
-            "--json",
-        ).stdout
-    )
+    result = json.loads(rules_test(path, "a@partner.example", "b@x.example", "--json").stdout)
     assert result["client_leg"].startswith("530 at MAIL FROM")
 
 

@@ -7,7 +7,6 @@ the Debian package and ``make peers``.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,15 +14,12 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.peers.certs import LeafFiles, TestPKI  # noqa: E402
-from tests.peers.haproxy import HAProxy  # noqa: E402
-from tests.peers.postfix import PostfixInstance  # noqa: E402
-from tests.peers.smtpgate_proc import SmtpgateProcess  # noqa: E402
-from tests.peers.upstream import AiosmtpdUpstream  # noqa: E402
+from tests.peers.certs import LeafFiles, TestPKI
+from tests.peers.haproxy import HAProxy
+from tests.peers.postfix import PostfixInstance
+from tests.peers.relay import Relay
+from tests.peers.smtpgate_proc import SmtpgateProcess
+from tests.peers.upstream import AiosmtpdUpstream
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,3 +87,15 @@ def start_gate(stack: ExitStack, tmp_path: Path) -> Callable[..., SmtpgateProces
         return stack.enter_context(SmtpgateProcess(tmp_path / f"gate{next(counter)}", config))
 
     return start
+
+
+@pytest.fixture
+def relay(
+    start_gate: Callable[..., SmtpgateProcess],
+    start_upstream: Callable[..., AiosmtpdUpstream],
+    pki: TestPKI,
+    upstream_cert: LeafFiles,
+    gate_cert: LeafFiles,
+) -> Relay:
+    """Starts smtpgate in front of an aiosmtpd upstream, the certificates above on both."""
+    return Relay(start_gate, start_upstream, pki, upstream_cert, gate_cert)

@@ -21,6 +21,7 @@ Maildir. Proves:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -32,34 +33,36 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
 StartGate = Callable[..., SmtpgateProcess]
 StartPostfix = Callable[..., PostfixInstance]
+Chain = Callable[..., tuple[PostfixInstance, SmtpgateProcess, PostfixInstance]]
 
 
-def _receiver(start_postfix: StartPostfix, cert: LeafFiles | None) -> PostfixInstance:
-    return start_postfix("rcv", smtpd_cert=cert, virtual_domains=("receiver.test", "other.test"))
+@pytest.fixture
+def chain(start_postfix: StartPostfix, start_gate: StartGate, gate_cert: LeafFiles) -> Chain:
+    """``chain(level, receiver_cert, **gate_config)``: a receiving Postfix (STARTTLS
+    with ``receiver_cert``; ``None``: none), smtpgate in front of it (``gate_cert``
+    on the client leg), and a sending Postfix relaying to smtpgate with
+    ``smtp_tls_security_level = level``."""
 
+    def build(
+        level: str, receiver_cert: LeafFiles | None, **gate_kw: Any
+    ) -> tuple[PostfixInstance, SmtpgateProcess, PostfixInstance]:
+        rcv = start_postfix(
+            "rcv", smtpd_cert=receiver_cert, virtual_domains=("receiver.test", "other.test")
+        )
+        gate = start_gate(gate_config(rcv.port, server_cert=gate_cert, **gate_kw))
+        snd = start_postfix(
+            "snd", relayhost=f"[127.0.0.1]:{gate.port()}", smtp_tls_security_level=level
+        )
+        return rcv, gate, snd
 
-def _sender(start_postfix: StartPostfix, gate: SmtpgateProcess, level: str) -> PostfixInstance:
-    return start_postfix(
-        "snd", relayhost=f"[127.0.0.1]:{gate.port()}", smtp_tls_security_level=level
-    )
+    return build
 
 
 @pytest.mark.parametrize("level", ["may", "encrypt"])
 def test_postfix_to_postfix_through_smtpgate_tls_versions_agree(
-    level: str,
-    start_postfix: StartPostfix,
-    start_gate: StartGate,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
+    level: str, chain: Chain, pki: TestPKI, upstream_cert: LeafFiles
 ) -> None:
-    rcv = _receiver(start_postfix, upstream_cert)
-    gate = start_gate(
-        gate_config(
-            rcv.port, server_cert=gate_cert, ca_file=pki.ca_file, validate_certificates=True
-        )
-    )
-    snd = _sender(start_postfix, gate, level)
+    rcv, gate, snd = chain(level, upstream_cert, ca_file=pki.ca_file, validate_certificates=True)
 
     mid = snd.submit("alice@sender.test", "bob@receiver.test", subject=f"via smtpgate ({level})")
     delivered = rcv.wait_delivered(1)
@@ -91,16 +94,9 @@ def test_postfix_to_postfix_through_smtpgate_tls_versions_agree(
 
 
 def test_postfix_may_sends_in_clear_when_smtpgate_does_not_offer_starttls(
-    start_postfix: StartPostfix,
-    start_gate: StartGate,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
+    chain: Chain, upstream_cert: LeafFiles
 ) -> None:
-    rcv = _receiver(start_postfix, upstream_cert)
-    gate = start_gate(
-        gate_config(rcv.port, server_cert=gate_cert, rules=[rule(sender_encryption="none")])
-    )
-    snd = _sender(start_postfix, gate, "may")
+    rcv, gate, snd = chain("may", upstream_cert, rules=[rule(sender_encryption="none")])
     mid = snd.submit("alice@sender.test", "bob@receiver.test")
     assert rcv.wait_delivered(1)[0]["Message-ID"] == mid
     snd.wait_queue_empty()
@@ -112,16 +108,9 @@ def test_postfix_may_sends_in_clear_when_smtpgate_does_not_offer_starttls(
 
 
 def test_postfix_encrypt_defers_when_smtpgate_does_not_offer_starttls(
-    start_postfix: StartPostfix,
-    start_gate: StartGate,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
+    chain: Chain, upstream_cert: LeafFiles
 ) -> None:
-    rcv = _receiver(start_postfix, upstream_cert)
-    gate = start_gate(
-        gate_config(rcv.port, server_cert=gate_cert, rules=[rule(sender_encryption="none")])
-    )
-    snd = _sender(start_postfix, gate, "encrypt")
+    rcv, gate, snd = chain("encrypt", upstream_cert, rules=[rule(sender_encryption="none")])
     snd.submit("alice@sender.test", "bob@receiver.test")
     snd.wait_log(r"TLS is required, but was not offered by host 127\.0\.0\.1")
     assert snd.queue_files()
@@ -129,16 +118,9 @@ def test_postfix_encrypt_defers_when_smtpgate_does_not_offer_starttls(
     assert gate.records("transaction") == []
 
 
-def test_recipient_required_towards_cleartext_postfix_keeps_mail_queued(
-    start_postfix: StartPostfix,
-    start_gate: StartGate,
-    gate_cert: LeafFiles,
-) -> None:
-    rcv = _receiver(start_postfix, None)  # smtpd without STARTTLS
-    gate = start_gate(
-        gate_config(rcv.port, server_cert=gate_cert, rules=[rule(recipient_encryption="required")])
-    )
-    snd = _sender(start_postfix, gate, "may")
+def test_recipient_required_towards_cleartext_postfix_keeps_mail_queued(chain: Chain) -> None:
+    # The receiving smtpd offers no STARTTLS.
+    rcv, _, snd = chain("may", None, rules=[rule(recipient_encryption="required")])
     snd.submit("alice@sender.test", "bob@receiver.test")
     snd.wait_log(r"status=deferred .*451 4\.7\.5")
     assert snd.queue_files(), "a temporary failure keeps the message queued"
@@ -148,23 +130,16 @@ def test_recipient_required_towards_cleartext_postfix_keeps_mail_queued(
 
 
 def test_recipients_needing_different_upstream_outcomes_are_split_by_452(
-    start_postfix: StartPostfix,
-    start_gate: StartGate,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
+    chain: Chain, upstream_cert: LeafFiles
 ) -> None:
-    rcv = _receiver(start_postfix, upstream_cert)
-    gate = start_gate(
-        gate_config(
-            rcv.port,
-            server_cert=gate_cert,
-            rules=[
-                rule(recipient="receiver.test", recipient_encryption="preferred"),
-                rule(recipient="other.test", recipient_encryption="none"),
-            ],
-        )
+    rcv, gate, snd = chain(
+        "may",
+        upstream_cert,
+        rules=[
+            rule(recipient="receiver.test", recipient_encryption="preferred"),
+            rule(recipient="other.test", recipient_encryption="none"),
+        ],
     )
-    snd = _sender(start_postfix, gate, "may")
     snd.submit("alice@sender.test", ["bob@receiver.test", "carol@other.test"])
     delivered = rcv.wait_delivered(2, timeout=40)
     snd.wait_queue_empty(timeout=40)

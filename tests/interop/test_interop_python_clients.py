@@ -20,7 +20,7 @@ import aiosmtplib
 import pytest
 from cryptography import x509
 
-from tests.peers.certs import LeafFiles, TestPKI
+from tests.peers.relay import Relay
 from tests.peers.smtpgate_proc import SmtpgateProcess, gate_config, rule
 from tests.peers.upstream import AiosmtpdUpstream
 
@@ -41,27 +41,12 @@ def _message(subject: str = "python client") -> EmailMessage:
     return msg
 
 
-def test_smtplib_starttls_verified_to_aiosmtpd_starttls(
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
-) -> None:
-    up = start_upstream(starttls=pki.server_context(upstream_cert))
-    gate = start_gate(
-        gate_config(
-            up.port,
-            server_cert=gate_cert,
-            ca_file=pki.ca_file,
-            validate_certificates=True,
-            rules=[rule(recipient_encryption="required")],
-        )
-    )
+def test_smtplib_starttls_verified_to_aiosmtpd_starttls(relay: Relay) -> None:
+    up, gate = relay(rules=[rule(recipient_encryption="required")])
     with smtplib.SMTP("127.0.0.1", gate.port(), timeout=20) as smtp:
         smtp.ehlo("client.test")
         assert smtp.has_extn("starttls")
-        smtp.starttls(context=pki.client_context())
+        smtp.starttls(context=relay.pki.client_context())
         client_version = smtp.sock.version()  # type: ignore[union-attr]
         refused = smtp.send_message(_message())
     assert refused == {}
@@ -76,36 +61,24 @@ def test_smtplib_starttls_verified_to_aiosmtpd_starttls(
     assert tx["upstream_verify"] == "ok"
 
 
-async def test_aiosmtplib_starttls_and_implicit_tls(
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
-) -> None:
-    up = start_upstream(starttls=pki.server_context(upstream_cert))
-    starttls_gate = start_gate(gate_config(up.port, server_cert=gate_cert))
-    implicit_gate = start_gate(gate_config(up.port, server_cert=gate_cert, implicit_tls=True))
-    ctx = pki.client_context()
+async def test_aiosmtplib_starttls_and_implicit_tls(relay: Relay) -> None:
+    up, starttls_gate = relay(verify=False)
+    implicit_gate = relay.gate(up, verify=False, implicit_tls=True)
+    ctx = relay.pki.client_context()
 
-    errors, reply = await aiosmtplib.send(
-        _message("aiosmtplib starttls"),
-        hostname="127.0.0.1",
-        port=starttls_gate.port(),
-        start_tls=True,
-        tls_context=ctx,
-        timeout=20,
-    )
-    assert errors == {} and reply.startswith("2"), reply
-    errors, reply = await aiosmtplib.send(
-        _message("aiosmtplib implicit"),
-        hostname="127.0.0.1",
-        port=implicit_gate.port(),
-        use_tls=True,
-        tls_context=ctx,
-        timeout=20,
-    )
-    assert errors == {} and reply.startswith("2"), reply
+    for gate, mode, tls in (
+        (starttls_gate, "starttls", {"start_tls": True}),
+        (implicit_gate, "implicit", {"use_tls": True}),
+    ):
+        errors, reply = await aiosmtplib.send(
+            _message(f"aiosmtplib {mode}"),
+            hostname="127.0.0.1",
+            port=gate.port(),
+            tls_context=ctx,
+            timeout=20,
+            **tls,
+        )
+        assert errors == {} and reply.startswith("2"), reply
     subjects = sorted(
         line
         for m in up.wait_messages(2)
@@ -118,24 +91,8 @@ async def test_aiosmtplib_starttls_and_implicit_tls(
         assert tx["client_tls"] in ("TLSv1.2", "TLSv1.3")
 
 
-def test_implicit_tls_upstream(
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
-) -> None:
-    up = start_upstream(implicit=pki.server_context(upstream_cert))
-    gate = start_gate(
-        gate_config(
-            up.port,
-            server_cert=gate_cert,
-            upstream_implicit_tls=True,
-            ca_file=pki.ca_file,
-            validate_certificates=True,
-            rules=[rule(recipient_encryption="required")],
-        )
-    )
+def test_implicit_tls_upstream(relay: Relay) -> None:
+    up, gate = relay("implicit", rules=[rule(recipient_encryption="required")])
     with smtplib.SMTP("127.0.0.1", gate.port(), timeout=20) as smtp:
         smtp.send_message(_message())
     got = up.wait_messages(1)[0]
@@ -148,15 +105,9 @@ def test_implicit_tls_upstream(
 @pytest.mark.parametrize(
     ("upstream_reply", "code"), [("451 4.3.0 try later", 451), ("554 5.6.0 no", 554)]
 )
-def test_end_of_data_reply_is_the_upstreams(
-    upstream_reply: str,
-    code: int,
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    gate_cert: LeafFiles,
-) -> None:
-    up = start_upstream(data_reply=upstream_reply)
-    gate = start_gate(gate_config(up.port, server_cert=gate_cert))
+def test_end_of_data_reply_is_the_upstreams(upstream_reply: str, code: int, relay: Relay) -> None:
+    up = relay.upstream(None, data_reply=upstream_reply)
+    gate = relay.gate(up, verify=False)
     with (
         smtplib.SMTP("127.0.0.1", gate.port(), timeout=20) as smtp,
         pytest.raises(smtplib.SMTPDataError) as err,
@@ -186,11 +137,8 @@ def test_ca_export_signs_outgoing_client_leg_certificates(
     assert up.wait_messages(1)
 
 
-def test_stdout_is_empty_and_sigterm_exits_zero(
-    start_gate: StartGate, start_upstream: StartUpstream, gate_cert: LeafFiles
-) -> None:
-    up = start_upstream()
-    gate = start_gate(gate_config(up.port, server_cert=gate_cert))
+def test_stdout_is_empty_and_sigterm_exits_zero(relay: Relay) -> None:
+    _, gate = relay(None, verify=False)
     with smtplib.SMTP("127.0.0.1", gate.port(), timeout=20) as smtp:
         smtp.send_message(_message())
     gate.transactions(outcome="delivered")

@@ -16,46 +16,18 @@ leg, each outcome of SPEC.md section 2:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.peers.certs import LeafFiles, TestPKI
-from tests.peers.smtpgate_proc import SmtpgateProcess, gate_config, rule
+from tests.peers.relay import Relay
+from tests.peers.smtpgate_proc import rule
 from tests.peers.swaks import SwaksResult, run_swaks
 from tests.peers.upstream import AiosmtpdUpstream
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
-StartGate = Callable[..., SmtpgateProcess]
-StartUpstream = Callable[..., AiosmtpdUpstream]
-
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
-
-
-def _upstream(
-    start_upstream: StartUpstream, pki: TestPKI, cert: LeafFiles, *, offers_tls: bool
-) -> AiosmtpdUpstream:
-    return start_upstream(starttls=pki.server_context(cert) if offers_tls else None)
-
-
-def _gate(
-    start_gate: StartGate,
-    up: AiosmtpdUpstream,
-    gate_cert: LeafFiles,
-    pki: TestPKI,
-    **kw: Any,
-) -> SmtpgateProcess:
-    return start_gate(
-        gate_config(
-            up.port,
-            server_cert=gate_cert,
-            ca_file=pki.ca_file,
-            validate_certificates=True,
-            **kw,
-        )
-    )
 
 
 def _delivered_once(up: AiosmtpdUpstream, res: SwaksResult) -> Any:
@@ -70,20 +42,9 @@ def _delivered_once(up: AiosmtpdUpstream, res: SwaksResult) -> Any:
 
 
 def test_sender_required_in_clear_gets_530_at_rcpt_other_recipients_unaffected(
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
+    relay: Relay,
 ) -> None:
-    up = _upstream(start_upstream, pki, upstream_cert, offers_tls=True)
-    gate = _gate(
-        start_gate,
-        up,
-        gate_cert,
-        pki,
-        rules=[rule("sender.test", "secure.test", sender_encryption="required")],
-    )
+    up, gate = relay(rules=[rule("sender.test", "secure.test", sender_encryption="required")])
     res = run_swaks(
         gate.port(),
         tls="plain",
@@ -105,17 +66,8 @@ def test_sender_required_in_clear_gets_530_at_rcpt_other_recipients_unaffected(
     assert tx["reply"] == 250
 
 
-def test_sender_required_over_starttls_is_delivered(
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
-) -> None:
-    up = _upstream(start_upstream, pki, upstream_cert, offers_tls=True)
-    gate = _gate(
-        start_gate, up, gate_cert, pki, rules=[rule("sender.test", sender_encryption="required")]
-    )
+def test_sender_required_over_starttls_is_delivered(relay: Relay) -> None:
+    up, gate = relay(rules=[rule("sender.test", sender_encryption="required")])
     res = run_swaks(gate.port(), tls="starttls", sender="alice@sender.test")
     msg = _delivered_once(up, res)
     assert msg.rcpt_tos == ["bob@receiver.test"]
@@ -125,19 +77,8 @@ def test_sender_required_over_starttls_is_delivered(
     assert tx["rule"] == "1"
 
 
-def test_sender_required_with_envelope_switch_gets_530_at_mail(
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
-) -> None:
-    up = _upstream(start_upstream, pki, upstream_cert, offers_tls=True)
-    gate = _gate(
-        start_gate,
-        up,
-        gate_cert,
-        pki,
+def test_sender_required_with_envelope_switch_gets_530_at_mail(relay: Relay) -> None:
+    up, gate = relay(
         require_tls_for_envelope=True,
         rules=[rule("sender.test", "secure.test", sender_encryption="required")],
     )
@@ -157,19 +98,8 @@ def test_sender_required_with_envelope_switch_gets_530_at_mail(
     assert up.wait_messages(2)[1].rcpt_tos == ["bob@secure.test"]
 
 
-def test_implicit_tls_listener_counts_as_encrypted(
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
-) -> None:
-    up = _upstream(start_upstream, pki, upstream_cert, offers_tls=True)
-    gate = _gate(
-        start_gate,
-        up,
-        gate_cert,
-        pki,
+def test_implicit_tls_listener_counts_as_encrypted(relay: Relay) -> None:
+    up, gate = relay(
         implicit_tls=True,
         require_tls_for_envelope=True,
         rules=[rule("sender.test", sender_encryption="required")],
@@ -188,14 +118,9 @@ def test_implicit_tls_listener_counts_as_encrypted(
 
 
 def test_recipient_required_without_upstream_starttls_is_a_tempfail_nothing_sent(
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
+    relay: Relay,
 ) -> None:
-    up = _upstream(start_upstream, pki, upstream_cert, offers_tls=False)
-    gate = _gate(start_gate, up, gate_cert, pki, rules=[rule(recipient_encryption="required")])
+    up, gate = relay(None, rules=[rule(recipient_encryption="required")])
     for mode in ("plain", "starttls"):
         res = run_swaks(gate.port(), tls=mode)
         rcpt = res.reply_to("RCPT")
@@ -210,15 +135,8 @@ def test_recipient_required_without_upstream_starttls_is_a_tempfail_nothing_sent
     assert rejected, gate.diagnostics()
 
 
-def test_recipient_required_with_upstream_starttls_is_delivered_and_verified(
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
-) -> None:
-    up = _upstream(start_upstream, pki, upstream_cert, offers_tls=True)
-    gate = _gate(start_gate, up, gate_cert, pki, rules=[rule(recipient_encryption="required")])
+def test_recipient_required_with_upstream_starttls_is_delivered_and_verified(relay: Relay) -> None:
+    up, gate = relay(rules=[rule(recipient_encryption="required")])
     msg = _delivered_once(up, run_swaks(gate.port(), tls="plain"))
     assert msg.tls_version in TLS_VERSIONS
     tx = gate.transactions(outcome="delivered")[0]
@@ -248,18 +166,10 @@ def test_recipient_encryption_outcome(
     client: str,
     offers: bool,
     expected: bool | None,
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
+    relay: Relay,
 ) -> None:
-    up = _upstream(start_upstream, pki, upstream_cert, offers_tls=offers)
-    gate = _gate(
-        start_gate,
-        up,
-        gate_cert,
-        pki,
+    up, gate = relay(
+        "starttls" if offers else None,
         rules=[rule("sender.test", "receiver.test", recipient_encryption=recipient_encryption)],
     )
     res = run_swaks(gate.port(), tls=client)
@@ -280,23 +190,12 @@ def test_recipient_encryption_outcome(
         assert tx["upstream_tls"] == "none"
 
 
-def test_default_rule_applies_when_no_rule_matches(
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    pki: TestPKI,
-    upstream_cert: LeafFiles,
-    gate_cert: LeafFiles,
-) -> None:
-    up = _upstream(start_upstream, pki, upstream_cert, offers_tls=True)
-    gate = _gate(
-        start_gate,
-        up,
-        gate_cert,
-        pki,
+def test_default_rule_applies_when_no_rule_matches(relay: Relay) -> None:
+    up, gate = relay(
         rules=[
             rule("elsewhere.test", sender_encryption="required", recipient_encryption="none"),
             rule("sender.test", enabled=False, recipient_encryption="none"),
-        ],
+        ]
     )
     msg = _delivered_once(up, run_swaks(gate.port(), tls="plain"))
     assert msg.tls_version in TLS_VERSIONS  # default: recipient preferred

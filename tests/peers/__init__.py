@@ -10,6 +10,8 @@ test's temporary directory and stops it by its PID:
 - :mod:`tests.peers.upstream`: aiosmtpd receivers (with or without STARTTLS)
 - :mod:`tests.peers.certs`: a test CA and certificates via trustme
 - :mod:`tests.peers.smtpgate_proc`: the proxy itself as a subprocess
+- :mod:`tests.peers.relay`: smtpgate in front of an aiosmtpd upstream, the common setup
+- :mod:`tests.peers.ocsp`: an OCSP responder and the test CA it signs for
 
 Nothing here talks to anything but 127.0.0.0/8, and nothing touches the
 system-wide mail setup (``/etc/postfix`` and ``/var/spool/postfix`` are only read).

@@ -10,10 +10,15 @@ what the upstream leg really looked like:
 - ``implicit=<SSLContext>``: TLS from the first byte (``ssl_context``)
 - neither: a plain server that does not offer STARTTLS
 - ``proxy_protocol=True``: expects a HAProxy PROXY v1/v2 header first
+- ``data_delay``: seconds to wait before answering the final dot
+- ``smtputf8=True``: advertise SMTPUTF8
+
+The end-to-end proxy tests (``tests/proxy``) use the same server, started at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 import time
@@ -31,19 +36,29 @@ __all__ = ["AiosmtpdUpstream", "ReceivedMessage"]
 class ReceivedMessage:
     mail_from: str
     rcpt_tos: list[str]
-    data: bytes
+    data: bytes  # after dot-unstuffing
     peer: tuple[str, int]
     ehlo: str | None
     tls_version: str | None  # "TLSv1.3", None when in clear
     tls_cipher: str | None
     proxy_src: tuple[str, int] | None = None  # from a PROXY header
 
+    @property
+    def content(self) -> bytes:
+        return self.data
+
+
+def _tls(server: Any) -> Any:
+    return server.transport.get_extra_info("ssl_object") if server.transport else None
+
 
 @dataclass
 class _Handler:
     data_reply: str = "250 2.0.0 OK queued"
+    data_delay: float = 0.0
     messages: list[ReceivedMessage] = field(default_factory=list)
-    sessions: list[dict[str, Any]] = field(default_factory=list)
+    #: ("MAIL" / "RCPT", argument, TLS version or None) in arrival order.
+    commands: list[tuple[str, str, str | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_PROXY(self, server: Any, session: Any, envelope: Any, proxy_data: Any) -> bool:
@@ -55,8 +70,29 @@ class _Handler:
         session.host_name = hostname
         return responses
 
+    def _command(self, server: Any, verb: str, address: str) -> None:
+        ssl_obj = _tls(server)
+        with self.lock:
+            self.commands.append((verb, address, ssl_obj.version() if ssl_obj else None))
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self._command(server, "MAIL", address)
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self._command(server, "RCPT", address)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        ssl_obj = server.transport.get_extra_info("ssl_object") if server.transport else None
+        ssl_obj = _tls(server)
         proxy = getattr(session, "proxy_data", None)
         src = None
         if proxy is not None and getattr(proxy, "src_addr", None) is not None:
@@ -73,6 +109,8 @@ class _Handler:
         )
         with self.lock:
             self.messages.append(msg)
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         return self.data_reply
 
 
@@ -87,11 +125,13 @@ class AiosmtpdUpstream:
         proxy_protocol: bool = False,
         hostname: str = "upstream.test",
         data_reply: str = "250 2.0.0 OK queued",
+        data_delay: float = 0.0,
+        smtputf8: bool = False,
         port: int | None = None,
     ) -> None:
         self.port = port or free_port()
-        self.handler = _Handler(data_reply=data_reply)
-        kwargs: dict[str, Any] = {}
+        self.handler = _Handler(data_reply=data_reply, data_delay=data_delay)
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
         if starttls is not None:
             kwargs["tls_context"] = starttls
             kwargs["require_starttls"] = False
@@ -115,6 +155,11 @@ class AiosmtpdUpstream:
     def messages(self) -> list[ReceivedMessage]:
         with self.handler.lock:
             return list(self.handler.messages)
+
+    @property
+    def commands(self) -> list[tuple[str, str, str | None]]:
+        with self.handler.lock:
+            return list(self.handler.commands)
 
     def wait_messages(self, count: int = 1, timeout: float = 20) -> list[ReceivedMessage]:
         deadline = time.monotonic() + timeout

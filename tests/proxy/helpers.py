@@ -27,28 +27,25 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import uvloop
-from aiosmtpd.controller import Controller
 from cryptography import x509
 
 from smtpgate.config.loader import parse_config
 from smtpgate.logs import EventLog
 from smtpgate.proxy.gateway import Gateway
+from tests.peers import free_port as free_port  # re-exported for the tests
+from tests.peers.smtpgate_proc import rule as rule  # re-exported for the tests
+from tests.peers.smtpgate_proc import toml_dumps
+from tests.peers.upstream import AiosmtpdUpstream as PeerUpstream
 
 T = TypeVar("T")
 
 TIMEOUT = 10.0
 HOSTNAME = "mx.example.test"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
@@ -61,41 +58,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = 
 
 
 # --- TOML for the gateway ---------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))  # a JSON string is a TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def _table(header: str, values: Mapping[str, Any]) -> str:
-    lines = [header]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
-
-
-def rule(
-    sender: str = "*",
-    recipient: str = "*",
-    sender_encryption: str = "optional",
-    recipient_encryption: str = "preferred",
-    *,
-    enabled: bool = True,
-) -> dict[str, Any]:
-    return {
-        "enabled": enabled,
-        "sender": sender,
-        "recipient": recipient,
-        "sender_encryption": sender_encryption,
-        "recipient_encryption": recipient_encryption,
-    }
 
 
 def config_toml(
@@ -115,40 +77,37 @@ def config_toml(
     sni: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """One policy ``p`` -> action ``A`` -> profile ``T``, with test-friendly timeouts."""
-    parts = [_table("[gateway]", {"hostname": HOSTNAME, "state_dir": state_dir})]
-    if certificates:
-        parts.append(_table("[certificates]", certificates))
-    parts += [_table("[[certificates.sni]]", entry) for entry in sni]
-    parts.append(
-        _table(
-            "[[policies]]",
-            {
-                "name": "p",
-                "listen": f"127.0.0.1:{listen_port}",
-                "upstream": f"{upstream_host}:{upstream_port}",
-                "proxy_action": "A",
-                **(policy or {}),
-            },
-        )
-    )
-    parts.append(
-        _table(
-            "[[tls_profiles]]",
-            {"name": "T", "min_version": "1.2", "pfs": "allowed", **(profile or {})},
-        )
-    )
-    parts.append(_table("[[proxy_actions]]", {"name": "A", "direction": direction}))
-    parts.append(
-        _table(
-            "[proxy_actions.general]",
-            {"command_timeout": "8s", "data_timeout": "8s", **(general or {})},
-        )
-    )
+    certs: dict[str, Any] = dict(certificates or {})
+    if sni:
+        certs["sni"] = list(sni)
+    starttls_table: dict[str, Any] = {"tls_profile": "T", **(starttls or {})}
+    if rules:
+        starttls_table["rules"] = list(rules)
+    action: dict[str, Any] = {
+        "name": "A",
+        "direction": direction,
+        "general": {"command_timeout": "8s", "data_timeout": "8s", **(general or {})},
+    }
     if esmtp:
-        parts.append(_table("[proxy_actions.esmtp]", esmtp))
-    parts.append(_table("[proxy_actions.starttls]", {"tls_profile": "T", **(starttls or {})}))
-    parts += [_table("[[proxy_actions.starttls.rules]]", r) for r in rules]
-    return "\n".join(parts)
+        action["esmtp"] = dict(esmtp)
+    action["starttls"] = starttls_table
+    config: dict[str, Any] = {"gateway": {"hostname": HOSTNAME, "state_dir": state_dir}}
+    if certs:
+        config["certificates"] = certs
+    config["policies"] = [
+        {
+            "name": "p",
+            "listen": f"127.0.0.1:{listen_port}",
+            "upstream": f"{upstream_host}:{upstream_port}",
+            "proxy_action": "A",
+            **(policy or {}),
+        }
+    ]
+    config["tls_profiles"] = [
+        {"name": "T", "min_version": "1.2", "pfs": "allowed", **(profile or {})}
+    ]
+    config["proxy_actions"] = [action]
+    return toml_dumps(config)
 
 
 # --- event loop in a thread, and the gateway on it --------------------------------------
@@ -280,111 +239,19 @@ def cert_names(der: bytes) -> list[str]:
 # --- aiosmtpd upstream --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    content: bytes  # after aiosmtpd's dot-unstuffing
-    tls_version: str | None  # None: the upstream leg was in clear
-    tls_cipher: str | None
-
-
-@dataclass
-class _Recorder:
-    data_reply: str = "250 2.0.0 Ok queued"
-    data_delay: float = 0.0
-    messages: list[Received] = field(default_factory=list)
-    #: ("MAIL" / "RCPT", argument, TLS version or None) in arrival order.
-    commands: list[tuple[str, str, str | None]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @staticmethod
-    def _tls(server: Any) -> Any:
-        return server.transport.get_extra_info("ssl_object") if server.transport else None
-
-    async def handle_MAIL(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        ssl_obj = self._tls(server)
-        with self.lock:
-            self.commands.append(("MAIL", address, ssl_obj.version() if ssl_obj else None))
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return "250 OK"
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        ssl_obj = self._tls(server)
-        with self.lock:
-            self.commands.append(("RCPT", address, ssl_obj.version() if ssl_obj else None))
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(options)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        ssl_obj = self._tls(server)
-        content = envelope.content
-        if isinstance(content, str):
-            content = content.encode("utf-8", "surrogateescape")
-        with self.lock:
-            self.messages.append(
-                Received(
-                    mail_from=envelope.mail_from,
-                    rcpt_tos=list(envelope.rcpt_tos),
-                    content=bytes(content or b""),
-                    tls_version=ssl_obj.version() if ssl_obj else None,
-                    tls_cipher=ssl_obj.cipher()[0] if ssl_obj else None,
-                )
-            )
-        if self.data_delay:
-            await asyncio.sleep(self.data_delay)
-        return self.data_reply
-
-
-class AiosmtpdUpstream:
-    """aiosmtpd (an independent SMTP implementation) as the receiving server."""
+class AiosmtpdUpstream(PeerUpstream):
+    """The recording aiosmtpd receiver of :mod:`tests.peers.upstream`, started at once,
+    SMTPUTF8 on; ``stop()`` it (the ``make_upstream`` fixture does)."""
 
     def __init__(
         self,
         *,
-        starttls: ssl.SSLContext | None = None,
-        implicit: ssl.SSLContext | None = None,
-        require_starttls: bool = False,
         data_reply: str = "250 2.0.0 Ok queued",
-        data_delay: float = 0.0,
         smtputf8: bool = True,
+        **kwargs: Any,
     ) -> None:
-        self.port = free_port()
-        self.handler = _Recorder(data_reply=data_reply, data_delay=data_delay)
-        kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
-        if starttls is not None:
-            kwargs["tls_context"] = starttls
-            kwargs["require_starttls"] = require_starttls
-        if implicit is not None:
-            kwargs["ssl_context"] = implicit
-        self.controller = Controller(
-            self.handler,
-            hostname="127.0.0.1",
-            port=self.port,
-            server_hostname="upstream.test",
-            ready_timeout=10,
-            **kwargs,
-        )
-        self.controller.start()
-
-    def stop(self) -> None:
-        self.controller.stop(no_assert=True)
-
-    @property
-    def messages(self) -> list[Received]:
-        with self.handler.lock:
-            return list(self.handler.messages)
-
-    @property
-    def commands(self) -> list[tuple[str, str, str | None]]:
-        with self.handler.lock:
-            return list(self.handler.commands)
+        super().__init__(data_reply=data_reply, smtputf8=smtputf8, **kwargs)
+        self.start()
 
 
 # --- a misbehaving upstream ---------------------------------------------------------------

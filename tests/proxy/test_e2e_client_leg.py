@@ -10,6 +10,7 @@ import pytest
 from helpers import (
     TIMEOUT,
     AiosmtpdUpstream,
+    GatewayHarness,
     RawClient,
     insecure_client_context,
     message,
@@ -147,16 +148,22 @@ def test_sender_none_still_accepts_an_encrypted_session(
     assert record["client_cipher"] != "none"
 
 
-def test_sender_required_switch_off_refuses_only_that_rcpt(
-    make_gate: Any, upstream: AiosmtpdUpstream
-) -> None:
-    gate = make_gate(
+def _partner_gate(make_gate: Any, upstream: AiosmtpdUpstream, **starttls: Any) -> GatewayHarness:
+    """One rule: mail from partner.example to secure.example needs TLS on the client leg;
+    ``starttls``: more keys of ``[proxy_actions.starttls]``."""
+    return make_gate(
         upstream.port,
         rules=[
             rule(sender="partner.example", recipient="secure.example", sender_encryption="required")
         ],
-        starttls={"require_tls_for_envelope": False},
+        starttls=starttls,
     )
+
+
+def test_sender_required_switch_off_refuses_only_that_rcpt(
+    make_gate: Any, upstream: AiosmtpdUpstream
+) -> None:
+    gate = _partner_gate(make_gate, upstream, require_tls_for_envelope=False)
     with RawClient(gate.port) as client:
         client.ehlo()
         assert client.cmd("MAIL FROM:<a@partner.example>").code == 250
@@ -189,12 +196,7 @@ def test_sender_required_switch_off_refuses_only_that_rcpt(
 def test_sender_required_switch_off_accepts_after_starttls(
     make_gate: Any, upstream: AiosmtpdUpstream
 ) -> None:
-    gate = make_gate(
-        upstream.port,
-        rules=[
-            rule(sender="partner.example", recipient="secure.example", sender_encryption="required")
-        ],
-    )
+    gate = _partner_gate(make_gate, upstream)
     assert smtplib_send(gate.port, "a@partner.example", ["x@secure.example"], starttls=True) == {}
     record = gate.transaction()
     assert (record["rule"], record["client_tls"], record["outcome"]) == (
@@ -207,13 +209,7 @@ def test_sender_required_switch_off_accepts_after_starttls(
 def test_sender_required_switch_on_refuses_mail_from_in_clear(
     make_gate: Any, upstream: AiosmtpdUpstream
 ) -> None:
-    gate = make_gate(
-        upstream.port,
-        rules=[
-            rule(sender="partner.example", recipient="secure.example", sender_encryption="required")
-        ],
-        starttls={"require_tls_for_envelope": True},
-    )
+    gate = _partner_gate(make_gate, upstream, require_tls_for_envelope=True)
     with RawClient(gate.port) as client:
         client.ehlo()
         # Refused whatever the recipient: the sender pattern matched a rule requiring TLS.

@@ -2,7 +2,7 @@
 
 Sending client -> smtpgate -> aiosmtpd upstream (STARTTLS) over 127.0.0.1, the
 upstream presenting a certificate from a test CA whose Authority Information
-Access points at a local OCSP responder (:mod:`ocsp_responder`). The TLS
+Access points at a local OCSP responder (:mod:`tests.peers.ocsp`). The TLS
 profile trusts exactly that CA (``ca_file``) and has ``ocsp = true``.
 """
 
@@ -20,9 +20,9 @@ from helpers import (
     rule,
     smtplib_send,
 )
-from ocsp_responder import GOOD, REVOKED, Leaf, OCSPResponder, closed_port_url
 
 from smtpgate.tls import trust
+from tests.peers.ocsp import GOOD, REVOKED, Leaf, OCSPResponder, closed_port_url, reach_directly
 
 Make = Callable[..., AiosmtpdUpstream]
 SENDER = "a@sender.example"
@@ -32,23 +32,12 @@ TLS_REQUIRED_FAILURE = "451 4.7.5 "
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    # urllib (smtpgate's OCSP client) honours *_proxy; the responder must be reached directly.
-    for var in (
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-    ):
-        monkeypatch.delenv(var, raising=False)
+    reach_directly(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def responder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OCSPResponder]:
-    state = OCSPResponder(tmp_path_factory.mktemp("ocsp-e2e")).start()
+    state = OCSPResponder(tmp_path_factory.mktemp("ocsp-e2e"), "ocsp-e2e").start()
     yield state
     state.stop()
     trust.clear()

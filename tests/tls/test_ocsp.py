@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from tls_testkit import server_context, tls_connection
 
 from smtpgate.tls import (
@@ -28,97 +22,22 @@ from smtpgate.tls import (
     issuing,
     verify_upstream_certificate,
 )
+from tests.peers.ocsp import OCSPResponder as Responder
+from tests.peers.ocsp import closed_port_url, reach_directly
 
-NOW = dt.datetime.now(dt.UTC)
 ECKey = ec.EllipticCurvePrivateKey
 
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    # urllib honours *_proxy; the responder must be reached directly.
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-
-
-@dataclass
-class Responder:
-    """Answers as ``mode`` says; statuses by certificate serial."""
-
-    ca: x509.Certificate
-    ca_key: ECKey
-    url: str = ""
-    mode: str = "normal"  # normal | wrong-key | http-500 | try-later | stale | delegated
-    statuses: dict[int, ocsp.OCSPCertStatus] = field(default_factory=dict)
-    certs: dict[int, x509.Certificate] = field(default_factory=dict)
-    delegate: tuple[x509.Certificate, ECKey] | None = None
-    hits: int = 0
-
-    def answer(self, body: bytes) -> tuple[int, bytes]:
-        self.hits += 1
-        if self.mode == "http-500":
-            return 500, b"oops"
-        if self.mode == "try-later":
-            return 200, ocsp.OCSPResponseBuilder.build_unsuccessful(
-                ocsp.OCSPResponseStatus.TRY_LATER
-            ).public_bytes(Encoding.DER)
-        req = ocsp.load_der_ocsp_request(body)
-        cert = self.certs[req.serial_number]
-        status = self.statuses[req.serial_number]
-        this_update = NOW - dt.timedelta(days=3 if self.mode == "stale" else 0, minutes=1)
-        builder = ocsp.OCSPResponseBuilder().add_response(
-            cert=cert,
-            issuer=self.ca,
-            algorithm=hashes.SHA1(),
-            cert_status=status,
-            this_update=this_update,
-            next_update=this_update + dt.timedelta(days=1),
-            revocation_time=NOW - dt.timedelta(days=1)
-            if status == ocsp.OCSPCertStatus.REVOKED
-            else None,
-            revocation_reason=x509.ReasonFlags.key_compromise
-            if status == ocsp.OCSPCertStatus.REVOKED
-            else None,
-        )
-        signer_cert, signer_key = self.ca, self.ca_key
-        if self.mode == "delegated" and self.delegate is not None:
-            signer_cert, signer_key = self.delegate
-            builder = builder.certificates([signer_cert])
-        encoding = ocsp.OCSPResponderEncoding.HASH
-        if self.mode == "wrong-key":
-            # An impostor with the CA's name but another key.
-            signer_key = ec.generate_private_key(ec.SECP256R1())
-            signer_cert = issuing.make_ca("ocsp-test", signer_key)
-            assert signer_cert.subject == self.ca.subject
-            encoding = ocsp.OCSPResponderEncoding.NAME
-        resp = builder.responder_id(encoding, signer_cert).sign(signer_key, hashes.SHA256())
-        return 200, resp.public_bytes(Encoding.DER)
+    reach_directly(monkeypatch)
 
 
 @pytest.fixture(scope="module")
-def responder() -> Iterator[Responder]:
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    state = Responder(issuing.make_ca("ocsp-test", ca_key), ca_key)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            code, payload = state.answer(body)
-            self.send_response(code)
-            self.send_header("Content-Type", "application/ocsp-response")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def responder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Responder]:
+    state = Responder(tmp_path_factory.mktemp("ocsp")).start()
     yield state
-    server.shutdown()
-    server.server_close()
+    state.stop()
 
 
 def _issue(
@@ -129,31 +48,8 @@ def _issue(
     host: str = "mx.ocsp.test",
     eku: list[x509.ObjectIdentifier] | None = None,
 ) -> tuple[x509.Certificate, ECKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(responder.ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(hours=1))
-        .not_valid_after(NOW + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(eku or [ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-    )
-    target = responder.url if url == "" else url
-    if target is not None:
-        aia = x509.AccessDescription(
-            AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(target)
-        )
-        builder = builder.add_extension(x509.AuthorityInformationAccess([aia]), critical=False)
-    cert = builder.sign(responder.ca_key, hashes.SHA256())
-    if status is not None:
-        responder.statuses[cert.serial_number] = status
-        responder.certs[cert.serial_number] = cert
-    return cert, key
+    leaf = responder.issue(status, url=url, names=(host,), eku=eku)
+    return leaf.cert, leaf.key
 
 
 def _der(cert: x509.Certificate) -> bytes:
@@ -172,9 +68,9 @@ def normal(responder: Responder) -> Iterator[Responder]:
 
 def test_good(normal: Responder) -> None:
     cert, _ = _issue(normal, ocsp.OCSPCertStatus.GOOD)
-    before = normal.hits
+    before = normal.hits()
     assert str(_check(normal, cert, allow=False)) == "ok: OCSP good"
-    assert normal.hits == before + 1  # really asked the responder
+    assert normal.hits() == before + 1  # really asked the responder
 
 
 def test_revoked_fails_even_when_unavailable_is_allowed(normal: Responder) -> None:
@@ -198,13 +94,6 @@ def test_delegate_without_ocsp_signing_eku_is_not_trusted(normal: Responder) -> 
     assert _check(normal, cert, allow=False).status == "failed"
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
-
-
 @pytest.mark.parametrize(
     ("mode", "url", "reason"),
     [
@@ -220,7 +109,7 @@ def _closed_port_url() -> str:
 def test_unavailable(normal: Responder, mode: str, url: str | None, reason: str) -> None:
     normal.mode = mode
     cert, _ = _issue(
-        normal, ocsp.OCSPCertStatus.GOOD, url=_closed_port_url() if url == "closed" else url
+        normal, ocsp.OCSPCertStatus.GOOD, url=closed_port_url() if url == "closed" else url
     )
     allowed = _check(normal, cert, allow=True)
     assert allowed.status == "ok" and reason in allowed.reason
@@ -274,9 +163,9 @@ async def test_no_ocsp_query_for_a_failed_certificate(normal: Responder, tmp_pat
     (tmp_path / "k.pem").write_bytes(issuing.key_pem(key))
     profile = TLSProfileSettings(name="no-ca", ocsp=True)  # test CA unknown
     client = TLSContextCache().upstream_leg_context(profile, verify=False)
-    before = normal.hits
+    before = normal.hits()
     server = server_context(tmp_path / "c.pem", tmp_path / "k.pem")
     with tls_connection(server, client, "mx.ocsp.test") as (tls, _):
         result = await verify_upstream_certificate(tls, profile, "mx.ocsp.test")
     assert str(result) == "failed: unknown CA"
-    assert normal.hits == before
+    assert normal.hits() == before
