@@ -8,7 +8,6 @@ import socket
 import ssl
 from asyncio import sslproto
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from smtpgate.config.errors import ConfigError
@@ -275,7 +274,3 @@ def _listener_shape(rt: PolicyRuntime) -> tuple[str, int, bool, bool]:
 def _looks_first(rt: PolicyRuntime) -> bool:
     """Implicit TLS with a PROXY header in front, or with cleartext clients allowed."""
     return rt.implicit_tls and (rt.proxy_protocol or not rt.profile.tls_compliant_only)
-
-
-def state_dir_of(config: Config) -> Path:
-    return Path(config.gateway.state_dir)

@@ -167,7 +167,7 @@ class Session:
         finally:
             self._flush()
             self.stream.close()
-            await self._close_upstream()
+            self._release_upstream()
             self.log.emit("session_end", session=self.id, client=self.client_addr)
 
     async def _drain_events(self) -> bool:
@@ -302,7 +302,7 @@ class Session:
             # The upstream connection carrying this transaction is gone. Its accepted
             # recipients cannot move to a new one (SPEC 2.3): refuse the rest, and
             # DATA gets a 4xx for lack of an upstream, so the client retries all.
-            await self._drop_upstream()
+            self._drop_upstream()
             server.reply(*UPSTREAM_FAILED)
             self._log_rcpt_rejected(txn, domain, match.label, UPSTREAM_FAILED[0], "upstream lost")
             return
@@ -314,14 +314,14 @@ class Session:
                 if upstream is None or not upstream.reused or txn.mail_sent:
                     raise
                 # A parked leg the upstream had closed: once more on a fresh connection.
-                await self._drop_upstream()
+                self._drop_upstream()
                 answer = await self._send_rcpt(txn, mode, event)
         except UpstreamUnavailable as exc:
             server.reply(exc.code, exc.text)
             self._log_rcpt_rejected(txn, domain, match.label, exc.code, exc.reason)
             return
         except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError) as exc:
-            await self._drop_upstream()
+            self._drop_upstream()
             if not txn.recipient_domains:
                 txn.mail_sent = False  # nothing to lose: a new connection may start over
             server.reply(*UPSTREAM_FAILED)
@@ -438,7 +438,7 @@ class Session:
         except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
             server.reply(*UPSTREAM_FAILED)
             self._end_transaction("tempfail", UPSTREAM_FAILED[0])  # logs the leg's TLS
-            await self._drop_upstream()
+            self._drop_upstream()
             return
         if answer.code != 354:
             server.reply_lines(answer.code, answer.lines)
@@ -463,12 +463,8 @@ class Session:
 
     def _body_invalid(self, event: BodyInvalid) -> None:
         # Abandon the upstream transaction without its final dot: nothing is delivered.
-        # (_end_transaction aborts the upstream while in_body, after noting its TLS facts.)
+        # _end_transaction drops the leg while in_body, after noting its TLS facts.
         self._end_transaction("rejected", event.code)
-        self.in_body = False
-        if self.upstream is not None:
-            self.upstream.abort()
-            self.upstream = None
 
     async def _body_end(self) -> None:
         upstream = self.upstream
@@ -490,7 +486,7 @@ class Session:
             # (a possible duplicate is better than a loss, RFC 5321 section 6.1).
             server.reply(*UPSTREAM_FAILED)
             self._end_transaction("tempfail", UPSTREAM_FAILED[0])  # logs the leg's TLS
-            await self._drop_upstream()
+            self._drop_upstream()
             return
         server.reply_lines(answer.code, answer.lines)
         outcome = (
@@ -507,22 +503,21 @@ class Session:
                 await upstream.reply()
                 upstream.in_transaction = False
             except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
-                await self._drop_upstream()
+                self._drop_upstream()
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def _end_transaction(self, outcome: str, reply: int) -> None:
+        # The record describes the leg this transaction used, also when it is dropped here.
+        upstream = self.upstream
+        if self.in_body:
+            # Mid-body (client gone, body refused): drop the upstream without its final dot.
+            self._drop_upstream()
+            self.in_body = False
         txn = self.txn
         if txn is None:
             return
         self.txn = None
-        # The record describes the leg this transaction used, also when it is dropped here.
-        upstream = self.upstream
-        if self.in_body and upstream is not None:
-            # The client went away mid-body: drop the upstream without its final dot.
-            upstream.abort()
-            self.upstream = None
-        self.in_body = False
         if not txn.recipient_domains and outcome == "aborted":
             if not txn.refused_reply:
                 return  # MAIL and nothing else: no transaction worth a summary
@@ -575,7 +570,7 @@ class Session:
         )
         return line.encode("utf-8", "replace")
 
-    async def _drop_upstream(self) -> None:
+    def _drop_upstream(self) -> None:
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
@@ -585,10 +580,7 @@ class Session:
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
-            if self.in_body or upstream.client.waiting or upstream.in_transaction:
-                upstream.abort()
+            if self.in_body:
+                upstream.abort()  # a QUIT now would be body text
             else:
-                self.rt.pool.give(upstream)
-
-    async def _close_upstream(self) -> None:
-        self._release_upstream()
+                self.rt.pool.give(upstream)  # closes it instead when not at rest

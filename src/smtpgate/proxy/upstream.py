@@ -7,7 +7,6 @@ get when it cannot be met; nothing is sent in clear under ``required``.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections import OrderedDict
 
@@ -205,15 +204,6 @@ class UpstreamLeg:
         out = self.client.data_to_send()
         if out:
             self.stream.writelines(out)
-
-    async def quit(self) -> None:
-        try:
-            self.client.send_quit()
-            async with asyncio.timeout(5):
-                await self.reply()
-        except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
-            pass
-        self.stream.close()
 
     def abort(self) -> None:
         self.stream.abort()
