@@ -21,7 +21,6 @@ from helpers import (
     smtplib_send,
 )
 
-from smtpgate.tls import trust
 from tests.peers.ocsp import GOOD, REVOKED, Leaf, OCSPResponder, closed_port_url, reach_directly
 
 Make = Callable[..., AiosmtpdUpstream]
@@ -40,7 +39,6 @@ def responder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OCSPResponde
     state = OCSPResponder(tmp_path_factory.mktemp("ocsp-e2e"), "ocsp-e2e").start()
     yield state
     state.stop()
-    trust.clear()
 
 
 def _gate(

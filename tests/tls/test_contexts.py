@@ -13,8 +13,6 @@ from smtpgate.tls import (
     TLSContextCache,
     TLSProfileError,
     TLSProfileSettings,
-    client_leg_context,
-    default_cache,
 )
 
 V = ssl.TLSVersion
@@ -166,12 +164,3 @@ def test_outgoing_host_contexts_are_bounded(store: CertificateStore) -> None:
     cache.client_leg_context_for_upstream(profile, store, "c.example.test")  # evicts b
     assert cache.client_leg_context_for_upstream(profile, store, "a.example.test") is a
     assert len(cache._hosts) == 2
-
-
-def test_module_functions_use_the_default_cache(store: CertificateStore) -> None:
-    profile = TLSProfileSettings(name="module-level")
-    ctx = client_leg_context(profile, store, outgoing=False)
-    assert client_leg_context(profile, store, outgoing=False) is ctx
-    default_cache().clear()
-    assert client_leg_context(profile, store, outgoing=False) is not ctx
-    default_cache().clear()

@@ -16,6 +16,7 @@ from tls_testkit import server_context, tls_connection
 from smtpgate.tls import (
     TLSContextCache,
     TLSProfileSettings,
+    TrustAnchors,
     VerificationResult,
     check_ocsp,
     check_ocsp_async,
@@ -153,7 +154,9 @@ async def test_upstream_check_with_ocsp(
     client = TLSContextCache().upstream_leg_context(profile, verify=verify)
     server = server_context(tmp_path / "c.pem", tmp_path / "k.pem")
     with tls_connection(server, client, "mx.ocsp.test") as (tls, _):
-        result = await verify_upstream_certificate(tls, profile, "mx.ocsp.test", timeout=5)
+        result = await verify_upstream_certificate(
+            tls, profile, "mx.ocsp.test", TrustAnchors(), timeout=5
+        )
     assert str(result).startswith(expected)
 
 
@@ -166,6 +169,6 @@ async def test_no_ocsp_query_for_a_failed_certificate(normal: Responder, tmp_pat
     before = normal.hits()
     server = server_context(tmp_path / "c.pem", tmp_path / "k.pem")
     with tls_connection(server, client, "mx.ocsp.test") as (tls, _):
-        result = await verify_upstream_certificate(tls, profile, "mx.ocsp.test")
+        result = await verify_upstream_certificate(tls, profile, "mx.ocsp.test", TrustAnchors())
     assert str(result) == "failed: unknown CA"
     assert normal.hits() == before

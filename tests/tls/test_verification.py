@@ -15,6 +15,8 @@ from smtpgate.tls import (
     CertificateError,
     TLSContextCache,
     TLSProfileSettings,
+    TrustAnchors,
+    UpstreamVerifier,
     describe_tls,
     issuing,
     verify_peer_certificate,
@@ -46,7 +48,7 @@ def _opportunistic(
     _, cert, key = upstream
     client = cache.upstream_leg_context(profile, verify=False)
     with tls_connection(server_context(cert, key), client, host) as (tls, _):
-        return str(verify_peer_certificate(tls, profile, host))
+        return str(verify_peer_certificate(tls, profile, host, TrustAnchors()))
 
 
 def test_unverified_handshake_reports_ok(
@@ -92,7 +94,7 @@ def test_unverified_handshake_reports_expired(cache: TLSContextCache, tmp_path: 
     client = cache.upstream_leg_context(profile, verify=False)
     server = server_context(tmp_path / "c.pem", tmp_path / "k.pem")
     with tls_connection(server, client, "old.upstream.test") as (tls, _):
-        result = verify_peer_certificate(tls, profile, "old.upstream.test")
+        result = verify_peer_certificate(tls, profile, "old.upstream.test", TrustAnchors())
     assert (result.status, result.reason) == ("failed", "certificate expired or not yet valid")
 
 
@@ -104,7 +106,9 @@ def test_verified_handshake_with_ca_file(
     client = cache.upstream_leg_context(profile, verify=True)
     assert client.verify_mode == ssl.CERT_REQUIRED and client.check_hostname
     with tls_connection(server_context(cert, key), client, "mx.upstream.test") as (tls, _):
-        assert str(verify_peer_certificate(tls, profile, "mx.upstream.test")) == "ok"
+        assert (
+            str(verify_peer_certificate(tls, profile, "mx.upstream.test", TrustAnchors())) == "ok"
+        )
     bad_name = handshake(server_context(cert, key), client, "other.upstream.test")
     assert isinstance(bad_name.client_error, ssl.SSLCertVerificationError)
     unknown = cache.upstream_leg_context(_profile(None), verify=True)
@@ -151,3 +155,40 @@ def test_describe_tls(cache: TLSContextCache, upstream: tuple[Path, Path, Path])
     with tls_connection(server_context(cert, key), client, "mx.upstream.test") as (tls, _):
         version, cipher = describe_tls(tls)
     assert version == "TLSv1.3" and cipher.startswith("TLS_")
+
+
+def test_trust_anchors_are_read_per_instance(
+    cache: TLSContextCache, upstream: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """A reload builds new anchors: a replaced ca_file counts from then on;
+    the anchors of the configuration still running keep what it loaded."""
+    _, cert, key = upstream
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(upstream[0].read_bytes())
+    profile = _profile(ca_file)
+    loaded = TrustAnchors()
+    client = cache.upstream_leg_context(profile, verify=False)
+    with tls_connection(server_context(cert, key), client, "mx.upstream.test") as (tls, _):
+        assert str(verify_peer_certificate(tls, profile, "mx.upstream.test", loaded)) == "ok"
+        trustme.CA().cert_pem.write_to_path(str(ca_file))
+        assert str(verify_peer_certificate(tls, profile, "mx.upstream.test", loaded)) == "ok"
+        reloaded = TrustAnchors()
+        result = verify_peer_certificate(tls, profile, "mx.upstream.test", reloaded)
+    assert str(result) == "failed: unknown CA"
+
+
+def test_verifiers_keep_their_own_verdicts(
+    cache: TLSContextCache, upstream: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """One certificate, two policies whose ca_file differ: each remembers its own verdict."""
+    ca_file, cert, key = upstream
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    trust = TrustAnchors()
+    trusting = UpstreamVerifier(_profile(ca_file), trust)
+    other = UpstreamVerifier(TLSProfileSettings(name="other", ca_file=other_ca), trust)
+    client = cache.upstream_leg_context(_profile(None), verify=False)
+    for _ in range(2):  # the second round answers from what each remembered
+        with tls_connection(server_context(cert, key), client, "mx.upstream.test") as (tls, _):
+            assert str(trusting.check(tls, "mx.upstream.test")) == "ok"
+            assert str(other.check(tls, "mx.upstream.test")) == "failed: unknown CA"

@@ -20,16 +20,22 @@ from smtpgate.proxy.session import Session
 from smtpgate.proxy.stream import Stream
 from smtpgate.tls.certificates import CertificateError
 from smtpgate.tls.contexts import TLSContextCache
+from smtpgate.tls.trust import TrustAnchors
 
 PROXY_HEADER_TIMEOUT = 10.0
 
 
 def compile_runtimes(config: Config, contexts: TLSContextCache) -> dict[str, PolicyRuntime]:
-    """Everything sessions need, built before anything listens (errors stop the start)."""
+    """Everything sessions need, built before anything listens (errors stop the start).
+
+    Called again on reload with a new ``contexts``: nothing cached under the
+    previous configuration (contexts, trust anchors, verdicts) is carried over.
+    """
     certificates = load_certificates(config)
+    trust = TrustAnchors()
     runtimes = {}
     for policy in config.policies:
-        runtimes[policy.name] = compile_policy(config, policy, certificates, contexts)
+        runtimes[policy.name] = compile_policy(config, policy, certificates, contexts, trust)
     return runtimes
 
 

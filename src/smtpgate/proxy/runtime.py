@@ -2,7 +2,9 @@
 
 Everything a session consults per command is precomputed here (SSL
 contexts, the EHLO keyword list, limits), so the hot path only reads
-attributes.
+attributes. What is cached while the configuration runs (idle upstream legs,
+upstream certificate verdicts, parsed trust anchors) hangs off the runtime
+too, so a reload, which builds new runtimes, starts without any of it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from smtpgate.proxy.pool import UpstreamPool
 from smtpgate.smtp.server import ServerLimits
 from smtpgate.tls.certificates import CertificateStore
 from smtpgate.tls.contexts import TLSContextCache
+from smtpgate.tls.trust import TrustAnchors
+from smtpgate.tls.verification import UpstreamVerifier
 
 #: Command lines may carry ESMTP parameters beyond RFC 5321's 512 octets
 #: (RFC 1869 section 4.1.2 allows extensions to extend it); Postfix allows 2048.
@@ -49,6 +53,8 @@ class PolicyRuntime:
     client_tls_context: ssl.SSLContext
     upstream_context_verified: ssl.SSLContext
     upstream_context_unverified: ssl.SSLContext
+    #: Upstream certificate checks with this configuration's trust anchors.
+    upstream_verifier: UpstreamVerifier
     #: Idle upstream legs of this policy; a reload starts a new pool.
     pool: UpstreamPool = field(default_factory=UpstreamPool, compare=False)
 
@@ -58,8 +64,13 @@ class PolicyRuntime:
 
 
 def compile_policy(
-    config: Config, policy: Policy, certificates: CertificateStore, contexts: TLSContextCache
+    config: Config,
+    policy: Policy,
+    certificates: CertificateStore,
+    contexts: TLSContextCache,
+    trust: TrustAnchors,
 ) -> PolicyRuntime:
+    """``trust`` is shared by the policies of one configuration (one parse per file)."""
     action = config.action(policy.proxy_action)
     profile = config.profile_for(action)
     general = action.general
@@ -83,6 +94,10 @@ def compile_policy(
         )
     else:
         client_ctx = contexts.client_leg_context(profile, certificates, outgoing=False)
+    # Read ca_file now, as the handshake contexts do: the checks then trust
+    # what this load read, a broken file fails the load, and the first
+    # connection does not parse the system bundle.
+    trust.anchors(profile.ca_file)
     return PolicyRuntime(
         name=policy.name,
         listen_host=policy.listen.host,
@@ -113,6 +128,7 @@ def compile_policy(
         client_tls_context=client_ctx,
         upstream_context_verified=contexts.upstream_leg_context(profile, verify=True),
         upstream_context_unverified=contexts.upstream_leg_context(profile, verify=False),
+        upstream_verifier=UpstreamVerifier(profile, trust),
     )
 
 

@@ -8,7 +8,6 @@ get when it cannot be met; nothing is sent in clear under ``required``.
 from __future__ import annotations
 
 import ssl
-from collections import OrderedDict
 
 from smtpgate.policy.decisions import UpstreamTLS
 from smtpgate.proxy.runtime import PolicyRuntime
@@ -16,8 +15,7 @@ from smtpgate.proxy.stream import Stream, open_stream
 from smtpgate.smtp.client import ClientConnection, UpstreamProtocolError
 from smtpgate.smtp.events import NEED_DATA, PAUSED, Reply
 from smtpgate.tls.info import describe_tls
-from smtpgate.tls.result import NOT_CHECKED, OK, VerificationResult
-from smtpgate.tls.verification import verify_peer_certificate, verify_upstream_certificate
+from smtpgate.tls.result import NOT_CHECKED, OK
 
 
 class UpstreamUnavailable(Exception):
@@ -36,12 +34,6 @@ def _tls_required_failure(reason: str) -> UpstreamUnavailable:
 
 def _connect_failure(reason: str) -> UpstreamUnavailable:
     return UpstreamUnavailable(451, "4.4.1 Upstream server unavailable, try later", reason)
-
-
-# Opportunistic handshakes skip verification; what it would have said is
-# computed once per (certificate, host), not per message.
-_verify_cache: OrderedDict[tuple[bytes, str], VerificationResult] = OrderedDict()
-_VERIFY_CACHE_SIZE = 256
 
 
 class UpstreamLeg:
@@ -151,11 +143,10 @@ class UpstreamLeg:
         self.tls_version, self.cipher = describe_tls(ssl_object)
         if ssl_object is None:
             return
+        verifier = rt.upstream_verifier
         if rt.profile.ocsp:
-            # Revocation needs a fresh answer per connection; no cache here.
-            self.verification = await verify_upstream_certificate(
+            self.verification = await verifier.check_with_ocsp(
                 ssl_object,
-                rt.profile,
                 rt.upstream_host,
                 check_chain=verified or rt.profile.validate_certificates,
             )
@@ -164,16 +155,7 @@ class UpstreamLeg:
         elif verified:
             self.verification = OK
         else:
-            der = ssl_object.getpeercert(binary_form=True)
-            if der:
-                key = (der, rt.upstream_host)
-                result = _verify_cache.get(key)
-                if result is None:
-                    result = verify_peer_certificate(ssl_object, rt.profile, rt.upstream_host)
-                    _verify_cache[key] = result
-                    if len(_verify_cache) > _VERIFY_CACHE_SIZE:
-                        _verify_cache.popitem(last=False)
-                self.verification = result
+            self.verification = verifier.check(ssl_object, rt.upstream_host)
 
     async def hello(self, hostname: str) -> None:
         self.client.send_ehlo(hostname)

@@ -6,13 +6,7 @@ first leaf for a new outgoing host and (optionally) OCSP queries.
 """
 
 from smtpgate.tls.certificates import CertificateError, CertificateStore, SNICertificate
-from smtpgate.tls.contexts import (
-    TLSContextCache,
-    client_leg_context,
-    client_leg_context_for_upstream,
-    default_cache,
-    upstream_leg_context,
-)
+from smtpgate.tls.contexts import TLSContextCache
 from smtpgate.tls.info import describe_tls, starts_with_tls_handshake
 from smtpgate.tls.profile import (
     TLSProfileError,
@@ -20,7 +14,9 @@ from smtpgate.tls.profile import (
     TLSProfileSettings,
     check_profile,
 )
+from smtpgate.tls.trust import TrustAnchors
 from smtpgate.tls.verification import (
+    UpstreamVerifier,
     VerificationResult,
     check_ocsp,
     check_ocsp_async,
@@ -36,16 +32,14 @@ __all__ = [
     "TLSProfileError",
     "TLSProfileLike",
     "TLSProfileSettings",
+    "TrustAnchors",
+    "UpstreamVerifier",
     "VerificationResult",
     "check_ocsp",
     "check_ocsp_async",
     "check_profile",
-    "client_leg_context",
-    "client_leg_context_for_upstream",
-    "default_cache",
     "describe_tls",
     "starts_with_tls_handshake",
-    "upstream_leg_context",
     "verify_peer_certificate",
     "verify_upstream_certificate",
 ]

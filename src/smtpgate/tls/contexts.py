@@ -2,7 +2,7 @@
 
 Building a context reads certificate files and parses trust stores, so it
 happens once per (profile, certificates, role) and the per-connection path is
-a dictionary lookup. ``TLSContextCache.clear()`` drops everything on SIGHUP.
+a dictionary lookup. A reload builds a new cache (``clear()`` empties one).
 
 Client leg (smtpgate is the TLS server):
   * incoming actions present the proxy server certificate, or a configured SNI
@@ -24,7 +24,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from smtpgate.tls import trust
 from smtpgate.tls.certificates import CertificateError, CertificateStore, SNICertificate
 from smtpgate.tls.ciphers import apply_profile
 from smtpgate.tls.issuing import normalize_host
@@ -91,8 +90,7 @@ class TLSContextCache:
         self._max_hosts = max_upstream_hosts
 
     def clear(self) -> None:
-        """Forget every context and parsed trust store (config or certificate reload)."""
-        trust.clear()
+        """Forget every context (they read certificate and ca_file contents when built)."""
         with self._lock:
             self._client.clear()
             self._upstream.clear()
@@ -190,27 +188,3 @@ class TLSContextCache:
                     log.warning("no leaf for SNI %r: %s", server_name, exc)
 
         return choose
-
-
-_default = TLSContextCache()
-
-
-def default_cache() -> TLSContextCache:
-    """The process-wide cache used by the module-level functions."""
-    return _default
-
-
-def client_leg_context(
-    profile: TLSProfileLike, certificates: CertificateStore, *, outgoing: bool
-) -> ssl.SSLContext:
-    return _default.client_leg_context(profile, certificates, outgoing=outgoing)
-
-
-def client_leg_context_for_upstream(
-    profile: TLSProfileLike, certificates: CertificateStore, upstream_host: str
-) -> ssl.SSLContext:
-    return _default.client_leg_context_for_upstream(profile, certificates, upstream_host)
-
-
-def upstream_leg_context(profile: TLSProfileLike, *, verify: bool) -> ssl.SSLContext:
-    return _default.upstream_leg_context(profile, verify=verify)

@@ -1,12 +1,7 @@
-"""Trust anchors for after-the-fact verification: system bundle + ca_file.
-
-Parsed once per ca_file and cached (the system bundle has ~150 certificates;
-parsing it per connection would dominate the verification cost).
-"""
+"""Trust anchors for after-the-fact verification: system bundle + ca_file."""
 
 from __future__ import annotations
 
-import functools
 import re
 import ssl
 import warnings
@@ -49,54 +44,67 @@ def _parse_bundle(data: bytes) -> list[x509.Certificate]:
     return certs
 
 
-@functools.lru_cache(maxsize=1)
-def _system_anchors() -> tuple[x509.Certificate, ...]:
-    bundle = system_bundle()
-    if bundle is None:
-        return ()
-    try:
-        return tuple(_parse_bundle(bundle.read_bytes()))
-    except OSError:
-        return ()
+class TrustAnchors:
+    """The parsed system bundle and ``ca_file`` anchors of one configuration.
 
+    Built with the configuration and replaced with it on SIGHUP, so what the
+    after-the-fact check and the OCSP issuer lookup trust is what the reload
+    read, as for the handshake contexts. Each file is parsed once per
+    instance (the system bundle has ~150 certificates; parsing it per
+    connection would dominate the verification cost). Keys are ``ca_file``
+    paths from the configuration, so the number of entries is bounded by it.
+    """
 
-@functools.lru_cache(maxsize=64)
-def anchors(ca_file: Path | None) -> tuple[x509.Certificate, ...]:
-    """System anchors plus those in ``ca_file``; CertificateError if unreadable."""
-    extra: list[x509.Certificate] = []
-    if ca_file is not None:
-        try:
-            extra = _parse_bundle(ca_file.read_bytes())
-        except OSError as exc:
-            raise CertificateError(f"{ca_file}: cannot read ca_file: {exc}") from exc
-        if not extra:
-            raise CertificateError(f"{ca_file}: no PEM certificate in ca_file")
-    return _system_anchors() + tuple(extra)
+    def __init__(self) -> None:
+        self._system: tuple[x509.Certificate, ...] | None = None
+        self._anchors: dict[Path | None, tuple[x509.Certificate, ...]] = {}
+        self._stores: dict[Path | None, Store] = {}
 
+    def _system_anchors(self) -> tuple[x509.Certificate, ...]:
+        if self._system is None:
+            bundle = system_bundle()
+            try:
+                self._system = () if bundle is None else tuple(_parse_bundle(bundle.read_bytes()))
+            except OSError:
+                self._system = ()
+        return self._system
 
-@functools.lru_cache(maxsize=64)
-def store(ca_file: Path | None) -> Store:
-    certs = anchors(ca_file)
-    if not certs:
-        raise CertificateError("no trust anchors: system CA bundle not found and no ca_file")
-    return Store(list(certs))
+    def anchors(self, ca_file: Path | None) -> tuple[x509.Certificate, ...]:
+        """System anchors plus those in ``ca_file``; CertificateError if unreadable."""
+        found = self._anchors.get(ca_file)
+        if found is not None:
+            return found
+        extra: list[x509.Certificate] = []
+        if ca_file is not None:
+            try:
+                extra = _parse_bundle(ca_file.read_bytes())
+            except OSError as exc:
+                raise CertificateError(f"{ca_file}: cannot read ca_file: {exc}") from exc
+            if not extra:
+                raise CertificateError(f"{ca_file}: no PEM certificate in ca_file")
+        found = self._anchors[ca_file] = self._system_anchors() + tuple(extra)
+        return found
 
+    def store(self, ca_file: Path | None) -> Store:
+        """The anchors as a verifier store; CertificateError if there are none."""
+        found = self._stores.get(ca_file)
+        if found is None:
+            certs = self.anchors(ca_file)
+            if not certs:
+                raise CertificateError(
+                    "no trust anchors: system CA bundle not found and no ca_file"
+                )
+            found = self._stores[ca_file] = Store(list(certs))
+        return found
 
-def find_issuer(cert: x509.Certificate, ca_file: Path | None) -> x509.Certificate | None:
-    """The anchor that signed ``cert`` (for OCSP, which needs the issuer)."""
-    for candidate in anchors(ca_file):
-        if candidate.subject != cert.issuer:
-            continue
-        try:
-            cert.verify_directly_issued_by(candidate)
-        except (InvalidSignature, ValueError, TypeError):
-            continue
-        return candidate
-    return None
-
-
-def clear() -> None:
-    """Forget parsed anchors (SIGHUP: the system bundle or a ca_file changed)."""
-    _system_anchors.cache_clear()
-    anchors.cache_clear()
-    store.cache_clear()
+    def find_issuer(self, cert: x509.Certificate, ca_file: Path | None) -> x509.Certificate | None:
+        """The anchor that signed ``cert`` (for OCSP, which needs the issuer)."""
+        for candidate in self.anchors(ca_file):
+            if candidate.subject != cert.issuer:
+                continue
+            try:
+                cert.verify_directly_issued_by(candidate)
+            except (InvalidSignature, ValueError, TypeError):
+                continue
+            return candidate
+        return None

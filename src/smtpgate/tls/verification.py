@@ -3,7 +3,10 @@
 Opportunistic TLS (``preferred`` recipient encryption) handshakes with
 CERT_NONE and must still log what verification *would* have said. This module
 re-checks the peer certificate with cryptography's WebPKI verifier against the
-system anchors plus the profile's ``ca_file``.
+system anchors plus the profile's ``ca_file``, both taken from the
+:class:`~smtpgate.tls.trust.TrustAnchors` of the running configuration.
+:class:`UpstreamVerifier` bundles profile, anchors and the remembered
+verdicts of one policy; a reload replaces it with its configuration.
 
 Limitation: Python 3.11 exposes only the peer's leaf certificate
 (``get_unverified_chain`` arrived in 3.13), so intermediates the server sent
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
+from collections import OrderedDict
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -29,16 +33,17 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from smtpgate.tls import trust
 from smtpgate.tls.certificates import CertificateError
 from smtpgate.tls.issuing import normalize_host
 from smtpgate.tls.ocsp import DEFAULT_TIMEOUT, check_ocsp, check_ocsp_async
 from smtpgate.tls.profile import TLSProfileLike
 from smtpgate.tls.result import NOT_CHECKED, OK, VerificationResult
+from smtpgate.tls.trust import TrustAnchors
 
 __all__ = [
     "NOT_CHECKED",
     "OK",
+    "UpstreamVerifier",
     "VerificationResult",
     "check_ocsp",
     "check_ocsp_async",
@@ -95,7 +100,7 @@ def _verified_in_handshake(ssl_object: TLSObject) -> bool:
 
 
 def _check(
-    ssl_object: TLSObject, profile: TLSProfileLike, server_hostname: str
+    ssl_object: TLSObject, profile: TLSProfileLike, server_hostname: str, trust: TrustAnchors
 ) -> tuple[VerificationResult, x509.Certificate | None, x509.Certificate | None]:
     """(result, leaf, issuer if known)."""
     der = ssl_object.getpeercert(binary_form=True)
@@ -130,20 +135,21 @@ def _check(
 
 
 def verify_peer_certificate(
-    ssl_object: TLSObject, profile: TLSProfileLike, server_hostname: str
+    ssl_object: TLSObject, profile: TLSProfileLike, server_hostname: str, trust: TrustAnchors
 ) -> VerificationResult:
     """Chain and host name check of the peer certificate (no network).
 
     For a handshake already verified by OpenSSL (CERT_REQUIRED and
     check_hostname) the answer is ``ok`` without further work.
     """
-    return _check(ssl_object, profile, server_hostname)[0]
+    return _check(ssl_object, profile, server_hostname, trust)[0]
 
 
 async def verify_upstream_certificate(
     ssl_object: TLSObject,
     profile: TLSProfileLike,
     server_hostname: str,
+    trust: TrustAnchors,
     *,
     timeout: float = DEFAULT_TIMEOUT,
     check_chain: bool = True,
@@ -156,7 +162,7 @@ async def verify_upstream_certificate(
     chain and host-name validation back on.
     """
     if check_chain:
-        result, leaf, issuer = _check(ssl_object, profile, server_hostname)
+        result, leaf, issuer = _check(ssl_object, profile, server_hostname, trust)
     else:
         der = ssl_object.getpeercert(binary_form=True)
         try:
@@ -173,3 +179,45 @@ async def verify_upstream_certificate(
         profile.ocsp_allow_unavailable,
         timeout=timeout,
     )
+
+
+class UpstreamVerifier:
+    """Upstream certificate checks of one policy under one configuration.
+
+    Opportunistic handshakes skip verification; what it would have said is
+    computed once per (certificate, host) and remembered here, not per
+    message. The verifier is built with the policy's runtime, so a reload
+    (new ``ca_file``, new system bundle) starts with new anchors and no
+    remembered verdicts, and two policies never share a verdict.
+    """
+
+    __slots__ = ("_remembered", "_size", "profile", "trust")
+
+    def __init__(self, profile: TLSProfileLike, trust: TrustAnchors, *, size: int = 256) -> None:
+        self.profile = profile
+        self.trust = trust
+        self._size = size
+        self._remembered: OrderedDict[tuple[bytes, str], VerificationResult] = OrderedDict()
+
+    def check(self, ssl_object: TLSObject, server_hostname: str) -> VerificationResult:
+        """:func:`verify_peer_certificate`, remembered per (certificate, host)."""
+        der = ssl_object.getpeercert(binary_form=True)
+        if not der:
+            return verify_peer_certificate(ssl_object, self.profile, server_hostname, self.trust)
+        key = (der, server_hostname)
+        result = self._remembered.get(key)
+        if result is None:
+            result = verify_peer_certificate(ssl_object, self.profile, server_hostname, self.trust)
+            self._remembered[key] = result
+            if len(self._remembered) > self._size:
+                self._remembered.popitem(last=False)
+        return result
+
+    async def check_with_ocsp(
+        self, ssl_object: TLSObject, server_hostname: str, *, check_chain: bool
+    ) -> VerificationResult:
+        """:func:`verify_upstream_certificate`; never remembered, as revocation
+        needs a fresh answer per connection."""
+        return await verify_upstream_certificate(
+            ssl_object, self.profile, server_hostname, self.trust, check_chain=check_chain
+        )
