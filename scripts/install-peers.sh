@@ -1,19 +1,159 @@
 #!/usr/bin/env bash
-# Installs the real SMTP peers the interop tests drive. Idempotent; needs root
-# (CI runs as root). Installing Postfix does not start or reconfigure a system
-# mail service: the tests run their own instances under a temporary directory.
+# Installs the real SMTP peers the interop tests drive (swaks, openssl,
+# HAProxy, Postfix) and checks that each can do what the tests need, not only
+# that its binary exists: a swaks without Net::SSLeay is installed but cannot
+# say STARTTLS. What gets installed is decided by those checks, so a machine
+# with swaks but without Net::SSLeay gets fixed, and a second run installs
+# nothing. Needs root only when something is missing (CI runs as root).
+#
+# Installing Postfix does not start or reconfigure a system mail service (the
+# tests run their own instances under /tmp), and no package's daemon is started
+# by the installation: see without_service_starts.
 set -euo pipefail
-need=()
-command -v swaks >/dev/null || need+=(swaks)
-command -v openssl >/dev/null || need+=(openssl)
-command -v haproxy >/dev/null || need+=(haproxy)
-[ -x /usr/sbin/postfix ] || need+=(postfix)
-[ ${#need[@]} -eq 0 ] && exit 0
+
+say() { echo "install-peers: $*" >&2; }
+
+# Each check prints what the peer cannot do (empty output: it can do all of it).
+# The Debian packages that give a peer everything its check asks for:
+declare -A packages=(
+  [swaks]="swaks libnet-ssleay-perl"
+  [openssl]="openssl"
+  [haproxy]="haproxy"
+  [postfix]="postfix"
+)
+peers=(swaks openssl haproxy postfix)
+
+check_swaks() {
+  # swaks 20201014 (Debian 12) does TLS through Net::SSLeay alone; `--support`
+  # lists every optional feature, "=== TLS supported" or "*** TLS not available:
+  # requires Net::SSLeay", and exits 0 either way. The tests use nothing else
+  # optional (no AUTH, no IPv6, no MX lookups).
+  command -v swaks >/dev/null || { echo "no swaks binary"; return; }
+  local support
+  support=$(swaks --support 2>&1) || true
+  grep -q '^=== TLS supported' <<<"$support" ||
+    echo "cannot do STARTTLS/TLS ($(grep -m1 'TLS' <<<"$support" || echo 'swaks --support does not list TLS'))"
+}
+
+check_openssl() {
+  command -v openssl >/dev/null || { echo "no openssl binary"; return; }
+  local help option
+  help=$(openssl s_client -help 2>&1) || true
+  # What tests/peers/openssl.py passes to s_client.
+  for option in -starttls -name -crlf -ign_eof -tls1_2 -tls1_3 -cipher -ciphersuites \
+    -servername -noservername -CAfile; do
+    grep -qE -- "^ *$option " <<<"$help" || echo "s_client has no $option option"
+  done
+  openssl ciphers -s -tls1_3 >/dev/null 2>&1 || echo "cannot do TLS 1.3"
+  # tests/interop/test_interop_openssl.py offers an RSA key exchange suite (which
+  # a pfs = "required" server must refuse) and an ECDHE one (which it accepts).
+  openssl ciphers -s -tls1_2 AES128-GCM-SHA256 >/dev/null 2>&1 ||
+    echo "cannot offer AES128-GCM-SHA256 (RSA key exchange) over TLS 1.2"
+  openssl ciphers -s -tls1_2 ECDHE >/dev/null 2>&1 || echo "cannot offer ECDHE over TLS 1.2"
+}
+
+check_haproxy() {
+  command -v haproxy >/dev/null || { echo "no haproxy binary"; return; }
+  # Whole outputs are captured before grep -q reads them: with pipefail, a grep
+  # that stops at the first match would fail the pipeline with the writer's SIGPIPE.
+  local version
+  version=$(haproxy -vv 2>&1) || true
+  grep -q '^Built with OpenSSL' <<<"$version" || echo "was built without OpenSSL (haproxy -vv)"
+  # What tests/peers/haproxy.py runs: mode tcp, a backend with send-proxy(-v2).
+  local cfg
+  cfg=$(mktemp)
+  printf '%s\n' 'defaults' '    mode tcp' '    timeout connect 5s' '    timeout client 5s' \
+    '    timeout server 5s' 'frontend f' '    bind 127.0.0.1:1' '    default_backend b' \
+    'backend b' '    server v1 127.0.0.1:2 send-proxy' '    server v2 127.0.0.1:3 send-proxy-v2' >"$cfg"
+  haproxy -c -q -f "$cfg" >/dev/null 2>&1 || echo "refuses a mode tcp backend with send-proxy/send-proxy-v2 (haproxy -c)"
+  rm -f "$cfg"
+}
+
+check_postfix() {
+  [ -x /usr/sbin/postfix ] || { echo "no /usr/sbin/postfix"; return; }
+  local binary
+  for binary in postconf postqueue sendmail postdrop; do
+    [ -x "/usr/sbin/$binary" ] || echo "no /usr/sbin/$binary"
+  done
+  [ -x /usr/sbin/postconf ] || return 0
+  getent passwd postfix >/dev/null || echo "no 'postfix' user"
+  getent group postdrop >/dev/null || echo "no 'postdrop' group"
+  # TLS on both sides (smtp and smtpd): `postconf -T` answers only when Postfix
+  # was built with TLS support.
+  postconf -T compile-version >/dev/null 2>&1 || echo "was built without TLS (postconf -T compile-version fails)"
+  # tests/peers/postfix.py delivers with virtual_mailbox_maps = static:vmail/.
+  # Debian's "No configuration" install leaves no /etc/postfix/main.cf, so ask
+  # with an empty configuration directory.
+  local confdir tables
+  confdir=$(mktemp -d)
+  : >"$confdir/main.cf"
+  tables=$(postconf -c "$confdir" -m 2>/dev/null) || true
+  rm -rf "$confdir"
+  grep -qx static <<<"$tables" || echo "has no 'static' lookup table (postconf -m)"
+}
+
+# check_all: sets problems to a "peer: what it cannot do" line per failed
+# check, and missing_packages to the packages of the peers that failed one.
+check_all() {
+  local peer problem
+  missing_packages=()
+  problems=()
+  for peer in "${peers[@]}"; do
+    local found=0
+    while IFS= read -r problem; do
+      [ -n "$problem" ] || continue
+      problems+=("$peer: $problem")
+      found=1
+    done < <("check_$peer")
+    # shellcheck disable=SC2206 # the package list is split on purpose
+    [ $found -eq 0 ] || missing_packages+=(${packages[$peer]})
+  done
+}
+
+# Debian starts a package's service on installation unless policy-rc.d says
+# no (exit 101). The tests run their own HAProxy and Postfix on loopback ports:
+# no system-wide daemon is wanted. An existing policy-rc.d is left alone.
+created_policy=
+without_service_starts() {
+  local policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    created_policy=$policy
+    # Removed on any exit, also when apt-get fails or the run is interrupted.
+    trap 'rm -f "$created_policy"' EXIT
+    printf '#!/bin/sh\n# scripts/install-peers.sh: no service starts while it installs.\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+  fi
+  "$@"
+  if [ -n "$created_policy" ]; then
+    rm -f "$created_policy"
+    created_policy=
+  fi
+}
+
+install_packages() {
+  export DEBIAN_FRONTEND=noninteractive
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+check_all
+if [ ${#problems[@]} -eq 0 ]; then
+  say "ok: ${peers[*]} can do what the interop tests need"
+  exit 0
+fi
+printf 'install-peers: %s\n' "${problems[@]}" >&2
 if [ "$(id -u)" != 0 ]; then
-  echo "install-peers: need root to apt-get install ${need[*]}" >&2
+  say "need root to apt-get install ${missing_packages[*]}"
   exit 1
 fi
-export DEBIAN_FRONTEND=noninteractive
-echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+say "installing ${missing_packages[*]}"
+without_service_starts install_packages "${missing_packages[@]}"
+
+check_all
+if [ ${#problems[@]} -ne 0 ]; then
+  printf 'install-peers: still: %s\n' "${problems[@]}" >&2
+  say "installed ${missing_packages[*]}, but the peers above still cannot do what the tests need"
+  exit 1
+fi
+say "ok: ${peers[*]} can do what the interop tests need"

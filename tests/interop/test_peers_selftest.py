@@ -8,8 +8,12 @@ openssl s_client -> Postfix, HAProxy (PROXY v1/v2) -> aiosmtpd.
 
 from __future__ import annotations
 
+import os
+import pwd
 import smtplib
 import socket
+import subprocess
+import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +26,12 @@ from tests.peers.haproxy import HAProxy
 from tests.peers.openssl import s_client
 from tests.peers.postfix import PostfixInstance, build_message
 from tests.peers.smtpgate_proc import SmtpgateProcess, toml_dumps
-from tests.peers.swaks import parse_transcript, run_swaks
+from tests.peers.swaks import SWAKS, parse_transcript, require_swaks_tls, run_swaks
 from tests.peers.upstream import AiosmtpdUpstream
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
+
+INSTALL_PEERS = Path(__file__).resolve().parents[2] / "scripts" / "install-peers.sh"
 
 StartPostfix = Callable[..., PostfixInstance]
 StartUpstream = Callable[..., AiosmtpdUpstream]
@@ -306,3 +312,75 @@ def test_a_missing_peer_fails_with_a_clear_message() -> None:
     with pytest.raises(PeerMissing, match=r"make peers"):
         require_binary("no-such-peer-binary", "no-such-package")
     assert issubclass(PeerMissing, AssertionError)  # a failure, never a skip
+
+
+def _swaks_without_net_ssleay(bin_dir: Path) -> Path:
+    """A stand-in for Debian's swaks installed without libnet-ssleay-perl: what
+    its ``--support`` prints (features on stdout, missing ones on stderr, exit 0)."""
+    bin_dir.mkdir()
+    fake = bin_dir / "swaks"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo '=== Basic AUTH supported'\n"
+        "echo '*** TLS not available: requires Net::SSLeay' >&2\n"
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def test_a_swaks_without_tls_fails_with_a_clear_message(tmp_path: Path) -> None:
+    fake = _swaks_without_net_ssleay(tmp_path / "bin")
+    with pytest.raises(
+        PeerMissing,
+        match=r"cannot do TLS: \*\*\* TLS not available: requires Net::SSLeay "
+        r"\(Debian package 'libnet-ssleay-perl'\); run `make peers`",
+    ):
+        require_swaks_tls(str(fake))
+
+
+def test_the_installed_swaks_can_do_tls() -> None:
+    require_swaks_tls(require_binary(SWAKS, "swaks"))
+
+
+def _run_installer(path_prefix: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``scripts/install-peers.sh`` as an unprivileged user, so that it only
+    checks: without root it reports what it would install and exits 1."""
+    env = dict(os.environ)
+    if path_prefix is not None:
+        env["PATH"] = f"{path_prefix}:{env['PATH']}"
+    command = ["bash", str(INSTALL_PEERS)]
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        command = [
+            require_binary("setpriv", "util-linux"),
+            f"--reuid={nobody.pw_uid}",
+            f"--regid={nobody.pw_gid}",
+            "--clear-groups",
+            *command,
+        ]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def test_install_peers_finds_every_peer_able() -> None:
+    proc = _run_installer()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == (
+        "install-peers: ok: swaks openssl haproxy postfix can do what the interop tests need\n"
+    )
+
+
+def test_install_peers_installs_by_capability_not_by_binary() -> None:
+    # swaks is there, but cannot do TLS: the installer must want Net::SSLeay. The
+    # stand-in lives outside tmp_path, which the unprivileged installer cannot
+    # traverse (/tmp/pytest-of-root is 0700).
+    with tempfile.TemporaryDirectory(prefix="sgpeers-") as scratch:
+        Path(scratch).chmod(0o755)
+        bin_dir = Path(scratch) / "bin"
+        _swaks_without_net_ssleay(bin_dir)
+        proc = _run_installer(bin_dir)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "install-peers: swaks: cannot do STARTTLS/TLS "
+        "(*** TLS not available: requires Net::SSLeay)",
+        "install-peers: need root to apt-get install swaks libnet-ssleay-perl",
+    ]

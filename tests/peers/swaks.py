@@ -16,9 +16,9 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 
-from . import require_binary
+from . import PeerMissing, require_binary
 
-__all__ = ["Reply", "SwaksResult", "run_swaks"]
+__all__ = ["Reply", "SwaksResult", "require_swaks_tls", "run_swaks"]
 
 SWAKS = "swaks"
 
@@ -27,6 +27,33 @@ _TLS = re.compile(
     r"^=== TLS started with cipher (?P<version>[^:]+):(?P<cipher>[^:]+):(?P<bits>\d+)"
 )
 _CMD = re.compile(r"^\s?(?P<dir>[-~*])> (?P<cmd>.*)$")
+
+
+def require_swaks_tls(swaks: str) -> None:
+    """Fail (never skip) when this swaks cannot do TLS.
+
+    swaks is installed without its TLS module unless Net::SSLeay is there too
+    (Debian: ``libnet-ssleay-perl`` is only a Recommends); it then exits with
+    ``*** TLS not available: requires Net::SSLeay`` at the first ``--tls``.
+    ``swaks --support`` lists each optional feature as ``=== TLS supported`` or
+    ``*** TLS not available: ...`` and exits 0 either way.
+    """
+    proc = subprocess.run(
+        [swaks, "--support"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    lines = (proc.stdout + proc.stderr).splitlines()
+    if "=== TLS supported" in lines:
+        return
+    why = next((line for line in lines if "TLS" in line), "`swaks --support` does not list TLS")
+    raise PeerMissing(
+        f"swaks ({swaks}) cannot do TLS: {why.strip()} (Debian package 'libnet-ssleay-perl'); "
+        "run `make peers` (scripts/install-peers.sh) as root"
+    )
 
 
 @dataclass(frozen=True)
@@ -118,6 +145,8 @@ def run_swaks(
     ``"optional"`` (``--tls-optional``), ``"implicit"`` (``--tlsc``, TLS on connect).
     """
     swaks = require_binary(SWAKS, "swaks")
+    if tls != "plain":
+        require_swaks_tls(swaks)
     rcpts = [to] if isinstance(to, str) else to
     args = [
         swaks,
