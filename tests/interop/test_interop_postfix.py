@@ -15,12 +15,15 @@ Maildir. Proves:
 - a ``451 4.7.5`` (recipient ``required``, receiver without STARTTLS) makes the
   real MTA keep the message queued: nothing is lost, nothing is sent in clear;
 - ``452 4.5.3`` for a recipient that needs another upstream outcome makes the
-  real MTA send that recipient again in a second transaction: both arrive.
+  real MTA defer that recipient to its queue and send it in a second
+  transaction when its queue timers say so: both arrive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -41,17 +44,25 @@ def chain(start_postfix: StartPostfix, start_gate: StartGate, gate_cert: LeafFil
     """``chain(level, receiver_cert, **gate_config)``: a receiving Postfix (STARTTLS
     with ``receiver_cert``; ``None``: none), smtpgate in front of it (``gate_cert``
     on the client leg), and a sending Postfix relaying to smtpgate with
-    ``smtp_tls_security_level = level``."""
+    ``smtp_tls_security_level = level`` and ``sender_main_cf`` on top of the
+    harness's ``main.cf``."""
 
     def build(
-        level: str, receiver_cert: LeafFiles | None, **gate_kw: Any
+        level: str,
+        receiver_cert: LeafFiles | None,
+        *,
+        sender_main_cf: Mapping[str, str] | None = None,
+        **gate_kw: Any,
     ) -> tuple[PostfixInstance, SmtpgateProcess, PostfixInstance]:
         rcv = start_postfix(
             "rcv", smtpd_cert=receiver_cert, virtual_domains=("receiver.test", "other.test")
         )
         gate = start_gate(gate_config(rcv.port, server_cert=gate_cert, **gate_kw))
         snd = start_postfix(
-            "snd", relayhost=f"[127.0.0.1]:{gate.port()}", smtp_tls_security_level=level
+            "snd",
+            relayhost=f"[127.0.0.1]:{gate.port()}",
+            smtp_tls_security_level=level,
+            main_cf=sender_main_cf,
         )
         return rcv, gate, snd
 
@@ -132,22 +143,66 @@ def test_recipient_required_towards_cleartext_postfix_keeps_mail_queued(chain: C
 def test_recipients_needing_different_upstream_outcomes_are_split_by_452(
     chain: Chain, upstream_cert: LeafFiles
 ) -> None:
+    """What the sending Postfix does with ``452 4.5.3``, step by step.
+
+    Postfix 3.7's SMTP client treats a 452 to RCPT like any other 4xx reply to
+    RCPT (``smtp_proto.c`` hands it to ``smtp_rcpt_fail()``; only a 552 is
+    mapped to 452, and no reply text is recognised as "too many recipients"):
+    the recipient is deferred (``dsn=4.5.3, status=deferred``) and the message
+    goes to the others in the same transaction. Once the attempt is over, the
+    queue manager moves the message to the deferred queue, with the next
+    attempt at now + its age clamped to [``minimal_backoff_time``,
+    ``maximal_backoff_time``] as the queue file's time stamp, and the deferred
+    queue scan (every ``queue_run_delay``) sends it then: 5 to 10 minutes later
+    with Postfix's defaults. (Only when the server that answered 452 is not the
+    last one Postfix would try, e.g. a second MX host, does it keep the
+    recipient and try the next server at once.)
+
+    So the second transaction comes from the queue timers, not from the reply.
+    The test sets them to an hour, so Postfix's own retry cannot race it,
+    checks the next-attempt time in the deferred queue file, and then runs that
+    attempt with ``postqueue -i <queue id>``.
+    """
+    backoff = 3600
     rcv, gate, snd = chain(
         "may",
         upstream_cert,
+        sender_main_cf={
+            "minimal_backoff_time": f"{backoff}s",
+            "maximal_backoff_time": f"{backoff}s",
+            "queue_run_delay": f"{backoff}s",
+        },
         rules=[
             rule(recipient="receiver.test", recipient_encryption="preferred"),
             rule(recipient="other.test", recipient_encryption="none"),
         ],
     )
-    snd.submit("alice@sender.test", ["bob@receiver.test", "carol@other.test"])
-    delivered = rcv.wait_delivered(2, timeout=40)
-    snd.wait_queue_empty(timeout=40)
-    assert sorted(str(m["Delivered-To"]) for m in delivered) == [
-        "bob@receiver.test",
-        "carol@other.test",
-    ]
-    snd.wait_log(r"452 4\.5\.3")
+    recipients = ["bob@receiver.test", "carol@other.test"]
+    mid = snd.submit("alice@sender.test", recipients)
+    queue_id = snd.queue_id(mid)
+    relay = rf"relay=127\.0\.0\.1\[127\.0\.0\.1\]:{gate.port()}, "
+
+    # First attempt: whichever recipient Postfix sends second gets the 452 and is
+    # deferred; the first is delivered in that transaction.
+    split = snd.wait_log(
+        rf"{queue_id}: to=<(?P<rcpt>[^>]+)>, {relay}.*dsn=4\.5\.3, status=deferred "
+        rf"\(host 127\.0\.0\.1\[127\.0\.0\.1\] said: 452 4\.5\.3 "
+    )
+    deferred = split["rcpt"]
+    (first,) = (r for r in recipients if r != deferred)
+    snd.wait_log(rf"{queue_id}: to=<{re.escape(first)}>, {relay}.*status=sent ")
+    queue_file = snd.wait_deferred(queue_id)
+    next_attempt = queue_file.stat().st_mtime - time.time()
+    assert backoff - 30 < next_attempt <= backoff, snd.diagnostics()
+    assert [str(m["Delivered-To"]) for m in rcv.wait_delivered(1)] == [first]
+
+    # The attempt the queue manager would make in an hour, now.
+    snd.retry(queue_id)
+    snd.wait_log(rf"{queue_id}: to=<{re.escape(deferred)}>, {relay}.*status=sent ")
+    snd.wait_log(rf"{queue_id}: removed")
+    delivered = rcv.wait_delivered(2)
+    assert sorted(str(m["Delivered-To"]) for m in delivered) == recipients
+    assert {str(m["Message-ID"]) for m in delivered} == {mid}
     txs = gate.transactions(outcome="delivered", count=2, timeout=10)
     by_domain = {tuple(t["recipient_domains"]): t for t in txs}
     assert by_domain[("receiver.test",)]["upstream_tls"] != "none"

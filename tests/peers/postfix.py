@@ -487,6 +487,46 @@ class PostfixInstance:
         """``postqueue -f``: retry deferred mail now."""
         self._run(POSTQUEUE, "-c", str(self.config_dir), "-f")
 
+    def retry(self, queue_id: str) -> None:
+        """``postqueue -i <queue id>``: the deferred message's next attempt, now.
+
+        The flush service moves the file from ``deferred`` to ``incoming`` with a
+        current time stamp, which is what the queue manager's deferred-queue scan
+        would pick up once the file's time stamp (the next attempt) has passed.
+        """
+        proc = self._run(POSTQUEUE, "-c", str(self.config_dir), "-i", queue_id)
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"postqueue -c {self.config_dir} -i {queue_id} exited {proc.returncode}: "
+                f"{proc.stdout}{proc.stderr}\n{self.diagnostics()}"
+            )
+
+    def queue_id(self, message_id: str, timeout: float = 15) -> str:
+        """The queue ID that cleanup gave the message with this ``Message-ID``."""
+        line = self.wait_log(
+            rf"(?P<queue_id>[0-9A-F]+): message-id={re.escape(message_id)}", timeout=timeout
+        )
+        return line["queue_id"]
+
+    def wait_deferred(self, queue_id: str, timeout: float = 15) -> Path:
+        """Wait until the message sits in the ``deferred`` queue; return its file.
+
+        The queue manager moves it there once every recipient of the delivery
+        attempt has been tried, with the time of the next attempt as the file's
+        modification time (``qmgr_active_done``).
+        """
+        root = self.queue_dir / "deferred"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [p for p in root.rglob(queue_id) if p.is_file()]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise AssertionError(
+            f"postfix {self.name}: {queue_id} not in the deferred queue after {timeout}s\n"
+            f"{self.diagnostics()}"
+        )
+
     def diagnostics(self) -> str:
         return (
             f"postfix {self.name} (127.0.0.1:{self.port}) queue:\n{self.postqueue()}\n"
