@@ -146,8 +146,8 @@ def test_recipients_needing_different_upstream_outcomes_are_split_by_452(
     """What the sending Postfix does with ``452 4.5.3``, step by step.
 
     Postfix 3.7's SMTP client treats a 452 to RCPT like any other 4xx reply to
-    RCPT (``smtp_proto.c`` hands it to ``smtp_rcpt_fail()``; only a 552 is
-    mapped to 452, and no reply text is recognised as "too many recipients"):
+    RCPT (``smtp_proto.c`` hands it to ``smtp_rcpt_fail()``; no reply code or
+    text is recognised as "too many recipients"):
     the recipient is deferred (``dsn=4.5.3, status=deferred``) and the message
     goes to the others in the same transaction. Once the attempt is over, the
     queue manager moves the message to the deferred queue, with the next
