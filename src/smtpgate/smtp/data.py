@@ -98,11 +98,20 @@ class DataDecoder:
         return ([chunk] if chunk else []), False, b""
 
     def _content(self, buf: bytes, start: int, stop: int) -> bytes | memoryview | None:
-        """Check ``buf[start:stop]`` and return it unstuffed (a view when unchanged)."""
+        """Check ``buf[start:stop]`` and return it unstuffed (a view when unchanged).
+
+        Limits apply to the unstuffed content: RFC 5321 4.5.3.1.6 does not count
+        the dot doubled for transparency in a line's length, nor RFC 1870 in the
+        message size. A chunk never ends inside "CRLF .", so unstuffing one chunk
+        at a time removes every stuffing dot before the line lengths are counted.
+        """
         if stop <= start or self.violation is not None:
             return None
-        length = stop - start
-        self.size += length
+        stuffed = buf.find(b"\r\n.", start, stop) >= 0
+        if stuffed:
+            buf = buf[start:stop].replace(b"\r\n.", b"\r\n")
+            start, stop = 0, len(buf)
+        self.size += stop - start
         if self.size > self._max_size:
             self.violation = TOO_BIG
             return None
@@ -114,9 +123,6 @@ class DataDecoder:
         if not self._lines_fit(buf, start, stop):
             self.violation = LINE_TOO_LONG
             return None
-        if buf.find(b"\r\n.", start, stop) >= 0:
-            out = buf[start:stop].replace(b"\r\n.", b"\r\n")
-            return canonicalize(out) if bare else out
         if bare:
             return canonicalize(buf[start:stop])
         if start == 0 and stop == len(buf):
