@@ -112,7 +112,7 @@ max_message_size = "10MiB"
 command_timeout = "30s"
 data_timeout = 90
 [proxy_actions.esmtp]
-keywords = ["pipelining", "chunking", "binarymime"]
+keywords = ["pipelining", "8bitmime", "smtputf8"]
 [[proxy_actions.starttls.rules]]
 sender = "Bücher.example"
 """
@@ -121,7 +121,7 @@ sender = "Bücher.example"
     assert action.general.max_message_size == 10 * 1024 * 1024
     assert action.general.command_timeout == 30.0
     assert action.general.data_timeout == 90.0
-    assert action.esmtp.keywords == ("PIPELINING", "CHUNKING", "BINARYMIME")
+    assert action.esmtp.keywords == ("PIPELINING", "8BITMIME", "SMTPUTF8")
     (entry,) = action.starttls.rules
     assert entry.enabled
     assert entry.recipient.text == "*"
@@ -231,7 +231,9 @@ def test_general_limits(line: str, path: str) -> None:
         ('["STARTTLS"]', "STARTTLS is set in [starttls]"),
         ('["XCLIENT"]', "unknown ESMTP keyword 'XCLIENT'"),
         ('["SIZE", "size"]', "more than once"),
-        ('["BINARYMIME"]', "BINARYMIME requires CHUNKING"),
+        ('["CHUNKING"]', "CHUNKING cannot be advertised: smtpgate does not implement BDAT"),
+        ('["CHUNKING", "BINARYMIME"]', "CHUNKING cannot be advertised"),
+        ('["8BITMIME", "binarymime"]', "BINARYMIME cannot be advertised: it needs BDAT"),
         ('["SMTPUTF8"]', "SMTPUTF8 requires 8BITMIME"),
     ],
 )

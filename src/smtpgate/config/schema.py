@@ -55,11 +55,17 @@ KNOWN_ESMTP_KEYWORDS = frozenset(
         "SMTPUTF8",
         "DSN",
         "ENHANCEDSTATUSCODES",
-        "CHUNKING",
-        "BINARYMIME",
     }
 )
 """Keywords smtpgate may pass to the client. STARTTLS has its own section."""
+
+# Keyword -> why it cannot be advertised: a sender that believes the EHLO reply
+# would use a command smtpgate answers with 502 (RFC 3030 BDAT).
+_UNIMPLEMENTED_ESMTP_KEYWORDS = {
+    "CHUNKING": "CHUNKING cannot be advertised: smtpgate does not implement BDAT yet",
+    "BINARYMIME": "BINARYMIME cannot be advertised: it needs BDAT, which smtpgate does not "
+    "implement yet",
+}
 
 DEFAULT_ESMTP_KEYWORDS = (
     "8BITMIME",
@@ -70,9 +76,8 @@ DEFAULT_ESMTP_KEYWORDS = (
     "ENHANCEDSTATUSCODES",
 )
 
-# Keyword -> keyword it depends on (RFC 3030: BINARYMIME needs CHUNKING;
-# RFC 6531: an SMTPUTF8 server also supports 8BITMIME).
-_ESMTP_DEPENDENCIES = {"BINARYMIME": "CHUNKING", "SMTPUTF8": "8BITMIME"}
+# Keyword -> keyword it depends on (RFC 6531: an SMTPUTF8 server also supports 8BITMIME).
+_ESMTP_DEPENDENCIES = {"SMTPUTF8": "8BITMIME"}
 
 
 class _Model(BaseModel):
@@ -262,6 +267,8 @@ class ESMTPSettings(_Model):
         for keyword in upper:
             if keyword == "STARTTLS":
                 raise _custom_error("esmtp_keyword", "STARTTLS is set in [starttls], not here")
+            if keyword in _UNIMPLEMENTED_ESMTP_KEYWORDS:
+                raise _custom_error("esmtp_keyword", _UNIMPLEMENTED_ESMTP_KEYWORDS[keyword])
             if keyword not in KNOWN_ESMTP_KEYWORDS:
                 known = ", ".join(sorted(KNOWN_ESMTP_KEYWORDS))
                 raise _custom_error(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Mapping
 from email.utils import formatdate
 
 from smtpgate.logs import EventLog
@@ -43,6 +44,7 @@ from smtpgate.smtp.events import (
     Reset,
     StartTLSRequested,
 )
+from smtpgate.smtp.extensions import MAIL_PARAMETERS, RCPT_PARAMETERS, offered_parameters
 from smtpgate.smtp.server import ServerConnection, State
 from smtpgate.tls.info import describe_tls
 
@@ -53,6 +55,10 @@ _SESSION_PREFIX = f"{os.getpid():x}"
 BODY_FLUSH_BYTES = 256 * 1024
 
 UPSTREAM_FAILED = (451, "4.4.2 Upstream connection lost, message not delivered, try later")
+NO_SMTPUTF8_UPSTREAM = (
+    553,
+    "5.6.7 SMTPUTF8 is required, but the upstream server does not offer it",
+)
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -80,13 +86,18 @@ class Transaction:
         "rule",
         "sender",
         "sender_domain",
+        "smtputf8",
         "upstream_key",
     )
 
-    def __init__(self, sender: bytes, sender_domain: str, mail_params: bytes) -> None:
+    def __init__(
+        self, sender: bytes, sender_domain: str, mail_params: bytes, *, smtputf8: bool
+    ) -> None:
         self.sender = sender
         self.sender_domain = sender_domain
         self.mail_params = mail_params
+        #: MAIL had SMTPUTF8: only an upstream that offers SMTPUTF8 may get it (RFC 6531 3.4).
+        self.smtputf8 = smtputf8
         self.mail_sent = False
         self.upstream_key: UpstreamTLS | None = None
         self.recipient_domains: list[str] = []
@@ -276,7 +287,10 @@ class Session:
                 reply=REPLY_MUST_STARTTLS[0],
             )
             return
-        self.txn = Transaction(event.sender.path, sender_domain, event.raw_params)
+        smtputf8 = any(key == "SMTPUTF8" for key, _ in event.params)
+        self.txn = Transaction(
+            event.sender.path, sender_domain, event.raw_params, smtputf8=smtputf8
+        )
         self.server.reply(250, "2.1.0 Ok")
 
     async def _rcpt(self, event: RcptTo) -> None:
@@ -347,14 +361,19 @@ class Session:
         upstream = await self._upstream_for(mode)
         client = upstream.client
         if not txn.mail_sent:
-            client.send_mail(txn.sender, self._mail_params(txn.mail_params))
+            if txn.smtputf8 and "SMTPUTF8" not in client.capabilities:
+                # Never downgraded or sent on: refused, so the sender bounces it (RFC 6531 3.4).
+                raise UpstreamUnavailable(*NO_SMTPUTF8_UPSTREAM, "upstream does not offer SMTPUTF8")
+            client.send_mail(txn.sender, self._mail_params(txn.mail_params, MAIL_PARAMETERS))
             upstream.in_transaction = True
             if not client.pipelining:
                 mail_reply = await upstream.reply()
                 if not mail_reply.is_positive:
                     upstream.in_transaction = False
                     return (mail_reply,)
-            client.send_rcpt(event.recipient.path, self._mail_params(event.raw_params))
+            client.send_rcpt(
+                event.recipient.path, self._mail_params(event.raw_params, RCPT_PARAMETERS)
+            )
             if client.pipelining:
                 mail_reply = await upstream.reply()
                 if not mail_reply.is_positive:
@@ -363,7 +382,9 @@ class Session:
                     return (mail_reply,)
             txn.mail_sent = True
         else:
-            client.send_rcpt(event.recipient.path, self._mail_params(event.raw_params))
+            client.send_rcpt(
+                event.recipient.path, self._mail_params(event.raw_params, RCPT_PARAMETERS)
+            )
         if client.pipelining and self.server.next_command_is(b"DATA"):
             # The client pipelined DATA after this RCPT: so do we, saving a round trip.
             client.send_data()
@@ -376,30 +397,25 @@ class Session:
                 raise UpstreamProtocolError("upstream accepted DATA without recipients")
         return answer
 
-    def _mail_params(self, raw: bytes) -> bytes:
+    def _mail_params(self, raw: bytes, table: Mapping[str, str]) -> bytes:
         """MAIL/RCPT parameters the upstream understands (RFC 1869: never send unknown ones;
-        RFC 3461 section 4: DSN parameters are not relayed to a server without DSN)."""
-        if not raw:
-            return raw
+        RFC 3461 section 4: DSN parameters are not relayed to a server without DSN).
+
+        The rest are left out, each with a ``parameter_dropped`` record: the sender
+        asked for something (a DSN, a size check, an 8-bit body) it will not get.
+        """
         upstream = self.upstream
         assert upstream is not None
-        caps = upstream.client.capabilities
-        wanted = {
-            "SIZE": "SIZE",
-            "BODY": "8BITMIME",
-            "SMTPUTF8": "SMTPUTF8",
-            "RET": "DSN",
-            "ENVID": "DSN",
-            "AUTH": "AUTH",
-            "NOTIFY": "DSN",
-            "ORCPT": "DSN",
-        }
-        kept = [
-            word
-            for word in raw.split(b" ")
-            if wanted.get(word.split(b"=", 1)[0].decode("ascii", "replace").upper(), "") in caps
-        ]
-        return b" ".join(kept)
+        kept, dropped = offered_parameters(raw, table, upstream.client.capabilities)
+        for parameter, keyword in dropped:
+            self.log.emit(
+                "parameter_dropped",
+                session=self.id,
+                client=self.client_addr,
+                parameter=parameter,
+                reason=f"upstream does not offer {keyword}",
+            )
+        return kept
 
     async def _upstream_for(self, mode: UpstreamTLS) -> UpstreamLeg:
         upstream = self.upstream

@@ -37,6 +37,7 @@ from smtpgate.smtp.events import (
     StartTLSRequested,
     _Sentinel,
 )
+from smtpgate.smtp.extensions import MAIL_PARAMETERS, RCPT_PARAMETERS
 from smtpgate.smtp.replies import format_reply, format_reply_bytes
 
 
@@ -80,17 +81,6 @@ TRANSITIONS: dict[tuple[str, bool], State | None] = {
     ("BODY", False): State.READY,
 }
 
-#: Each MAIL/RCPT parameter and the EHLO keyword that must have been offered for it
-#: (RFC 1869 section 6: a parameter of an extension not offered gets 555).
-_MAIL_PARAMS = {
-    "SIZE": "SIZE",
-    "BODY": "8BITMIME",
-    "SMTPUTF8": "SMTPUTF8",
-    "RET": "DSN",
-    "ENVID": "DSN",
-    "AUTH": "AUTH",
-}
-_RCPT_PARAMS = {"NOTIFY": "DSN", "ORCPT": "DSN"}
 _NOT_IMPLEMENTED = frozenset({b"EXPN", b"TURN", b"ETRN", b"BDAT", b"AUTH", b"ATRN", b"SEND"})
 
 
@@ -375,7 +365,7 @@ class ServerConnection:
     ) -> tuple[int, str] | None:
         smtputf8 = False
         for key, value in params:
-            if _MAIL_PARAMS.get(key) not in self.offered or not self.esmtp:
+            if MAIL_PARAMETERS.get(key) not in self.offered or not self.esmtp:
                 return 555, f"5.5.4 Unsupported parameter {key}"
             if key == "SIZE":
                 if value is None or not value.isdigit():
@@ -407,7 +397,7 @@ class ServerConnection:
             self._error(501 if "5.5." in str(exc) else 553, str(exc))
             return
         for key, value in params:
-            if _RCPT_PARAMS.get(key) not in self.offered or not self.esmtp:
+            if RCPT_PARAMETERS.get(key) not in self.offered or not self.esmtp:
                 self._error(555, f"5.5.4 Unsupported parameter {key}")
                 return
             if key == "NOTIFY" and not _valid_notify(value):
