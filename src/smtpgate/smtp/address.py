@@ -7,6 +7,7 @@ where real MTAs differ harmlessly (a space after ``FROM:``).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -22,6 +23,10 @@ _ADL = rf"@{_DOMAIN}(?:,@{_DOMAIN})*:"
 
 _MAILBOX_RE = re.compile(rf"(?P<local>{_DOT_STRING}|{_QUOTED})@(?P<domain>{_DOMAIN}|{_LITERAL})")
 _PATH_RE = re.compile(rf"<(?:{_ADL})?(?P<mailbox>[^<>]*)>")
+# RFC 5321 Domain in ASCII: sub-domain = Let-dig [Ldh-str], at most 63 octets a label.
+_HELLO_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+_HELLO_DOMAIN_RE = re.compile(rf"{_HELLO_LABEL}(?:\.{_HELLO_LABEL})*")
+_HELLO_LITERAL_RE = re.compile(r"(?:IPv6:)?[0-9A-Fa-f:.]+", re.IGNORECASE)
 _PARAM_RE = re.compile(r"(?P<key>[A-Za-z0-9][A-Za-z0-9\-]*)(?:=(?P<value>[^=\x00-\x20\x7f]+))?")
 
 MAX_LOCAL_PART = 64
@@ -94,5 +99,35 @@ def parse_params(text: str) -> tuple[tuple[str, str | None], ...]:
         m = _PARAM_RE.fullmatch(word)
         if m is None:
             raise AddressError(f"5.5.4 Invalid parameter {word[:40]!r}")
-        params.append((m.group("key").upper(), m.group("value")))
+        key = m.group("key").upper()
+        if any(key == seen for seen, _ in params):
+            # RFC 5321 4.1.2 allows each parameter once; which one would count is a guess.
+            raise AddressError(f"5.5.4 Duplicate parameter {key}")
+        params.append((key, m.group("value")))
     return tuple(params)
+
+
+def is_hello_name(name: bytes) -> bool:
+    """An EHLO/HELO argument: an RFC 5321 Domain or an IPv4 or IPv6 address literal.
+
+    ASCII only (the greeting comes before any SMTPUTF8 negotiation), so what
+    is accepted can be written into a header as it is.
+    """
+    if len(name) > MAX_DOMAIN or not name.isascii():
+        return False
+    text = name.decode("ascii")
+    if _HELLO_DOMAIN_RE.fullmatch(text) is not None:
+        return True
+    if not (text.startswith("[") and text.endswith("]")):
+        return False
+    literal = text[1:-1]
+    if _HELLO_LITERAL_RE.fullmatch(literal) is None:
+        return False  # also what ipaddress would take but RFC 5321 does not: "%scope"
+    try:
+        if literal[:5].upper() == "IPV6:":
+            ipaddress.IPv6Address(literal[5:])
+        else:
+            ipaddress.IPv4Address(literal)
+    except ValueError:
+        return False
+    return True

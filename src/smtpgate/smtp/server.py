@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from smtpgate.smtp.address import AddressError, parse_path
+from smtpgate.smtp.address import AddressError, is_hello_name, parse_path
 from smtpgate.smtp.data import BareNewlinePolicy, DataDecoder
 from smtpgate.smtp.events import (
     NEED_DATA,
@@ -315,12 +315,14 @@ class ServerConnection:
 
     def _cmd_helo(self, arg: bytes, *, esmtp: bool) -> None:
         name = arg.strip(b" ")
-        if not name or b" " in name:
+        if not is_hello_name(name):
+            # RFC 5321 4.1.1.1: a domain or an address literal. The name goes into the
+            # Received: header upstream, so nothing else (CR, NUL, spaces) gets through.
             self._error(501, f"5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
             return
         self._hello_esmtp = esmtp
         self.starttls_offered = False
-        self._ask("HELO", Hello(esmtp, name.decode("utf-8", "replace")))
+        self._ask("HELO", Hello(esmtp, name.decode("ascii")))
 
     def _cmd_ehlo(self, arg: bytes) -> None:
         self._cmd_helo(arg, esmtp=True)
