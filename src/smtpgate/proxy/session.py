@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Mapping
 from email.utils import formatdate
@@ -71,6 +72,16 @@ def _date_now() -> str:
     if _date_cache[0] != now:
         _date_cache = (now, formatdate(now))
     return _date_cache[1]
+
+
+#: What a Received: token may hold: a host name, an address (literal), a TLS version or
+#: cipher name. Nothing that ends a line, a comment or the header's token list.
+_NOT_IN_TOKEN = re.compile(r"[^A-Za-z0-9.:\-\[\]_/+=]+")
+
+
+def _token(text: str) -> str:
+    """``text`` with every run of characters not allowed in a header token as one ``?``."""
+    return _NOT_IN_TOKEN.sub("?", text) or "?"
 
 
 class Transaction:
@@ -575,16 +586,17 @@ class Session:
         )
 
     def _received_header(self) -> bytes:
+        """The trace header; every part is reduced to header-safe ASCII, whatever it held."""
         version, cipher = self.client_tls
-        tls = f" (version={version} cipher={cipher})" if version != "none" else ""
+        tls = f" (version={_token(version)} cipher={_token(cipher)})" if version != "none" else ""
         protocol = ("ESMTPS" if version != "none" else "ESMTP") if self.server.esmtp else "SMTP"
-        client_ip = self.client_addr.rsplit(":", 1)[0]
+        client_ip = _token(self.client_addr.rsplit(":", 1)[0])
         line = (
-            f"Received: from {self.helo_name} ([{client_ip}])\r\n"
-            f"\tby {self.rt.hostname} (smtpgate) with {protocol}{tls}\r\n"
+            f"Received: from {_token(self.helo_name)} ([{client_ip}])\r\n"
+            f"\tby {_token(self.rt.hostname)} (smtpgate) with {protocol}{tls}\r\n"
             f"\tid {self.id}; {_date_now()}\r\n"
         )
-        return line.encode("utf-8", "replace")
+        return line.encode("ascii")
 
     def _drop_upstream(self) -> None:
         if self.upstream is not None:
