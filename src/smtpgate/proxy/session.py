@@ -167,11 +167,15 @@ class Session:
         )
         server.greet("ESMTP smtpgate")
         self._flush()
+        # Commands are fed in pieces the core's flood guard (max_buffer) takes: with the
+        # back-pressure below, input piles up in the stream while the client is not read.
+        command_piece = rt.limits.max_buffer // 2
         try:
             while server.state is not State.CLOSED:
-                timeout = rt.data_timeout if server.state is State.DATA else rt.command_timeout
+                in_data = server.state is State.DATA
+                timeout = rt.data_timeout if in_data else rt.command_timeout
                 try:
-                    data = await self.stream.read(timeout)
+                    data = await self.stream.read(timeout, None if in_data else command_piece)
                 except TimeoutError:
                     self.stream.write(b"421 4.4.2 Timeout, closing connection\r\n")
                     self._end_transaction("aborted", 421)
@@ -186,6 +190,13 @@ class Session:
                 if self.body_queued and self.upstream is not None:
                     self.body_queued = 0
                     self.upstream.flush()
+                try:
+                    # Replies the client does not take: read nothing more until it does.
+                    await self.stream.drain(rt.command_timeout)
+                except TimeoutError:
+                    self._end_transaction("aborted", 0)
+                    self.stream.abort()  # closing would wait for it to read what is queued
+                    break
         finally:
             self._flush()
             self.stream.close()

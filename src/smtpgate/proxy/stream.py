@@ -80,8 +80,11 @@ class Stream(asyncio.Protocol):
 
     # -- what the session uses ----------------------------------------------------------------
 
-    async def read(self, timeout: float | None = None) -> bytes:
+    async def read(self, timeout: float | None = None, max_bytes: int | None = None) -> bytes:
         """Everything received so far, waiting if nothing is there; ``b""`` at end of stream.
+
+        With ``max_bytes``, at most that much; the rest stays for the next call
+        (input a peer piled up while we did not read it comes in bounded pieces).
 
         Raises TimeoutError when nothing arrives for ``timeout`` seconds. A bare
         timer handle, not ``asyncio.timeout``: this runs several times per message.
@@ -103,7 +106,10 @@ class Stream(asyncio.Protocol):
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
-        self._buffered = 0
+        if max_bytes is not None and len(data) > max_bytes:
+            chunks.append(data[max_bytes:])
+            data = data[:max_bytes]
+        self._buffered = len(chunks[0]) if chunks else 0
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
@@ -124,13 +130,24 @@ class Stream(asyncio.Protocol):
         else:
             transport.writelines(data)
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait while the transport's write buffer is over its high-water mark.
+
+        Not reading meanwhile is the back-pressure: a peer that does not take
+        what we write gets nothing more read from it (``data_received`` pauses
+        the transport at :data:`READ_HIGH_WATER`). Raises TimeoutError when the
+        buffer does not drop below the mark for ``timeout`` seconds.
+        """
         if self._write_paused and self.transport is not None and not self.transport.is_closing():
-            self._drain_waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._drain_waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
             try:
-                await self._drain_waiter
+                await waiter
             finally:
                 self._drain_waiter = None
+                if timer is not None:
+                    timer.cancel()
 
     async def start_tls(
         self,
