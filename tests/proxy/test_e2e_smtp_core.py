@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from helpers import TIMEOUT, RawClient, RawUpstream
 
+from smtpgate.proxy.session import _token
+
 MakeRaw = Callable[..., RawUpstream]
 
 
@@ -99,3 +101,115 @@ def test_a_client_that_does_not_read_its_replies_is_not_read_either(
         commands = -(-sent // len(ehlo))
     assert received.startswith(b"220 ") and received.endswith(b"221 2.0.0 Bye\r\n")
     assert received.count(b"\r\n250 ") == commands  # one reply per EHLO, none lost
+
+
+# --- the EHLO name in the Received: header upstream -----------------------------------------
+
+
+def test_hostile_ehlo_names_are_refused_and_never_reach_the_upstream(
+    make_gate: Any, make_raw_upstream: MakeRaw
+) -> None:
+    upstream = make_raw_upstream()
+    gate = make_gate(upstream.port)
+    with RawClient(gate.port) as client:
+        assert str(client.cmd(b"EHLO x\r.\rMAIL")) == "501 5.5.4 Syntax: EHLO hostname"
+        assert str(client.cmd(b"HELO a\x00b")) == "501 5.5.4 Syntax: HELO hostname"
+        assert str(client.cmd("MAIL FROM:<a@sender.example>")) == ("503 5.5.1 Send HELO/EHLO first")
+        assert client.ehlo("[IPv6:2001:db8::25]").code == 250
+        assert client.cmd("MAIL FROM:<a@sender.example>").code == 250
+        assert client.cmd("RCPT TO:<b@rcpt.example>").code == 250
+        assert client.cmd("DATA").code == 354
+        assert client.cmd(b"Subject: s\r\n\r\nbody\r\n.").code == 250
+        assert client.cmd("QUIT").code == 221
+    (delivered,) = upstream.messages
+    header, found, _ = delivered.wire.partition(b"\r\nSubject: s\r\n")
+    assert header.startswith(b"Received: from [IPv6:2001:db8::25] ([127.0.0.1])\r\n\tby ")
+    assert found and header.isascii() and b"\x00" not in header
+    # Every CR is followed by LF and every LF preceded by CR: no bare line ends anywhere.
+    (transcript,) = upstream.transcripts
+    assert transcript.count(b"\r") == transcript.count(b"\n") == transcript.count(b"\r\n")
+
+
+def test_received_header_tokens_are_header_safe_whatever_they_hold() -> None:
+    assert _token("mx.example.test") == "mx.example.test"
+    assert _token("[IPv6:2001:db8::1]") == "[IPv6:2001:db8::1]"
+    assert _token("TLS_AES_256_GCM_SHA384") == "TLS_AES_256_GCM_SHA384"
+    assert _token("x\r.\rMAIL") == "x?.?MAIL"
+    assert _token("a\x00b (c); d\r\n\tX-Injected: 1") == "a?b?c?d?X-Injected:?1"
+    assert _token("bücher") == "b?cher"
+    assert _token("") == "?"
+
+
+# --- MAIL/RCPT parameters the upstream does not offer ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sender", ["<a@sender.example>", "<ü@sender.example>"], ids=["ascii", "utf8"]
+)
+def test_smtputf8_envelope_is_refused_for_an_upstream_without_smtputf8(
+    make_gate: Any, make_raw_upstream: MakeRaw, sender: str
+) -> None:
+    upstream = make_raw_upstream(ehlo_keywords=("PIPELINING", "8BITMIME"))
+    gate = make_gate(upstream.port)
+    with RawClient(gate.port) as client:
+        assert client.ehlo().code == 250
+        assert client.cmd(f"MAIL FROM:{sender} SMTPUTF8").code == 250
+        refusal = "553 5.6.7 SMTPUTF8 is required, but the upstream server does not offer it"
+        assert str(client.cmd("RCPT TO:<b@rcpt.example>")) == refusal
+        assert str(client.cmd("RCPT TO:<c@rcpt.example>")) == refusal
+        assert str(client.cmd("DATA")) == "554 5.5.1 No valid recipients"
+        # Without SMTPUTF8 the same session relays as usual.
+        assert client.cmd("RSET").code == 250
+        assert client.cmd("MAIL FROM:<a@sender.example>").code == 250
+        assert client.cmd("RCPT TO:<b@rcpt.example>").code == 250
+        assert client.cmd("QUIT").code == 221
+    mails = [c for c in upstream.commands if c.upper().startswith(b"MAIL")]
+    assert mails == [b"MAIL FROM:<a@sender.example>"]
+    rejected = gate.wait_record("rcpt_rejected", count=2)
+    assert [(r["reply"], r["reason"]) for r in rejected] == [
+        (553, "upstream does not offer SMTPUTF8")
+    ] * 2
+
+
+def test_smtputf8_envelope_is_relayed_to_an_upstream_with_smtputf8(
+    make_gate: Any, make_raw_upstream: MakeRaw
+) -> None:
+    upstream = make_raw_upstream(ehlo_keywords=("PIPELINING", "8BITMIME", "SMTPUTF8"))
+    gate = make_gate(upstream.port)
+    with RawClient(gate.port) as client:
+        assert client.ehlo().code == 250
+        assert client.cmd("MAIL FROM:<ü@sender.example> SMTPUTF8").code == 250
+        assert client.cmd("RCPT TO:<b@rcpt.example>").code == 250
+        assert client.cmd("QUIT").code == 221
+    assert "MAIL FROM:<ü@sender.example> SMTPUTF8".encode() in upstream.commands
+
+
+def test_parameters_the_upstream_does_not_offer_are_left_out_and_logged(
+    make_gate: Any, make_raw_upstream: MakeRaw
+) -> None:
+    # An upstream without DSN and without 8BITMIME: the DSN parameters are left out
+    # (RFC 3461 4), BODY=8BITMIME too and the body is relayed as it is (docs/proxy.md).
+    upstream = make_raw_upstream(ehlo_keywords=("PIPELINING", "SIZE 1000000"))
+    gate = make_gate(upstream.port)
+    with RawClient(gate.port) as client:
+        assert client.ehlo().code == 250
+        mail = "MAIL FROM:<a@sender.example> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=q1"
+        assert client.cmd(mail).code == 250
+        assert client.cmd("RCPT TO:<b@rcpt.example> NOTIFY=NEVER").code == 250
+        assert client.cmd("DATA").code == 354
+        assert client.cmd("Subject: s\r\n\r\nb\xc3\xa4dy\r\n.".encode("latin-1")).code == 250
+        assert client.cmd("QUIT").code == 221
+    assert upstream.commands[1:3] == [
+        b"MAIL FROM:<a@sender.example> SIZE=100",
+        b"RCPT TO:<b@rcpt.example>",
+    ]
+    (delivered,) = upstream.messages
+    assert delivered.wire.endswith(b"\r\nSubject: s\r\n\r\nb\xc3\xa4dy\r\n")
+    dropped = gate.wait_record("parameter_dropped", count=4)
+    assert [(r["parameter"], r["reason"]) for r in dropped] == [
+        ("BODY", "upstream does not offer 8BITMIME"),
+        ("RET", "upstream does not offer DSN"),
+        ("ENVID", "upstream does not offer DSN"),
+        ("NOTIFY", "upstream does not offer DSN"),
+    ]
+    assert all(r["session"] == dropped[0]["session"] for r in dropped)
