@@ -4,6 +4,7 @@ back-pressure on the client leg)."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -101,6 +102,41 @@ def test_a_client_that_does_not_read_its_replies_is_not_read_either(
         commands = -(-sent // len(ehlo))
     assert received.startswith(b"220 ") and received.endswith(b"221 2.0.0 Bye\r\n")
     assert received.count(b"\r\n250 ") == commands  # one reply per EHLO, none lost
+
+
+def test_a_client_that_never_takes_its_replies_is_cut_after_command_timeout(
+    make_gate: Any, make_raw_upstream: MakeRaw
+) -> None:
+    """The proxy does not wait forever for a client to read: after command_timeout of not
+    taking replies the session ends (no "421 4.4.2 Timeout", which is for a client that
+    sends nothing, and would be queued behind what this one is not reading)."""
+    gate = make_gate(make_raw_upstream().port, general={"command_timeout": "1s"})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock.connect(("127.0.0.1", gate.port))
+    with sock:
+        sock.setblocking(False)
+        batch = b"EHLO client.example\r\n" * 4096
+        sent, cap = 0, 16 * 1024 * 1024
+        with contextlib.suppress(ConnectionError):
+            while sent < cap:
+                try:
+                    sent += sock.send(batch[sent % len(batch) :])
+                except BlockingIOError:
+                    _, writable, _ = select.select([], [sock], [], 2.0)
+                    if not writable:
+                        break
+        assert sent < cap, "the proxy kept reading a client that never read its replies"
+        (end,) = gate.wait_record("session_end")
+        sock.setblocking(True)
+        sock.settimeout(TIMEOUT)
+        received = bytearray()
+        with contextlib.suppress(ConnectionError):
+            while data := sock.recv(1 << 20):
+                received += data
+    assert end["session"] == gate.records("session_start")[0]["session"]
+    assert b"421 4.4.2" not in received
 
 
 # --- the EHLO name in the Received: header upstream -----------------------------------------
