@@ -342,6 +342,7 @@ def gate_config(
     pfs: str = "allowed",
     validate_certificates: bool = False,
     ca_file: Path | str | None = None,
+    tls_compliant_only: bool = False,
     policy: str = "interop",
     hostname: str = "mx.example.test",
 ) -> dict[str, Any]:
@@ -378,6 +379,7 @@ def gate_config(
         "validate_certificates": validate_certificates,
         "ca_file": str(ca_file) if ca_file else "",
         "ocsp": False,
+        "tls_compliant_only": tls_compliant_only,
     }
     cfg["tls_profiles"] = [profile]
     cfg["proxy_actions"] = [
