@@ -95,11 +95,11 @@ def test_check_names_the_key_path_and_exits_1(tmp_path: Path) -> None:
     path.write_text(text.replace('sender = "partner.example"', 'sender = "bad..example"'))
     result = run("check", "--config", str(path))
     assert result.returncode == 1
-    assert "proxy_actions[0].starttls.rules[0].sender" in result.stderr
+    assert "proxy_actions[1].starttls.rules[1].sender" in result.stderr
     path.write_text(text.replace('proxy_action = "Inbound.Custom"', 'proxy_action = "Missing"'))
     dangling = run("check", "--config", str(path))
     assert dangling.returncode == 1
-    assert "policies[0].proxy_action" in dangling.stderr and "Missing" in dangling.stderr
+    assert "policies[1].proxy_action" in dangling.stderr and "Missing" in dangling.stderr
 
 
 def test_serve_with_bad_config_listens_on_nothing(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_serve_with_bad_config_listens_on_nothing(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace('recipient_encryption = "none"', "x = 1"))
     result = run("serve", "--config", str(path), timeout=20)
     assert result.returncode == 1
-    assert "proxy_actions[0].starttls.rules[1].x" in result.stderr
+    assert "proxy_actions[1].starttls.rules[2].x" in result.stderr
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", listen)) != 0
 

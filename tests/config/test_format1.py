@@ -62,20 +62,20 @@ def test_format1_action_without_tls_keys_uses_direction_default() -> None:
 
 def test_format1_errors_point_into_the_original_file() -> None:
     text = FORMAT1.replace('min_version = "1.3"', 'min_version = "1.4"')
-    assert error_paths(text) == ["proxy_actions[0].starttls.min_version"]
+    assert error_paths(text) == ["proxy_actions[1].starttls.min_version"]
 
 
 def test_format1_has_no_tls_profiles() -> None:
     assert error_paths(FORMAT1 + '[[tls_profiles]]\nname = "X"\n') == ["tls_profiles"]
     text = FORMAT1.replace("require_tls_for_envelope = true", 'tls_profile = "X"')
-    assert error_paths(text) == ["proxy_actions[0].starttls.tls_profile"]
+    assert error_paths(text) == ["proxy_actions[1].starttls.tls_profile"]
 
 
 def test_format2_with_format1_keys_explains_the_difference() -> None:
     text = FORMAT1.replace("format = 1", "format = 2")
     errors = errors_of(text)
     assert {p for p, _ in errors} == {
-        f"proxy_actions[0].starttls.{key}"
+        f"proxy_actions[1].starttls.{key}"
         for key in ("min_version", "pfs", "validate_certificates", "ca_file")
     }
     assert all("format = 1" in reason for _, reason in errors)

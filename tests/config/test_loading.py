@@ -168,14 +168,14 @@ def test_wrong_types_are_reported_with_path_and_value() -> None:
     )
     assert dict(errors) == {
         "console.enabled": "Input should be a valid boolean, got 'yes'",
-        "proxy_actions[0].general.max_recipients": "Input should be a valid integer, got '100'",
+        "proxy_actions[1].general.max_recipients": "Input should be a valid integer, got '100'",
     }
 
 
 def test_missing_required_keys() -> None:
     assert set(error_paths('[[policies]]\nname = "p"\n')) == {
-        "policies[0].listen",
-        "policies[0].upstream",
+        "policies[1].listen",
+        "policies[1].upstream",
     }
 
 
@@ -194,19 +194,19 @@ sender = "{long_pattern}"
 recipient = ""
 """
     )
-    assert errors[0][0] == "proxy_actions[0].starttls.rules[1].sender"
+    assert errors[0][0] == "proxy_actions[1].starttls.rules[2].sender"
     assert (
-        "proxy_actions[0].starttls.rules[2].sender",
+        "proxy_actions[1].starttls.rules[3].sender",
         "pattern longer than 200 characters",
     ) in errors
-    assert ("proxy_actions[0].starttls.rules[2].recipient", "pattern is empty") in errors
+    assert ("proxy_actions[1].starttls.rules[3].recipient", "pattern is empty") in errors
 
 
 def test_bad_enum_values() -> None:
     assert error_paths(
         '[[proxy_actions]]\nname = "A"\n[[proxy_actions.starttls.rules]]\n'
         'recipient_encryption = "mandatory"\n'
-    ) == ["proxy_actions[0].starttls.rules[0].recipient_encryption"]
+    ) == ["proxy_actions[1].starttls.rules[1].recipient_encryption"]
 
 
 @pytest.mark.parametrize(
@@ -222,7 +222,7 @@ def test_bad_enum_values() -> None:
 )
 def test_general_limits(line: str, path: str) -> None:
     text = f'[[proxy_actions]]\nname = "A"\n[proxy_actions.general]\n{line}\n'
-    assert error_paths(text) == [f"proxy_actions[0].general.{path}"]
+    assert error_paths(text) == [f"proxy_actions[1].general.{path}"]
 
 
 @pytest.mark.parametrize(
@@ -241,13 +241,13 @@ def test_esmtp_keywords_validated(keywords: str, message: str) -> None:
     [(path, reason)] = errors_of(
         f'[[proxy_actions]]\nname = "A"\n[proxy_actions.esmtp]\nkeywords = {keywords}\n'
     )
-    assert path == "proxy_actions[0].esmtp.keywords"
+    assert path == "proxy_actions[1].esmtp.keywords"
     assert message in reason
 
 
 def test_policy_naming_missing_action() -> None:
     [(path, reason)] = errors_of(POLICY + 'proxy_action = "Nope"\n')
-    assert path == "policies[0].proxy_action"
+    assert path == "policies[1].proxy_action"
     assert "no proxy action named 'Nope'" in reason
 
 
@@ -255,7 +255,7 @@ def test_action_naming_missing_profile() -> None:
     [(path, reason)] = errors_of(
         '[[proxy_actions]]\nname = "A"\n[proxy_actions.starttls]\ntls_profile = "Nope"\n'
     )
-    assert path == "proxy_actions[0].starttls.tls_profile"
+    assert path == "proxy_actions[1].starttls.tls_profile"
     assert "no TLS profile named 'Nope'" in reason
 
 
@@ -268,17 +268,17 @@ def test_duplicate_names() -> None:
         + '[[proxy_actions]]\nname = "A"\n'
     )
     assert dict(errors) == {
-        "policies[1].name": "duplicate name 'p' (also policies[0])",
-        "tls_profiles[1].name": "duplicate name 'T' (also tls_profiles[0])",
-        "proxy_actions[2].name": "duplicate name 'A' (also proxy_actions[0])",
+        "policies[2].name": "duplicate name 'p' (also policies[1])",
+        "tls_profiles[2].name": "duplicate name 'T' (also tls_profiles[1])",
+        "proxy_actions[3].name": "duplicate name 'A' (also proxy_actions[1])",
     }
 
 
 def test_duplicate_and_overlapping_listeners() -> None:
     second = POLICY.replace('"p"', '"q"').replace("127.0.0.1:2525", "0.0.0.0:2525")
     [(path, reason)] = errors_of(POLICY + second)
-    assert path == "policies[1].listen"
-    assert "policies[0].listen" in reason
+    assert path == "policies[2].listen"
+    assert "policies[1].listen" in reason
 
 
 def test_console_listener_collides_with_policy() -> None:
@@ -290,13 +290,13 @@ def test_console_listener_collides_with_policy() -> None:
 
 def test_upstream_pointing_at_own_listener_is_a_loop() -> None:
     assert error_paths(POLICY.replace("127.0.0.1:2526", "127.0.0.1:2525")) == [
-        "policies[0].upstream"
+        "policies[1].upstream"
     ]
 
 
 def test_reserved_transparent_upstream() -> None:
     [(path, reason)] = errors_of(POLICY.replace("127.0.0.1:2526", "transparent"))
-    assert path == "policies[0].upstream"
+    assert path == "policies[1].upstream"
     assert "reserved" in reason
 
 
@@ -317,17 +317,17 @@ def test_sni_names_are_normalized_and_unique() -> None:
         '[[certificates.sni]]\nnames = ["a.example"]\ncert = "a.pem"\nkey = "a.key"\n'
         '[[certificates.sni]]\nnames = ["A.example"]\ncert = "b.pem"\nkey = "b.key"\n'
     )
-    assert error_paths(dup) == ["certificates.sni[1].names"]
+    assert error_paths(dup) == ["certificates.sni[2].names"]
 
 
 def test_pfs_none_with_tls13_only_is_contradictory() -> None:
     text = '[[tls_profiles]]\nname = "T"\nmin_version = "1.3"\npfs = "none"\n'
-    assert error_paths(text) == ["tls_profiles[0].pfs"]
+    assert error_paths(text) == ["tls_profiles[1].pfs"]
 
 
 def test_min_version_must_be_a_string() -> None:
     [(path, reason)] = errors_of('[[tls_profiles]]\nname = "T"\nmin_version = 1.2\n')
-    assert path == "tls_profiles[0].min_version"
+    assert path == "tls_profiles[1].min_version"
     assert "got 1.2" in reason
 
 

@@ -53,12 +53,12 @@ def test_predefined_objects_cannot_be_changed() -> None:
     [
         (
             '[[tls_profiles]]\nname = "TLS-Server.Standard"\nmin_version = "1.3"\n',
-            "tls_profiles[0].name",
+            "tls_profiles[1].name",
             "'TLS-Server.Standard.1'",
         ),
         (
             '[[proxy_actions]]\nname = "SMTP-Incoming.Standard"\n',
-            "proxy_actions[0].name",
+            "proxy_actions[1].name",
             "'SMTP-Incoming.Standard.1'",
         ),
     ],
@@ -84,7 +84,7 @@ def test_clone_hint_skips_taken_names() -> None:
 
 def test_read_only_cannot_be_set_from_the_file() -> None:
     assert error_paths('[[tls_profiles]]\nname = "T"\nread_only = true\n') == [
-        "tls_profiles[0].read_only"
+        "tls_profiles[1].read_only"
     ]
 
 

@@ -1,19 +1,26 @@
-"""Configuration errors, each tied to the key path it concerns."""
+"""Configuration errors, each tied to the key path it concerns.
+
+Key paths are shown with 1-based list positions (``policies[1]`` is the first
+``[[policies]]`` table), as logs and ``smtpgate rules test`` count rules; the
+tuple form (:data:`Loc`) keeps Python's 0-based indexes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
 Loc = tuple[str | int, ...]
-"""A key path as a tuple, e.g. ``("proxy_actions", 0, "starttls", "rules", 1, "sender")``."""
+"""A key path as a tuple with 0-based indexes, e.g.
+``("proxy_actions", 0, "starttls", "rules", 1, "sender")``, shown as
+``proxy_actions[1].starttls.rules[2].sender``."""
 
 
 def format_loc(loc: Sequence[str | int]) -> str:
-    """``("a", 0, "b")`` -> ``"a[0].b"``."""
+    """``("a", 0, "b")`` -> ``"a[1].b"`` (1-based, as users count)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
-            out += f"[{part}]"
+            out += f"[{part + 1}]"
         else:
             out += f".{part}" if out else part
     return out

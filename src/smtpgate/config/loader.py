@@ -1,7 +1,7 @@
 """Reading configuration files (SPEC.md 5) into :class:`Config`.
 
 Every problem becomes a :class:`ConfigError` whose entries name the key path,
-``proxy_actions[0].starttls.rules[1].sender``, so that ``smtpgate check`` can
+``proxy_actions[1].starttls.rules[2].sender`` (1-based positions), so that ``smtpgate check`` can
 report them before anything listens.
 """
 

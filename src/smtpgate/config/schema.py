@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from smtpgate.config.errors import ConfigError, Loc
+from smtpgate.config.errors import ConfigError, Loc, format_loc
 from smtpgate.config.names import (
     DEFAULT_PROFILE_FOR_DIRECTION,
     PREDEFINED_ACTION_NAMES,
@@ -443,7 +443,7 @@ def _names_problems(
         elif name in first_index:
             yield (
                 (section, index, "name"),
-                f"duplicate name {name!r} (also {section}[{first_index[name]}])",
+                f"duplicate name {name!r} (also {format_loc((section, first_index[name]))})",
             )
         else:
             first_index[name] = index
@@ -486,20 +486,20 @@ def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
             if policy.listen.overlaps(earlier.listen):
                 yield (
                     ("policies", i, "listen"),
-                    f"{policy.listen} collides with policies[{j}].listen ({earlier.listen})",
+                    f"{policy.listen} collides with {format_loc(('policies', j, 'listen'))} ({earlier.listen})",
                 )
         for j, other in enumerate(config.policies):
             if policy.upstream.overlaps(other.listen):
                 yield (
                     ("policies", i, "upstream"),
-                    f"{policy.upstream} is smtpgate's own listener policies[{j}].listen "
+                    f"{policy.upstream} is smtpgate's own listener {format_loc(('policies', j, 'listen'))} "
                     "(mail loop)",
                 )
                 break
         if config.console.enabled and config.console.listen.overlaps(policy.listen):
             yield (
                 ("console", "listen"),
-                f"{config.console.listen} collides with policies[{i}].listen ({policy.listen})",
+                f"{config.console.listen} collides with {format_loc(('policies', i, 'listen'))} ({policy.listen})",
             )
 
     yield from _certificate_problems(config.certificates)
@@ -520,6 +520,6 @@ def _certificate_problems(certs: Certificates) -> Iterator[tuple[Loc, str]]:
             if name in seen and seen[name] != k:
                 yield (
                     ("certificates", "sni", k, "names"),
-                    f"{name!r} is already in certificates.sni[{seen[name]}]",
+                    f"{name!r} is already in {format_loc(('certificates', 'sni', seen[name]))}",
                 )
             seen.setdefault(name, k)
