@@ -486,20 +486,23 @@ def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
             if policy.listen.overlaps(earlier.listen):
                 yield (
                     ("policies", i, "listen"),
-                    f"{policy.listen} collides with {format_loc(('policies', j, 'listen'))} ({earlier.listen})",
+                    f"{policy.listen} collides with "
+                    f"{format_loc(('policies', j, 'listen'))} ({earlier.listen})",
                 )
         for j, other in enumerate(config.policies):
             if policy.upstream.overlaps(other.listen):
                 yield (
                     ("policies", i, "upstream"),
-                    f"{policy.upstream} is smtpgate's own listener {format_loc(('policies', j, 'listen'))} "
+                    f"{policy.upstream} is smtpgate's own listener "
+                    f"{format_loc(('policies', j, 'listen'))} "
                     "(mail loop)",
                 )
                 break
         if config.console.enabled and config.console.listen.overlaps(policy.listen):
             yield (
                 ("console", "listen"),
-                f"{config.console.listen} collides with {format_loc(('policies', i, 'listen'))} ({policy.listen})",
+                f"{config.console.listen} collides with "
+                f"{format_loc(('policies', i, 'listen'))} ({policy.listen})",
             )
 
     yield from _certificate_problems(config.certificates)

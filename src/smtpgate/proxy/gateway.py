@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import ssl
 from asyncio import sslproto
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
-from smtpgate.config.errors import ConfigError
+from smtpgate.config.errors import ConfigError, Loc
+from smtpgate.config.files import file_key
 from smtpgate.config.schema import Config
 from smtpgate.logs import EventLog
 from smtpgate.proxy.preamble import Opening, read_preamble
@@ -30,13 +33,32 @@ def compile_runtimes(config: Config, contexts: TLSContextCache) -> dict[str, Pol
 
     Called again on reload with a new ``contexts``: nothing cached under the
     previous configuration (contexts, trust anchors, verdicts) is carried over.
+    ``smtpgate check`` runs this too. A file that cannot be used is a
+    :class:`ConfigError` naming the key that set it.
     """
-    certificates = load_certificates(config)
+    try:
+        certificates = load_certificates(config)
+    except (CertificateError, OSError) as exc:
+        # The only error without a file is the host name a certificate is made for.
+        raise _file_error(config, exc, ("gateway", "hostname")) from exc
     trust = TrustAnchors()
     runtimes = {}
-    for policy in config.policies:
-        runtimes[policy.name] = compile_policy(config, policy, certificates, contexts, trust)
+    for i, policy in enumerate(config.policies):
+        try:
+            runtimes[policy.name] = compile_policy(config, policy, certificates, contexts, trust)
+        except (CertificateError, OSError) as exc:
+            # Without a file: the upstream host name an outgoing leaf is made for.
+            raise _file_error(config, exc, ("policies", i, "upstream")) from exc
     return runtimes
+
+
+def _file_error(config: Config, exc: CertificateError | OSError, fallback: Loc) -> ConfigError:
+    if isinstance(exc, CertificateError):
+        path, reason = exc.path, str(exc)
+    else:
+        path = Path(exc.filename) if isinstance(exc.filename, str) else None
+        reason = f"{exc.filename}: {exc.strerror}" if path else str(exc)
+    return ConfigError.at([(file_key(config, path, fallback), reason)])
 
 
 class Gateway:
@@ -62,37 +84,48 @@ class Gateway:
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        """Listen on every policy's address; a ConfigError naming the
+        ``listen`` key if one cannot be had (the caller stops the others)."""
+        for index, (name, rt) in enumerate(self.runtimes.items()):
+            try:
+                await self._listen(name, rt)
+            except OSError as exc:
+                # uvloop's strerror repeats the address; the errno's text is the reason.
+                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                reason = f"{rt.listen_host}:{rt.listen_port}: {why.lower()}"
+                raise ConfigError.at([(("policies", index, "listen"), reason)]) from exc
+
+    async def _listen(self, name: str, rt: PolicyRuntime) -> None:
         loop = asyncio.get_running_loop()
-        for name, rt in self.runtimes.items():
-            if _looks_first(rt):
-                listener = socket.create_server(
-                    (rt.listen_host, rt.listen_port),
-                    family=socket.AF_INET6 if ":" in rt.listen_host else socket.AF_INET,
-                    backlog=512,
-                )
-                listener.setblocking(False)
-                self._listeners[name] = listener
-                self._accepting.append(loop.create_task(self._accept_loop(listener, name)))
-            else:
-                server = await loop.create_server(
-                    lambda name=name: Stream(self._connection_handler(name)),
-                    rt.listen_host,
-                    rt.listen_port,
-                    ssl=rt.client_tls_context if rt.implicit_tls else None,
-                    ssl_handshake_timeout=rt.command_timeout if rt.implicit_tls else None,
-                    reuse_address=True,
-                    backlog=512,
-                )
-                self._servers.append(server)
-                self._listeners[name] = server.sockets[0]
-            port = self._listeners[name].getsockname()[1]
-            self.log.emit(
-                "listening",
-                policy=name,
-                listen=f"{rt.listen_host}:{port}",
-                upstream=rt.upstream,
-                implicit_tls=rt.implicit_tls,
+        if _looks_first(rt):
+            listener = socket.create_server(
+                (rt.listen_host, rt.listen_port),
+                family=socket.AF_INET6 if ":" in rt.listen_host else socket.AF_INET,
+                backlog=512,
             )
+            listener.setblocking(False)
+            self._listeners[name] = listener
+            self._accepting.append(loop.create_task(self._accept_loop(listener, name)))
+        else:
+            server = await loop.create_server(
+                lambda name=name: Stream(self._connection_handler(name)),
+                rt.listen_host,
+                rt.listen_port,
+                ssl=rt.client_tls_context if rt.implicit_tls else None,
+                ssl_handshake_timeout=rt.command_timeout if rt.implicit_tls else None,
+                reuse_address=True,
+                backlog=512,
+            )
+            self._servers.append(server)
+            self._listeners[name] = server.sockets[0]
+        port = self._listeners[name].getsockname()[1]
+        self.log.emit(
+            "listening",
+            policy=name,
+            listen=f"{rt.listen_host}:{port}",
+            upstream=rt.upstream,
+            implicit_tls=rt.implicit_tls,
+        )
 
     def bound_ports(self) -> dict[str, int]:
         return {name: int(sock.getsockname()[1]) for name, sock in self._listeners.items()}

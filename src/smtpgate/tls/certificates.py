@@ -34,10 +34,20 @@ DIR_MODE = 0o700
 # never gets a certificate that expires during the session.
 SERVER_RENEW = dt.timedelta(days=30)
 LEAF_RENEW = dt.timedelta(days=1)
+#: The generated proxy CA, relative to state_dir (see the layout above).
+GENERATED_CA_CERT = Path("tls", "ca.pem")
 
 
 class CertificateError(Exception):
-    """A certificate or key file is missing, unreadable or inconsistent."""
+    """A certificate or key file is missing, unreadable or inconsistent.
+
+    ``path`` is the file (or folder) at fault when there is one, so that the
+    configuration can name the key that set it.
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +66,16 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise CertificateError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
+        raise CertificateError(
+            f"{path}: cannot read {what}: {exc.strerror or exc}", path=path
+        ) from exc
 
 
 def _load_chain(path: Path) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(_read(path, "certificate"))
     except ValueError as exc:
-        raise CertificateError(f"{path}: not a PEM certificate file: {exc}") from exc
+        raise CertificateError(f"{path}: not a PEM certificate file: {exc}", path=path) from exc
     return certs
 
 
@@ -73,7 +85,9 @@ def _load_key(path: Path) -> PrivateKeyTypes:
     except (ValueError, TypeError) as exc:
         # TypeError: an encrypted key (no passphrase support, on purpose:
         # the proxy must start unattended).
-        raise CertificateError(f"{path}: not an unencrypted PEM private key: {exc}") from exc
+        raise CertificateError(
+            f"{path}: not an unencrypted PEM private key: {exc}", path=path
+        ) from exc
 
 
 def _spki(key: PublicKeyTypes) -> bytes:
@@ -87,7 +101,8 @@ def _load_pair(cert_path: Path, key_path: Path) -> tuple[list[x509.Certificate],
     key = _load_key(key_path)
     if _spki(key.public_key()) != _spki(chain[0].public_key()):
         raise CertificateError(
-            f"{key_path}: private key does not match the certificate in {cert_path}"
+            f"{key_path}: private key does not match the certificate in {cert_path}",
+            path=key_path,
         )
     return chain, key
 
@@ -95,7 +110,7 @@ def _load_pair(cert_path: Path, key_path: Path) -> tuple[list[x509.Certificate],
 def _certifiable(key: PrivateKeyTypes, path: Path) -> issuing.PublicKey:
     public = key.public_key()
     if not isinstance(public, issuing.PublicKey):
-        raise CertificateError(f"{path}: this key type cannot be used in a certificate")
+        raise CertificateError(f"{path}: this key type cannot be used in a certificate", path=path)
     return public
 
 
@@ -104,7 +119,9 @@ def _pair(cert: Path | None, key: Path | None, what: str) -> tuple[Path, Path] |
         return None
     if cert is None or key is None:
         given = cert if cert is not None else key
-        raise CertificateError(f"{given}: {what} certificate and key must be given together")
+        raise CertificateError(
+            f"{given}: {what} certificate and key must be given together", path=given
+        )
     return cert, key
 
 
@@ -113,7 +130,7 @@ def _sni_name(name: str, cert: Path) -> str:
     try:
         host = issuing.normalize_host(name[2:] if wildcard else name)
     except ValueError as exc:
-        raise CertificateError(f"{cert}: SNI name {name!r}: {exc}") from exc
+        raise CertificateError(f"{cert}: SNI name {name!r}: {exc}", path=cert) from exc
     return f"*.{host}" if wildcard else str(host)
 
 
@@ -192,7 +209,7 @@ class CertificateStore:
         Runs at start and on SIGHUP; it is the only place (with the first
         leaf for a host) that reads key files or generates keys.
         """
-        tls_dir = state_dir / "tls"
+        tls_dir = state_dir / GENERATED_CA_CERT.parent
         leaves_dir = tls_dir / "leaves"
         for directory in (tls_dir, leaves_dir):
             try:
@@ -201,7 +218,9 @@ class CertificateStore:
                 # ours and private whatever the umask.
                 directory.chmod(DIR_MODE)
             except OSError as exc:
-                raise CertificateError(f"{directory}: cannot create directory: {exc}") from exc
+                raise CertificateError(
+                    f"{directory}: cannot create directory: {exc}", path=directory
+                ) from exc
 
         ca_chain, ca_priv = cls._load_ca(tls_dir, _pair(ca_cert, ca_key, "CA"), hostname)
         server = _pair(server_cert, server_key, "server")
@@ -246,15 +265,20 @@ class CertificateStore:
         if supplied is not None:
             chain, key = _load_pair(*supplied)
         else:
-            cert_path, key_path = tls_dir / "ca.pem", tls_dir / "ca.key"
+            cert_path = tls_dir.parent / GENERATED_CA_CERT
+            key_path = cert_path.with_suffix(".key")
             if cert_path.exists() and not key_path.exists():
-                raise CertificateError(f"{key_path}: missing (the CA in {cert_path} needs it)")
+                raise CertificateError(
+                    f"{key_path}: missing (the CA in {cert_path} needs it)", path=key_path
+                )
             # The key is written first: a crash before ca.pem leaves a key
             # with no certificate, which nobody can have trusted yet.
             key = cls._key_file(key_path)
             if not cert_path.exists():
                 if not isinstance(key, issuing.SigningKey):
-                    raise CertificateError(f"{key_path}: this key type cannot sign certificates")
+                    raise CertificateError(
+                        f"{key_path}: this key type cannot sign certificates", path=key_path
+                    )
                 issuing.write_atomic(
                     cert_path, issuing.cert_pem(issuing.make_ca(hostname, key)), CERT_MODE
                 )
@@ -267,11 +291,17 @@ class CertificateStore:
         except x509.ExtensionNotFound:
             bc = None
         if bc is None or not bc.ca:
-            raise CertificateError(f"{cert_path}: not a CA certificate (basicConstraints CA:FALSE)")
+            raise CertificateError(
+                f"{cert_path}: not a CA certificate (basicConstraints CA:FALSE)", path=cert_path
+            )
         if _expires_soon(chain[0], dt.timedelta(0)):
-            raise CertificateError(f"{cert_path}: the CA certificate is expired or not yet valid")
+            raise CertificateError(
+                f"{cert_path}: the CA certificate is expired or not yet valid", path=cert_path
+            )
         if not isinstance(key, issuing.SigningKey):
-            raise CertificateError(f"{supplied[1]}: this key type cannot sign certificates")
+            raise CertificateError(
+                f"{supplied[1]}: this key type cannot sign certificates", path=supplied[1]
+            )
         return chain, key
 
     @classmethod
@@ -320,6 +350,16 @@ class CertificateStore:
             and not _expires_soon(cert, SERVER_RENEW)
             and _issued_by(cert, ca)
         )
+
+    @staticmethod
+    def existing_ca_pem(state_dir: Path, ca_cert: Path | None) -> bytes | None:
+        """The proxy CA (PEM, with any chain above it) as :meth:`load` would
+        use it, read without creating anything: ``None`` when it is to be
+        generated in ``state_dir`` and has not been yet."""
+        path = ca_cert if ca_cert is not None else state_dir / GENERATED_CA_CERT
+        if ca_cert is None and not path.exists():
+            return None
+        return issuing.cert_pem(*_load_chain(path))
 
     # -- use -------------------------------------------------------------------
 

@@ -45,7 +45,9 @@ def _server_context(profile: TLSProfileLike, cert: Path, key: Path) -> ssl.SSLCo
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise CertificateError(f"{cert}: cannot load certificate/key {key}: {exc}") from exc
+        raise CertificateError(
+            f"{cert}: cannot load certificate/key {key}: {exc}", path=cert
+        ) from exc
     return ctx
 
 
@@ -66,7 +68,8 @@ def _upstream_context(profile: TLSProfileLike, verify: bool) -> ssl.SSLContext:
             ctx.load_verify_locations(cafile=profile.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise CertificateError(
-                f"{profile.ca_file}: cannot load ca_file of TLS profile {profile.name!r}: {exc}"
+                f"{profile.ca_file}: cannot load ca_file of TLS profile {profile.name!r}: {exc}",
+                path=profile.ca_file,
             ) from exc
         # Trust a ca_file intermediate as an anchor, as the after-the-fact
         # verifier (cryptography's Store) does; keeps both paths consistent.

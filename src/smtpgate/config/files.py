@@ -1,0 +1,47 @@
+"""Which key of a configuration names a file, for start-up errors.
+
+Certificates, keys and CA files are read when ``serve`` (or ``check``)
+builds its TLS contexts, after the file has loaded; an error there names the
+file, and :func:`file_key` finds the key path that set it, so the message
+reads like any other configuration error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smtpgate.config.errors import Loc
+from smtpgate.config.schema import Config
+
+
+def file_keys(config: Config) -> dict[Path, Loc]:
+    """Every file path the configuration sets, with the key that sets it
+    (the first key, when two keys name the same file)."""
+    keys: dict[Path, Loc] = {}
+    certs = config.certificates
+    for name in ("server_cert", "server_key", "ca_cert", "ca_key"):
+        path = getattr(certs, name)
+        if path is not None:
+            keys.setdefault(path, ("certificates", name))
+    for k, entry in enumerate(certs.sni):
+        keys.setdefault(entry.cert, ("certificates", "sni", k, "cert"))
+        keys.setdefault(entry.key, ("certificates", "sni", k, "key"))
+    for k, profile in enumerate(config.tls_profiles):
+        if profile.ca_file is not None:
+            keys.setdefault(profile.ca_file, ("tls_profiles", k, "ca_file"))
+    if config.logging.file is not None:
+        keys.setdefault(config.logging.file, ("logging", "file"))
+    return keys
+
+
+def file_key(config: Config, path: Path | None, fallback: Loc) -> Loc:
+    """The key path behind ``path``: the key that names it, ``gateway.state_dir``
+    for what smtpgate generates there, else ``fallback``."""
+    if path is None:
+        return fallback
+    named = file_keys(config).get(path)
+    if named is not None:
+        return named
+    if path.is_relative_to(config.gateway.state_dir):
+        return ("gateway", "state_dir")
+    return fallback
