@@ -1,10 +1,17 @@
-"""Command line: the commands of SPEC.md section 6."""
+"""smtpgate: an SMTP proxy that enforces encryption on both legs of a mail hop.
+
+Configuration reference: docs/configuration.md; examples: examples/*.toml
+(both in the smtpgate repository).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
+from collections.abc import Iterable
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,8 +21,9 @@ import uvloop
 from smtpgate.config.errors import ConfigError
 from smtpgate.config.loader import default_config, load_config
 from smtpgate.config.schema import Config
+from smtpgate.config.warnings import ConfigWarning, config_warnings
 from smtpgate.logs import EventLog
-from smtpgate.tls.certificates import CertificateError
+from smtpgate.tls.certificates import CertificateError, CertificateStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 rules_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Encryption rules.")
@@ -28,16 +36,44 @@ ConfigOption = Annotated[
 ]
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"smtpgate {package_version('smtpgate')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    # Options before the command; the help text is the module's docstring.
+    pass
+
+
+def _print(kind: str, path: Path | None, lines: Iterable[tuple[str, str]]) -> None:
+    """``kind: FILE: key.path: reason`` on standard error, one line each."""
+    where = f"{path}: " if path else ""
+    for key, reason in lines:
+        typer.echo(
+            f"{kind}: {where}{key}: {reason}" if key else f"{kind}: {where}{reason}", err=True
+        )
+
+
+def _fail(path: Path | None, exc: ConfigError) -> typer.Exit:
+    _print("error", path, exc.errors)
+    return typer.Exit(1)
+
+
 def _load(path: Path | None) -> Config:
     try:
         return load_config(path) if path is not None else default_config()
     except ConfigError as exc:
-        where = f"{path}: " if path else ""
-        for key, reason in exc.errors:
-            typer.echo(
-                f"error: {where}{key}: {reason}" if key else f"error: {where}{reason}", err=True
-            )
-        raise typer.Exit(1) from exc
+        raise _fail(path, exc) from exc
 
 
 def run_async(coro: Any) -> Any:
@@ -55,31 +91,75 @@ def serve(config: ConfigOption = None) -> None:
 async def _serve(cfg: Config, path: Path | None) -> None:
     from smtpgate.proxy.gateway import Gateway
 
-    log = EventLog.open(str(cfg.logging.file) if cfg.logging.file else None, cfg.logging.format)
+    log_file = cfg.logging.file
+    try:
+        log = EventLog.open(str(log_file) if log_file else None, cfg.logging.format)
+    except OSError as exc:
+        reason = f"{log_file}: cannot open: {exc.strerror or exc}"
+        raise _fail(path, ConfigError([("logging.file", reason)])) from exc
+    for warning in config_warnings(cfg):
+        log.emit("config_warning", key=warning.key, warning=warning.reason)
     try:
         gateway = Gateway(cfg, log, reload_config=(lambda: load_config(path)) if path else None)
-    except (ConfigError, CertificateError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    except ConfigError as exc:
+        raise _fail(path, exc) from exc
     try:
         await gateway.start()
-    except OSError as exc:
-        typer.echo(f"error: cannot listen: {exc}", err=True)
+    except ConfigError as exc:
         await gateway.stop()
-        raise typer.Exit(1) from exc
+        raise _fail(path, exc) from exc
     gateway.install_signal_handlers()
     await gateway.serve_until_stopped()
     log.close()
 
 
 @app.command()
-def check(config: Annotated[Path, typer.Option("--config", "-c")]) -> None:
-    """Validate a configuration; print errors with key paths; exit 1 on error."""
+def check(
+    config: Annotated[Path, typer.Option("--config", "-c")],
+    bind: Annotated[
+        bool, typer.Option("--bind", help="Also listen on each policy's address, then close.")
+    ] = False,
+) -> None:
+    """Validate a configuration as serve would start it; exit 1 on error.
+
+    Reads every certificate, key and CA file and builds the TLS contexts
+    exactly as serve does; generates the proxy CA and server certificate in
+    state_dir if they are missing, as serve's first start would, and says
+    so. Errors and warnings go to standard error, one line each, naming the
+    key path; warnings (settings without effect) do not change the exit code.
+    """
     cfg = _load(config)
+    state_dir = cfg.gateway.state_dir
+    before = _files_under(state_dir)
+    try:
+        run_async(_build(cfg, bind=bind))
+    except ConfigError as exc:
+        raise _fail(config, exc) from exc
+    finally:
+        for created in sorted(_files_under(state_dir) - before):
+            typer.echo(f"note: {config}: created {created} (gateway.state_dir)", err=True)
+    warnings: list[ConfigWarning] = config_warnings(cfg)
+    _print("warning", config, ((w.key, w.reason) for w in warnings))
     typer.echo(
         f"{config}: ok ({len(cfg.policies)} policies, {len(cfg.proxy_actions)} proxy actions, "
-        f"{len(cfg.tls_profiles)} TLS profiles)"
+        f"{len(cfg.tls_profiles)} TLS profiles, {len(warnings)} warnings)"
     )
+
+
+async def _build(cfg: Config, *, bind: bool) -> None:
+    """What serve builds before it accepts connections; with ``bind``, its listeners too."""
+    from smtpgate.proxy.gateway import Gateway
+
+    gateway = Gateway(cfg, EventLog(io.StringIO(), fmt=cfg.logging.format))
+    if bind:
+        try:
+            await gateway.start()
+        finally:
+            await gateway.stop()
+
+
+def _files_under(folder: Path) -> set[Path]:
+    return set(folder.rglob("*")) if folder.is_dir() else set()
 
 
 @rules_app.command("test")
@@ -110,16 +190,27 @@ def rules_test(
 
 @ca_app.command("export")
 def ca_export(config: ConfigOption = None) -> None:
-    """Print the proxy CA certificate (PEM) for clients to trust."""
-    from smtpgate.proxy.runtime import load_certificates
+    """Print the proxy CA certificate (PEM) for clients to trust.
 
+    Only reads: when the CA is to be generated and has not been yet, says
+    how to create it and exits 1.
+    """
     cfg = _load(config)
+    state_dir, ca_cert = cfg.gateway.state_dir, cfg.certificates.ca_cert
     try:
-        store = load_certificates(cfg)
+        pem = CertificateStore.existing_ca_pem(state_dir, ca_cert)
     except CertificateError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    sys.stdout.write(store.ca_pem().decode("ascii"))
+        raise _fail(config, ConfigError([("certificates.ca_cert", str(exc))])) from exc
+    if pem is None:
+        start = f"smtpgate check --config {config}" if config else "smtpgate serve"
+        typer.echo(
+            f"error: no proxy CA in {state_dir} (gateway.state_dir) yet, and none configured "
+            f"(certificates.ca_cert); `{start}` generates one there, "
+            "or set certificates.ca_cert and ca_key to your own CA",
+            err=True,
+        )
+        raise typer.Exit(1)
+    sys.stdout.write(pem.decode("ascii"))
 
 
 @app.command()

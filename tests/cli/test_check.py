@@ -1,0 +1,196 @@
+"""``smtpgate check`` is final: what it accepts, ``serve`` starts; what ``serve``
+refuses, both name by key path. Run as processes, as an administrator runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from test_commands import SMTPGATE, free_port, run
+
+BASE = """\
+[gateway]
+hostname = "mx.check.test"
+state_dir = "state"
+[logging]
+file = "smtpgate.log"
+[[policies]]
+name = "other"
+listen = "127.0.0.1:{other}"
+upstream = "127.0.0.1:{upstream}"
+[[policies]]
+name = "inbound"
+listen = "127.0.0.1:{listen}"
+upstream = "127.0.0.1:{upstream}"
+proxy_action = "Inbound.Custom"
+[[tls_profiles]]
+name = "Strict"
+ca_file = "{ca_file}"
+[[proxy_actions]]
+name = "Inbound.Custom"
+[proxy_actions.starttls]
+tls_profile = "Strict"
+"""
+
+
+def write(tmp_path: Path, extra: str = "", *, listen: int = 0, ca_file: str = "") -> Path:
+    path = tmp_path / "smtpgate.toml"
+    text = BASE.format(
+        other=free_port(), listen=listen or free_port(), upstream=free_port(), ca_file=ca_file
+    )
+    path.write_text(text + extra)
+    return path
+
+
+def test_check_loads_certificates_keys_and_ca_files_as_serve_does(tmp_path: Path) -> None:
+    missing = write(
+        tmp_path,
+        '[certificates]\nserver_cert = "/etc/ssl/nonexistent/gate.pem"\n'
+        'server_key = "/etc/ssl/nonexistent/gate.key"\n',
+    )
+    for command in ("check", "serve"):
+        result = run(command, "--config", str(missing))
+        assert result.returncode == 1, result.stderr
+        assert (
+            f"error: {missing}: certificates.server_cert: /etc/ssl/nonexistent/gate.pem: "
+            "cannot read certificate: No such file or directory"
+        ) in result.stderr.splitlines()
+
+    # A real certificate (one check generates), but a key file that is no key.
+    assert run("check", "--config", str(write(tmp_path))).returncode == 0
+    (tmp_path / "not-a-key.pem").write_text("hello\n")
+    no_key = write(
+        tmp_path,
+        '[certificates]\nserver_cert = "state/tls/server.pem"\nserver_key = "not-a-key.pem"\n',
+    )
+    result = run("check", "--config", str(no_key))
+    assert result.returncode == 1
+    assert f"error: {no_key}: certificates.server_key: {tmp_path}/not-a-key.pem: " in result.stderr
+    assert "not an unencrypted PEM private key" in result.stderr
+
+    no_ca = write(tmp_path, ca_file="missing-ca.pem")
+    for command in ("check", "serve"):
+        result = run(command, "--config", str(no_ca))
+        assert result.returncode == 1
+        assert f"error: {no_ca}: tls_profiles[1].ca_file: {tmp_path}/missing-ca.pem: " in (
+            result.stderr
+        )
+
+
+def test_a_taken_port_is_found_by_check_bind_and_named_by_serve(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write(tmp_path, listen=port)
+        assert run("check", "--config", str(path)).returncode == 0
+        expected = f"error: {path}: policies[2].listen: 127.0.0.1:{port}: address already in use"
+        for args in (("check", "--bind"), ("serve",)):
+            result = run(*args, "--config", str(path))
+            assert result.returncode == 1
+            assert expected in result.stderr.splitlines(), result.stderr
+    # Once free, check --bind passes and leaves nothing listening.
+    ok = run("check", "--bind", "--config", str(path))
+    assert ok.returncode == 0, ok.stderr
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+WARNED = """\
+[console]
+enabled = true
+[[tls_profiles]]
+name = "Spare"
+[[proxy_actions]]
+name = "Unused"
+[proxy_actions.starttls]
+require_tls_for_envelope = true
+"""
+
+
+def test_check_warns_and_serve_logs_the_same_warnings(tmp_path: Path) -> None:
+    path = write(tmp_path, WARNED)
+    result = run("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    keys = [line.split(": ")[2] for line in warnings]
+    assert keys == [
+        "console.enabled",
+        "proxy_actions[2].starttls.require_tls_for_envelope",
+        "proxy_actions[2]",
+        "tls_profiles[2]",
+    ]
+    assert f"warning: {path}: proxy_actions[2]: proxy action 'Unused' is used by no policy" in (
+        warnings
+    )
+    assert "4 warnings" in result.stdout
+
+    log = tmp_path / "smtpgate.log"
+    proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(path)], stderr=subprocess.PIPE)
+    try:
+        records: list[dict[str, str]] = []
+        for _ in range(300):
+            if log.exists():
+                records = [json.loads(line) for line in log.read_text().splitlines()]
+                if any(r["event"] == "listening" for r in records):
+                    break
+            assert proc.poll() is None, proc.stderr
+            time.sleep(0.05)
+        logged = [r for r in records if r["event"] == "config_warning"]
+        assert [r["key"] for r in logged] == keys
+        assert [f"warning: {path}: {r['key']}: {r['warning']}" for r in logged] == warnings
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+
+
+# Root's embedded default is /var/lib/smtpgate; as nobody it is under $XDG_STATE_HOME.
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+def test_ca_export_only_reads_and_says_how_to_create_the_ca(tmp_path: Path) -> None:
+    home = Path(tempfile.mkdtemp(prefix="smtpgate-home-"))
+    home.chmod(0o777)  # writable for nobody: today's bug would write keys here
+    env = {**os.environ, "HOME": str(home), "XDG_STATE_HOME": str(home / "state")}
+    user = AS_NOBODY if os.geteuid() == 0 else []
+    try:
+        result = subprocess.run(
+            [*user, SMTPGATE, "ca", "export"], capture_output=True, text=True, env=env, check=False
+        )
+        assert list(home.iterdir()) == []  # no keys, no folders
+    finally:
+        shutil.rmtree(home)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"error: no proxy CA in {home}/state/smtpgate (gateway.state_dir) yet, and none "
+        "configured (certificates.ca_cert); `smtpgate serve` generates one there, "
+        "or set certificates.ca_cert and ca_key to your own CA\n"
+    )
+
+    path = write(tmp_path)
+    refused = run("ca", "export", "--config", str(path))
+    assert refused.returncode == 1 and f"`smtpgate check --config {path}`" in refused.stderr
+    assert not (tmp_path / "state").exists()
+    created = run("check", "--config", str(path))
+    assert f"note: {path}: created {tmp_path}/state/tls/ca.key (gateway.state_dir)" in (
+        created.stderr.splitlines()
+    )
+    exported = run("ca", "export", "--config", str(path))
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout == (tmp_path / "state/tls/ca.pem").read_text()
+
+
+def test_version_and_help_send_nobody_outside_the_repository() -> None:
+    version = run("--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith("smtpgate ") and version.stdout.strip() != "smtpgate"
+    helptext = run("--help").stdout
+    assert "SPEC" not in helptext and "docs/configuration.md" in helptext
