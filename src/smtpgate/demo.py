@@ -75,6 +75,10 @@ recipient_encryption = "none"
 """
 
 
+CONFIG_HEADING = "The proxy's configuration, a complete file (`smtpgate check` accepts it):"
+CONFIG_FILE_LABEL = "configuration file:"
+
+
 @dataclass(frozen=True)
 class Sample:
     title: str
@@ -162,9 +166,18 @@ async def run_demo(keep_state: Path | None = None) -> int:
         gateway = Gateway(config, EventLog(log_buffer, fmt="json"))
         await gateway.start()
         print(f"smtpgate demo: proxy on {HOST}:{listen} -> upstream on {HOST}:{upstream_port}")
-        print(f"configuration: {config_path}\n")
-        print(textwrap.indent(CONFIG.split("[[proxy_actions]]", 1)[1].strip(), "    "))
-        print()
+        print(f"\n{CONFIG_HEADING}\n")
+        print(textwrap.indent(config_path.read_text().strip(), "    "))
+        if keep_state is None:
+            print(
+                f"\n{CONFIG_FILE_LABEL} {config_path} (deleted when the demo ends; "
+                "`smtpgate demo --keep-state DIR` keeps it and the demo's state in DIR)\n"
+            )
+        else:
+            print(
+                f"\n{CONFIG_FILE_LABEL} {config_path} (kept; "
+                f"try `smtpgate check --config {config_path}`)\n"
+            )
         try:
             for number, sample in enumerate(SAMPLES, 1):
                 reply = await asyncio.to_thread(_send, listen, sample)
