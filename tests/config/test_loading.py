@@ -294,6 +294,14 @@ def test_upstream_pointing_at_own_listener_is_a_loop() -> None:
     ]
 
 
+def test_upstream_on_another_host_behind_a_wildcard_listener_is_no_loop() -> None:
+    wildcard = POLICY.replace('listen = "127.0.0.1:2525"', 'listen = "0.0.0.0:25"')
+    load(wildcard.replace("127.0.0.1:2526", "mail.internal.example:25"))
+    load(wildcard.replace("127.0.0.1:2526", "192.0.2.10:25"))
+    for own in ("127.0.0.2:25", "localhost:25", "[::1]:25", "0.0.0.0:25"):
+        assert error_paths(wildcard.replace("127.0.0.1:2526", own)) == ["policies[1].upstream"]
+
+
 def test_reserved_transparent_upstream() -> None:
     [(path, reason)] = errors_of(POLICY.replace("127.0.0.1:2526", "transparent"))
     assert path == "policies[1].upstream"

@@ -14,6 +14,7 @@ RESERVED_UPSTREAMS = frozenset({"transparent"})
 """SPEC 5: ``upstream = "transparent"`` is reserved (not implemented)."""
 
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
+_LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
 class HostPort(NamedTuple):
@@ -36,6 +37,28 @@ class HostPort(NamedTuple):
         return self.port == other.port and (
             self.host == other.host or self.is_wildcard or other.is_wildcard
         )
+
+    @property
+    def is_local(self) -> bool:
+        """Names this machine whatever its addresses: loopback, localhost, wildcard."""
+        if self.is_wildcard or self.host in _LOCAL_NAMES:
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def reaches(self, listener: HostPort) -> bool:
+        """Whether connecting here certainly lands on ``listener`` (a mail loop).
+
+        A wildcard listener is reached through this machine's own names only;
+        another host on the same port (smtpgate on ``0.0.0.0:25`` in front of
+        ``mail.internal:25``) is the normal case, and which names are this
+        machine's cannot be known without DNS.
+        """
+        if self.port != listener.port:
+            return False
+        return self.host == listener.host or (listener.is_wildcard and self.is_local)
 
 
 def parse_host_port(text: str) -> HostPort:

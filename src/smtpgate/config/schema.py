@@ -490,7 +490,7 @@ def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
                     f"{format_loc(('policies', j, 'listen'))} ({earlier.listen})",
                 )
         for j, other in enumerate(config.policies):
-            if policy.upstream.overlaps(other.listen):
+            if policy.upstream.reaches(other.listen):
                 yield (
                     ("policies", i, "upstream"),
                     f"{policy.upstream} is smtpgate's own listener "
