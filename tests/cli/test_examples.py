@@ -1,0 +1,24 @@
+"""The example configurations in examples/ are complete: `smtpgate check` accepts
+them as they are, without a warning (only state_dir is moved to a temporary folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_commands import run
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+STATE_DIR = 'state_dir = "/var/lib/smtpgate"'
+
+
+@pytest.mark.parametrize("name", ["inbound.toml", "outgoing.toml"])
+def test_example_passes_check_without_warnings(name: str, tmp_path: Path) -> None:
+    text = (EXAMPLES / name).read_text()
+    assert text.count(STATE_DIR) == 1
+    path = tmp_path / name
+    path.write_text(text.replace(STATE_DIR, f'state_dir = "{tmp_path / "state"}"'))
+    result = run("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    assert "0 warnings" in result.stdout
