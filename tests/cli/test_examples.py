@@ -22,3 +22,15 @@ def test_example_passes_check_without_warnings(name: str, tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stderr
     assert "0 warnings" in result.stdout
+
+
+def test_the_docs_a_clone_has_are_the_ones_it_points_to() -> None:
+    root = EXAMPLES.parent
+    readme = (root / "README.md").read_text()
+    reference = (root / "docs" / "configuration.md").read_text()
+    for text in (readme, reference):
+        assert "shared/SPEC" not in text
+    for linked in ("docs/configuration.md", "examples/inbound.toml", "examples/outgoing.toml"):
+        assert f"({linked})" in readme and (root / linked).is_file()
+    assert "smtpgate demo --keep-state DIR" in readme
+    assert "452 4.5.3" in reference.split("## Encryption rules", 1)[1]
