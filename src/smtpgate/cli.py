@@ -91,12 +91,7 @@ def serve(config: ConfigOption = None) -> None:
 async def _serve(cfg: Config, path: Path | None) -> None:
     from smtpgate.proxy.gateway import Gateway
 
-    log_file = cfg.logging.file
-    try:
-        log = EventLog.open(str(log_file) if log_file else None, cfg.logging.format)
-    except OSError as exc:
-        reason = f"{log_file}: cannot open: {exc.strerror or exc}"
-        raise _fail(path, ConfigError([("logging.file", reason)])) from exc
+    log = _open_log(cfg, path)
     for warning in config_warnings(cfg):
         log.emit("config_warning", key=warning.key, warning=warning.reason)
     try:
@@ -129,6 +124,7 @@ def check(
     key path; warnings (settings without effect) do not change the exit code.
     """
     cfg = _load(config)
+    _open_log(cfg, config).close()  # serve appends to it; a file that is not there yet is made
     state_dir = cfg.gateway.state_dir
     before = _files_under(state_dir)
     try:
@@ -144,6 +140,16 @@ def check(
         f"{config}: ok ({len(cfg.policies)} policies, {len(cfg.proxy_actions)} proxy actions, "
         f"{len(cfg.tls_profiles)} TLS profiles, {len(warnings)} warnings)"
     )
+
+
+def _open_log(cfg: Config, path: Path | None) -> EventLog:
+    """The event log as serve opens it; an error names ``logging.file``."""
+    log_file = cfg.logging.file
+    try:
+        return EventLog.open(str(log_file) if log_file else None, cfg.logging.format)
+    except OSError as exc:
+        reason = f"{log_file}: cannot open: {exc.strerror or exc}"
+        raise _fail(path, ConfigError([("logging.file", reason)])) from exc
 
 
 async def _build(cfg: Config, *, bind: bool) -> None:

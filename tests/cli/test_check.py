@@ -84,6 +84,19 @@ def test_check_loads_certificates_keys_and_ca_files_as_serve_does(tmp_path: Path
         )
 
 
+def test_an_unusable_log_file_is_found_by_check(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace('"smtpgate.log"', '"/nonexistent/smtpgate.log"'))
+    expected = (
+        f"error: {path}: logging.file: /nonexistent/smtpgate.log: "
+        "cannot open: No such file or directory"
+    )
+    for command in ("check", "serve"):
+        result = run(command, "--config", str(path))
+        assert result.returncode == 1
+        assert expected in result.stderr.splitlines(), result.stderr
+
+
 def test_a_taken_port_is_found_by_check_bind_and_named_by_serve(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -134,18 +147,26 @@ def test_check_warns_and_serve_logs_the_same_warnings(tmp_path: Path) -> None:
 
     log = tmp_path / "smtpgate.log"
     proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(path)], stderr=subprocess.PIPE)
-    try:
-        records: list[dict[str, str]] = []
+
+    def records_after(event: str) -> list[dict[str, str]]:
         for _ in range(300):
-            if log.exists():
-                records = [json.loads(line) for line in log.read_text().splitlines()]
-                if any(r["event"] == "listening" for r in records):
-                    break
+            text = log.read_text() if log.exists() else ""
+            records = [json.loads(line) for line in text.splitlines()]
+            if any(r["event"] == event for r in records):
+                return records
             assert proc.poll() is None, proc.stderr
             time.sleep(0.05)
-        logged = [r for r in records if r["event"] == "config_warning"]
+        raise AssertionError(f"no {event} record")
+
+    try:
+        logged = [r for r in records_after("listening") if r["event"] == "config_warning"]
         assert [r["key"] for r in logged] == keys
         assert [f"warning: {path}: {r['key']}: {r['warning']}" for r in logged] == warnings
+        # A reload logs the warnings of the new configuration.
+        proc.send_signal(signal.SIGHUP)
+        after = records_after("reloaded")
+        reloaded = after[[r["event"] for r in after].index("reloaded") :]
+        assert [r["key"] for r in reloaded if r["event"] == "config_warning"] == keys
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(20)

@@ -15,6 +15,7 @@ from typing import Any
 from smtpgate.config.errors import ConfigError, Loc
 from smtpgate.config.files import file_key
 from smtpgate.config.schema import Config
+from smtpgate.config.warnings import config_warnings
 from smtpgate.logs import EventLog
 from smtpgate.proxy.preamble import Opening, read_preamble
 from smtpgate.proxy.proxyproto import ProxyHeaderError, parse_proxy_header
@@ -246,6 +247,8 @@ class Gateway:
             rt.pool.close()  # parked legs were set up under the old settings
         self.config, self._contexts, self.runtimes = config, contexts, runtimes
         self.log.emit("reloaded", policies=sorted(runtimes))
+        for warning in config_warnings(config):
+            self.log.emit("config_warning", key=warning.key, warning=warning.reason)
 
     def request_stop(self) -> None:
         self._stopped.set()
