@@ -21,7 +21,7 @@ import uvloop
 from smtpgate.config.errors import ConfigError
 from smtpgate.config.loader import default_config, load_config
 from smtpgate.config.schema import Config
-from smtpgate.config.warnings import ConfigWarning, config_warnings
+from smtpgate.config.warnings import config_warnings
 from smtpgate.logs import EventLog
 from smtpgate.tls.certificates import CertificateError, CertificateStore
 
@@ -94,10 +94,13 @@ async def _serve(cfg: Config, path: Path | None) -> None:
     log = _open_log(cfg, path)
     for warning in config_warnings(cfg):
         log.emit("config_warning", key=warning.key, warning=warning.reason)
+    before = _files_under(cfg.gateway.state_dir)
     try:
         gateway = Gateway(cfg, log, reload_config=(lambda: load_config(path)) if path else None)
     except ConfigError as exc:
         raise _fail(path, exc) from exc
+    for created in sorted(_files_under(cfg.gateway.state_dir) - before):
+        log.emit("created", file=str(created), key="gateway.state_dir")
     try:
         await gateway.start()
     except ConfigError as exc:
@@ -134,11 +137,11 @@ def check(
     finally:
         for created in sorted(_files_under(state_dir) - before):
             typer.echo(f"note: {config}: created {created} (gateway.state_dir)", err=True)
-    warnings: list[ConfigWarning] = config_warnings(cfg)
-    _print("warning", config, ((w.key, w.reason) for w in warnings))
+    found = config_warnings(cfg)
+    _print("warning", config, ((w.key, w.reason) for w in found))
     typer.echo(
         f"{config}: ok ({len(cfg.policies)} policies, {len(cfg.proxy_actions)} proxy actions, "
-        f"{len(cfg.tls_profiles)} TLS profiles, {len(warnings)} warnings)"
+        f"{len(cfg.tls_profiles)} TLS profiles, {len(found)} warnings)"
     )
 
 

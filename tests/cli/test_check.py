@@ -146,6 +146,7 @@ def test_check_warns_and_serve_logs_the_same_warnings(tmp_path: Path) -> None:
     assert "4 warnings" in result.stdout
 
     log = tmp_path / "smtpgate.log"
+    shutil.rmtree(tmp_path / "state")  # serve's first start generates, and says where
     proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(path)], stderr=subprocess.PIPE)
 
     def records_after(event: str) -> list[dict[str, str]]:
@@ -159,7 +160,10 @@ def test_check_warns_and_serve_logs_the_same_warnings(tmp_path: Path) -> None:
         raise AssertionError(f"no {event} record")
 
     try:
-        logged = [r for r in records_after("listening") if r["event"] == "config_warning"]
+        started = records_after("listening")
+        created = [r["file"] for r in started if r["event"] == "created"]
+        assert str(tmp_path / "state/tls/ca.key") in created
+        logged = [r for r in started if r["event"] == "config_warning"]
         assert [r["key"] for r in logged] == keys
         assert [f"warning: {path}: {r['key']}: {r['warning']}" for r in logged] == warnings
         # A reload logs the warnings of the new configuration.
