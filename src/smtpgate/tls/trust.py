@@ -79,9 +79,11 @@ class TrustAnchors:
             try:
                 extra = _parse_bundle(ca_file.read_bytes())
             except OSError as exc:
-                raise CertificateError(f"{ca_file}: cannot read ca_file: {exc}") from exc
+                raise CertificateError(
+                    f"{ca_file}: cannot read ca_file: {exc.strerror or exc}", path=ca_file
+                ) from exc
             if not extra:
-                raise CertificateError(f"{ca_file}: no PEM certificate in ca_file")
+                raise CertificateError(f"{ca_file}: no PEM certificate in ca_file", path=ca_file)
         found = self._anchors[ca_file] = self._system_anchors() + tuple(extra)
         return found
 
