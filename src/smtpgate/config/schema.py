@@ -155,6 +155,8 @@ class Gateway(_Model):
 class LoggingSettings(_Model):
     format: Literal["json", "text"] = "json"
     file: OptionalPath = None
+    #: Envelope sender and recipients in the records (off: domains only).
+    addresses: bool = True
 
 
 class SNICertificate(_Model):
