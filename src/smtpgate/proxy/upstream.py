@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 
+from smtpgate.logs import describe_error
 from smtpgate.policy.decisions import UpstreamTLS
 from smtpgate.proxy.runtime import PolicyRuntime
 from smtpgate.proxy.stream import Stream, open_stream
@@ -36,11 +37,16 @@ def _connect_failure(reason: str) -> UpstreamUnavailable:
     return UpstreamUnavailable(451, "4.4.1 Upstream server unavailable, try later", reason)
 
 
+class _FallBackToClear(Exception):
+    """An opportunistic STARTTLS handshake failed: the leg starts over in clear."""
+
+
 class UpstreamLeg:
     __slots__ = (
         "cipher",
         "client",
         "data_sent",
+        "fallback",
         "in_transaction",
         "mode",
         "reused",
@@ -58,6 +64,8 @@ class UpstreamLeg:
         self.tls_version = "none"
         self.cipher = "none"
         self.verification = NOT_CHECKED
+        #: Why an opportunistic leg is in clear (no STARTTLS offered, refused, handshake failed).
+        self.fallback = ""
         #: Taken from the pool: it may have died while parked.
         self.reused = False
         #: MAIL was sent and neither the final dot nor RSET has been answered.
@@ -67,16 +75,15 @@ class UpstreamLeg:
 
     @classmethod
     async def open(cls, rt: PolicyRuntime, mode: UpstreamTLS) -> UpstreamLeg:
-        leg = await cls._connect(rt, mode, starttls=mode is not UpstreamTLS.NONE)
-        if leg is None:  # opportunistic handshake failed: RFC 7435, retry in clear
+        try:
+            return await cls._connect(rt, mode, starttls=mode is not UpstreamTLS.NONE)
+        except _FallBackToClear as failure:  # RFC 7435: retry in clear
             leg = await cls._connect(rt, mode, starttls=False)
-            assert leg is not None
-        return leg
+            leg.fallback = str(failure)
+            return leg
 
     @classmethod
-    async def _connect(
-        cls, rt: PolicyRuntime, mode: UpstreamTLS, *, starttls: bool
-    ) -> UpstreamLeg | None:
+    async def _connect(cls, rt: PolicyRuntime, mode: UpstreamTLS, *, starttls: bool) -> UpstreamLeg:
         verify = mode is UpstreamTLS.REQUIRED and rt.profile.validate_certificates
         context = rt.upstream_context_verified if verify else rt.upstream_context_unverified
         implicit = rt.upstream_implicit_tls and mode is not UpstreamTLS.NONE
@@ -92,10 +99,10 @@ class UpstreamLeg:
             )
         except ssl.SSLError as exc:
             if mode is UpstreamTLS.REQUIRED:
-                raise _tls_required_failure(f"TLS handshake failed: {exc}") from exc
-            raise _connect_failure(f"implicit TLS handshake failed: {exc}") from exc
+                raise _tls_required_failure(f"TLS handshake failed: {describe_error(exc)}") from exc
+            raise _connect_failure(f"implicit TLS handshake failed: {describe_error(exc)}") from exc
         except (OSError, TimeoutError) as exc:
-            raise _connect_failure(f"connect {rt.upstream}: {exc}") from exc
+            raise _connect_failure(f"connect {rt.upstream}: {describe_error(exc)}") from exc
         leg = cls(stream, ClientConnection(tls=implicit), mode, rt.command_timeout)
         try:
             greeting = await leg.reply()
@@ -108,12 +115,15 @@ class UpstreamLeg:
                 if not leg.client.offers_starttls:
                     if mode is UpstreamTLS.REQUIRED:
                         raise _tls_required_failure("upstream does not offer STARTTLS")
+                    leg.fallback = "upstream does not offer STARTTLS"
                     return leg
                 leg.client.send_starttls()
                 answer = await leg.reply()
                 if answer.code != 220:
+                    refused = f"STARTTLS refused: {answer.code} {answer.text}"
                     if mode is UpstreamTLS.REQUIRED:
-                        raise _tls_required_failure(f"STARTTLS refused: {answer.code}")
+                        raise _tls_required_failure(refused)
+                    leg.fallback = refused
                     return leg
                 try:
                     await stream.start_tls(
@@ -124,9 +134,10 @@ class UpstreamLeg:
                     )
                 except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
                     stream.abort()
+                    failed = f"TLS handshake failed: {describe_error(exc)}"
                     if mode is UpstreamTLS.REQUIRED:
-                        raise _tls_required_failure(f"TLS handshake failed: {exc}") from exc
-                    return None
+                        raise _tls_required_failure(failed) from exc
+                    raise _FallBackToClear(failed) from exc
                 leg.client.tls_established()
                 await leg._record_tls(rt, verify)
                 await leg.hello(rt.hostname)
@@ -135,7 +146,7 @@ class UpstreamLeg:
             raise
         except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError) as exc:
             leg.abort()
-            raise _connect_failure(f"upstream dialogue failed: {exc!r}") from exc
+            raise _connect_failure(f"upstream dialogue failed: {describe_error(exc)}") from exc
         return leg
 
     async def _record_tls(self, rt: PolicyRuntime, verified: bool) -> None:
