@@ -75,6 +75,7 @@ def config_toml(
     direction: str = "incoming",
     certificates: Mapping[str, Any] | None = None,
     sni: Sequence[Mapping[str, Any]] = (),
+    logging: Mapping[str, Any] | None = None,
 ) -> str:
     """One policy ``p`` -> action ``A`` -> profile ``T``, with test-friendly timeouts."""
     certs: dict[str, Any] = dict(certificates or {})
@@ -92,6 +93,8 @@ def config_toml(
         action["esmtp"] = dict(esmtp)
     action["starttls"] = starttls_table
     config: dict[str, Any] = {"gateway": {"hostname": HOSTNAME, "state_dir": state_dir}}
+    if logging:
+        config["logging"] = dict(logging)
     if certs:
         config["certificates"] = certs
     config["policies"] = [
@@ -271,6 +274,7 @@ class RawUpstream:
     ``dot_reply``: bytes sent for the final dot (default 250); ``None``: never answer.
     ``drop_after_body_bytes``: close the connection once this many body bytes arrived.
     ``starttls``: advertise STARTTLS, answer 220, then send garbage instead of a handshake.
+    ``starttls_refusal``: with ``starttls``, answer STARTTLS with these bytes and go on in clear.
     ``rcpt_failure``: ``(n, "drop")`` closes the connection instead of answering the n-th
     RCPT of a connection; ``(n, "close")`` answers it 250, then closes.
     ``rcpt_replies``: ``{"text": b"550 ...\r\n"}`` answers a RCPT containing ``text`` so.
@@ -283,6 +287,7 @@ class RawUpstream:
         greeting: bytes | None = b"220 raw.upstream.test ESMTP\r\n",
         ehlo_keywords: Iterable[str] = ("PIPELINING", "8BITMIME"),
         starttls: bool = False,
+        starttls_refusal: bytes | None = None,
         dot_reply: bytes | None = b"250 2.0.0 Ok queued\r\n",
         drop_after_body_bytes: int | None = None,
         rcpt_failure: tuple[int, str] | None = None,
@@ -291,6 +296,7 @@ class RawUpstream:
         self.greeting = greeting
         self.ehlo_keywords = list(ehlo_keywords)
         self.starttls = starttls
+        self.starttls_refusal = starttls_refusal
         self.dot_reply = dot_reply
         self.drop_after_body_bytes = drop_after_body_bytes
         self.rcpt_failure = rcpt_failure
@@ -376,6 +382,8 @@ class RawUpstream:
                     send(text.encode())
                 elif verb == b"HELO":
                     send(b"250 raw.upstream.test\r\n")
+                elif verb == b"STAR" and self.starttls and self.starttls_refusal is not None:
+                    send(self.starttls_refusal)
                 elif verb == b"STAR" and self.starttls:
                     send(b"220 2.0.0 Go ahead\r\n")
                     send(b"this is not a TLS ServerHello\r\n" * 4)

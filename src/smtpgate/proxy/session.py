@@ -8,14 +8,16 @@ commands leave in one write.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
 import time
 from collections.abc import Mapping
 from email.utils import formatdate
+from typing import Any
 
-from smtpgate.logs import EventLog
+from smtpgate.logs import EventLog, describe_error
 from smtpgate.policy.decisions import (
     REPLY_MUST_STARTTLS,
     REPLY_OTHER_TRANSACTION,
@@ -25,9 +27,11 @@ from smtpgate.policy.decisions import (
     upstream_tls,
 )
 from smtpgate.policy.patterns import normalize_domain
+from smtpgate.proxy.message_id import MessageIdScanner
 from smtpgate.proxy.runtime import PolicyRuntime
 from smtpgate.proxy.stream import Stream
 from smtpgate.proxy.upstream import UpstreamLeg, UpstreamUnavailable
+from smtpgate.smtp.address import Address
 from smtpgate.smtp.client import UpstreamProtocolError
 from smtpgate.smtp.events import (
     NEED_DATA,
@@ -61,6 +65,9 @@ NO_SMTPUTF8_UPSTREAM = (
     "5.6.7 SMTPUTF8 is required, but the upstream server does not offer it",
 )
 
+#: Log reasons for a refusal that the rules, not a peer, decided.
+REASON_CLIENT_IN_CLEAR = "the rule requires an encrypted client leg"
+
 
 _date_cache: tuple[int, str] = (0, "")
 
@@ -85,26 +92,30 @@ def _token(text: str) -> str:
 
 
 class Transaction:
-    """What one MAIL ... end-of-data needs to remember."""
+    """What one MAIL ... end-of-data needs to remember, and the facts its log record gives."""
 
     __slots__ = (
+        "final_reply",
+        "headers",
         "mail_params",
         "mail_sent",
-        "outcome",
         "recipient_domains",
+        "recipients",
         "refused_reply",
-        "reply",
         "rule",
         "sender",
+        "sender_address",
         "sender_domain",
+        "size",
         "smtputf8",
         "upstream_key",
     )
 
     def __init__(
-        self, sender: bytes, sender_domain: str, mail_params: bytes, *, smtputf8: bool
+        self, sender: Address, sender_domain: str, mail_params: bytes, *, smtputf8: bool
     ) -> None:
-        self.sender = sender
+        self.sender = sender.path
+        self.sender_address = sender
         self.sender_domain = sender_domain
         self.mail_params = mail_params
         #: MAIL had SMTPUTF8: only an upstream that offers SMTPUTF8 may get it (RFC 6531 3.4).
@@ -112,11 +123,48 @@ class Transaction:
         self.mail_sent = False
         self.upstream_key: UpstreamTLS | None = None
         self.recipient_domains: list[str] = []
+        #: The accepted recipients, as the client gave them; formatted only for the record.
+        self.recipients: list[Address] = []
         #: The last refusal of a recipient, for the summary when none was accepted.
         self.refused_reply = 0
         self.rule = ""
-        self.outcome = ""
-        self.reply = 0
+        #: Content bytes the client sent (unstuffed, without our Received: header).
+        self.size = 0
+        self.headers = MessageIdScanner()
+        #: The upstream's answer to the final dot (it names the message in the next queue).
+        self.final_reply: Reply | None = None
+
+    def record(self, outcome: str, reply: int, *, addresses: bool) -> dict[str, Any]:
+        """This transaction's fields of the ``transaction`` record (docs/logs.md)."""
+        fields: dict[str, Any] = {
+            "rule": self.rule or "default",
+            "sender_domain": self.sender_domain,
+            "recipient_domains": self.recipient_domains,
+        }
+        if addresses:
+            fields["sender"] = log_address(self.sender_address)
+            fields["recipients"] = [str(r) for r in self.recipients]
+        fields["size"] = self.size
+        fields["message_id"] = self.headers.message_id()
+        fields["outcome"] = outcome
+        fields["reply"] = reply
+        final = self.final_reply
+        fields["upstream_reply"] = f"{final.code} {final.text}" if final is not None else ""
+        return fields
+
+
+def log_address(address: Address) -> str:
+    """An envelope address as records show it; the null sender is ``<>``."""
+    return str(address) or "<>"
+
+
+def _close_reason(server: ServerConnection, event: ConnectionClosed) -> str:
+    """The ``session_end`` reason when the client-leg core closed the connection."""
+    if event.reason == "quit":
+        return "client_quit"
+    if server.errors >= server.limits.max_errors:
+        return "too_many_errors"
+    return "input_flood"  # more unanswered input than the core holds
 
 
 class Session:
@@ -145,6 +193,8 @@ class Session:
         self.in_body = False
         #: Body bytes handed to the upstream leg and not yet written.
         self.body_queued = 0
+        #: Why the session ended, for its ``session_end`` record (docs/logs.md).
+        self.end_reason = "client_disconnected"
 
     @property
     def encrypted(self) -> bool:
@@ -178,13 +228,16 @@ class Session:
                     data = await self.stream.read(timeout, None if in_data else command_piece)
                 except TimeoutError:
                     self.stream.write(b"421 4.4.2 Timeout, closing connection\r\n")
+                    self.end_reason = "timeout"
                     self._end_transaction("aborted", 421)
                     break
                 if not data:
+                    self.end_reason = "client_disconnected"
                     self._end_transaction("aborted", 0)  # client vanished: nothing delivered
                     break
                 server.receive_data(data)
                 if not await self._drain_events():
+                    self.end_reason = "starttls_failed"
                     break
                 self._flush()
                 if self.body_queued and self.upstream is not None:
@@ -194,14 +247,23 @@ class Session:
                     # Replies the client does not take: read nothing more until it does.
                     await self.stream.drain(rt.command_timeout)
                 except TimeoutError:
+                    self.end_reason = "client_not_reading"
                     self._end_transaction("aborted", 0)
                     self.stream.abort()  # closing would wait for it to read what is queued
                     break
+        except asyncio.CancelledError:
+            self.end_reason = "server_shutdown"  # the drain time after SIGTERM ran out
+            raise
+        except Exception:
+            self.end_reason = "internal_error"  # the gateway logs it as session_error
+            raise
         finally:
             self._flush()
             self.stream.close()
             self._release_upstream()
-            self.log.emit("session_end", session=self.id, client=self.client_addr)
+            self.log.emit(
+                "session_end", session=self.id, client=self.client_addr, reason=self.end_reason
+            )
 
     async def _drain_events(self) -> bool:
         server = self.server
@@ -249,6 +311,7 @@ class Session:
         elif isinstance(event, Reset):
             await self._reset()
         elif isinstance(event, ConnectionClosed):
+            self.end_reason = _close_reason(server, event)
             self._end_transaction("aborted", 0)
 
     def _hello(self, event: Hello) -> None:
@@ -278,7 +341,10 @@ class Session:
             )
         except (OSError, ConnectionError, TimeoutError) as exc:
             self.log.emit(
-                "starttls_failed", session=self.id, client=self.client_addr, reason=str(exc)
+                "starttls_failed",
+                session=self.id,
+                client=self.client_addr,
+                reason=describe_error(exc),
             )
             return False
         server.tls_established()
@@ -301,18 +367,20 @@ class Session:
             require_tls_for_envelope=self.rt.require_tls_for_envelope,
         ):
             self.server.reply(*REPLY_MUST_STARTTLS)
+            fields: dict[str, Any] = {"sender_domain": sender_domain}
+            if self.log.addresses:
+                fields["sender"] = log_address(event.sender)
             self.log.emit(
                 "mail_rejected",
                 session=self.id,
                 client=self.client_addr,
-                sender_domain=sender_domain,
+                **fields,
                 reply=REPLY_MUST_STARTTLS[0],
+                reason=REASON_CLIENT_IN_CLEAR,
             )
             return
         smtputf8 = any(key == "SMTPUTF8" for key, _ in event.params)
-        self.txn = Transaction(
-            event.sender.path, sender_domain, event.raw_params, smtputf8=smtputf8
-        )
+        self.txn = Transaction(event.sender, sender_domain, event.raw_params, smtputf8=smtputf8)
         self.server.reply(250, "2.1.0 Ok")
 
     async def _rcpt(self, event: RcptTo) -> None:
@@ -327,12 +395,17 @@ class Session:
             require_tls_for_envelope=self.rt.require_tls_for_envelope,
         ):
             server.reply(*REPLY_MUST_STARTTLS)
-            self._log_rcpt_rejected(txn, domain, match.label, REPLY_MUST_STARTTLS[0], "")
+            self._log_rcpt_rejected(
+                txn, event, domain, match.label, REPLY_MUST_STARTTLS[0], REASON_CLIENT_IN_CLEAR
+            )
             return
         mode = upstream_tls(match.rule.recipient_encryption, client_encrypted=self.encrypted)
         if txn.upstream_key is not None and txn.upstream_key is not mode:
             server.reply(*REPLY_OTHER_TRANSACTION)
-            self._log_rcpt_rejected(txn, domain, match.label, REPLY_OTHER_TRANSACTION[0], "")
+            reason = f"needs upstream TLS {mode}, the transaction's leg is {txn.upstream_key}"
+            self._log_rcpt_rejected(
+                txn, event, domain, match.label, REPLY_OTHER_TRANSACTION[0], reason
+            )
             return
         if txn.mail_sent and (self.upstream is None or not self.upstream.usable):
             # The upstream connection carrying this transaction is gone. Its accepted
@@ -340,7 +413,8 @@ class Session:
             # DATA gets a 4xx for lack of an upstream, so the client retries all.
             self._drop_upstream()
             server.reply(*UPSTREAM_FAILED)
-            self._log_rcpt_rejected(txn, domain, match.label, UPSTREAM_FAILED[0], "upstream lost")
+            reason = "upstream connection lost earlier in this transaction"
+            self._log_rcpt_rejected(txn, event, domain, match.label, UPSTREAM_FAILED[0], reason)
             return
         try:
             try:
@@ -354,18 +428,21 @@ class Session:
                 answer = await self._send_rcpt(txn, mode, event)
         except UpstreamUnavailable as exc:
             server.reply(exc.code, exc.text)
-            self._log_rcpt_rejected(txn, domain, match.label, exc.code, exc.reason)
+            self._log_rcpt_rejected(txn, event, domain, match.label, exc.code, exc.reason)
             return
         except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError) as exc:
             self._drop_upstream()
             if not txn.recipient_domains:
                 txn.mail_sent = False  # nothing to lose: a new connection may start over
             server.reply(*UPSTREAM_FAILED)
-            self._log_rcpt_rejected(txn, domain, match.label, UPSTREAM_FAILED[0], repr(exc))
+            reason = f"upstream failed during MAIL/RCPT: {describe_error(exc)}"
+            self._log_rcpt_rejected(txn, event, domain, match.label, UPSTREAM_FAILED[0], reason)
             return
         if isinstance(answer, tuple):  # the upstream refused MAIL: relay that instead
-            server.reply_lines(answer[0].code, answer[0].lines)
-            self._log_rcpt_rejected(txn, domain, match.label, answer[0].code, "upstream MAIL")
+            refusal = answer[0]
+            server.reply_lines(refusal.code, refusal.lines)
+            reason = f"upstream refused MAIL: {refusal.code} {refusal.text}"
+            self._log_rcpt_rejected(txn, event, domain, match.label, refusal.code, reason)
             return
         server.reply_lines(answer.code, answer.lines)
         if answer.is_positive:
@@ -373,8 +450,10 @@ class Session:
                 txn.upstream_key = mode
                 txn.rule = match.label
             txn.recipient_domains.append(domain)
+            txn.recipients.append(event.recipient)
         else:
-            self._log_rcpt_rejected(txn, domain, match.label, answer.code, "upstream")
+            reason = f"upstream refused RCPT: {answer.code} {answer.text}"
+            self._log_rcpt_rejected(txn, event, domain, match.label, answer.code, reason)
 
     async def _send_rcpt(
         self, txn: Transaction, mode: UpstreamTLS, event: RcptTo
@@ -458,6 +537,7 @@ class Session:
                 upstream_tls=upstream.tls_version,
                 upstream_cipher=upstream.cipher,
                 upstream_verify=str(upstream.verification),
+                upstream_fallback=upstream.fallback,
             )
         self.upstream = upstream
         return upstream
@@ -490,8 +570,14 @@ class Session:
         upstream = self.upstream
         if upstream is None or not self.in_body:
             return
-        upstream.client.send_body(event.data)
-        self.body_queued += len(event.data)
+        data = event.data
+        upstream.client.send_body(data)
+        self.body_queued += len(data)
+        txn = self.txn
+        if txn is not None:
+            txn.size += len(data)
+            if not txn.headers.done:
+                txn.headers.feed(data)
         # Body bytes wait for the rest of this read (often the final dot) so that
         # they leave in one write; a large body goes out as it comes, with backpressure.
         if self.body_queued >= BODY_FLUSH_BYTES:
@@ -527,6 +613,8 @@ class Session:
             self._drop_upstream()
             return
         server.reply_lines(answer.code, answer.lines)
+        if self.txn is not None:
+            self.txn.final_reply = answer
         outcome = (
             "delivered" if answer.code < 300 else "tempfail" if answer.code < 500 else "rejected"
         )
@@ -570,19 +658,22 @@ class Session:
             upstream_tls=upstream.tls_version if upstream else "none",
             upstream_cipher=upstream.cipher if upstream else "none",
             upstream_verify=str(upstream.verification) if upstream else "not-checked",
-            rule=txn.rule or "default",
-            sender_domain=txn.sender_domain,
-            recipient_domains=txn.recipient_domains,
-            outcome=outcome,
-            reply=reply,
+            upstream_fallback=upstream.fallback if upstream else "",
+            **txn.record(outcome, reply, addresses=self.log.addresses),
         )
 
     def _log_rcpt_rejected(
-        self, txn: Transaction, domain: str, rule: str, code: int, reason: str
+        self, txn: Transaction, event: RcptTo, domain: str, rule: str, code: int, reason: str
     ) -> None:
         txn.refused_reply = code
         if not txn.rule:
             txn.rule = rule
+        addresses: dict[str, str] = {}
+        if self.log.addresses:
+            addresses = {
+                "sender": log_address(txn.sender_address),
+                "recipient": str(event.recipient),
+            }
         self.log.emit(
             "rcpt_rejected",
             session=self.id,
@@ -592,6 +683,7 @@ class Session:
             rule=rule,
             sender_domain=txn.sender_domain,
             recipient_domain=domain,
+            **addresses,
             reply=code,
             reason=reason,
         )
