@@ -16,7 +16,7 @@ from smtpgate.config.errors import ConfigError, Loc
 from smtpgate.config.files import file_key
 from smtpgate.config.schema import Config
 from smtpgate.config.warnings import config_warnings
-from smtpgate.logs import EventLog
+from smtpgate.logs import EventLog, describe_error
 from smtpgate.proxy.preamble import Opening, read_preamble
 from smtpgate.proxy.proxyproto import ProxyHeaderError, parse_proxy_header
 from smtpgate.proxy.runtime import PolicyRuntime, compile_policy, load_certificates
@@ -73,6 +73,8 @@ class Gateway:
     ) -> None:
         self.config = config
         self.log = log
+        # The log was opened by our creator, with the file and format; the rest is ours.
+        log.addresses = config.logging.addresses
         self._reload_config = reload_config
         self._drain_seconds = drain_seconds
         self._contexts = TLSContextCache()
@@ -163,7 +165,13 @@ class Gateway:
                         if parsed is not None:
                             break
             except (TimeoutError, ProxyHeaderError) as exc:
-                self.log.emit("proxy_header_error", policy=rt.name, reason=str(exc) or "timeout")
+                self.log.emit(
+                    "proxy_header_error",
+                    policy=rt.name,
+                    reason=describe_error(exc)
+                    if isinstance(exc, ProxyHeaderError)
+                    else f"no PROXY header within {PROXY_HEADER_TIMEOUT:g} s",
+                )
                 stream.abort()
                 return
             address, length = parsed
@@ -181,7 +189,7 @@ class Gateway:
             try:
                 sock, peer = await loop.sock_accept(listener)
             except OSError as exc:  # e.g. out of descriptors: keep the listener alive
-                self.log.emit("accept_failed", policy=policy, reason=str(exc))
+                self.log.emit("accept_failed", policy=policy, reason=describe_error(exc))
                 await asyncio.sleep(0.1)
                 continue
             task = loop.create_task(self._serve_after_preamble(sock, peer, policy))
@@ -199,7 +207,7 @@ class Gateway:
                 timeout=PROXY_HEADER_TIMEOUT,
             )
         except (ProxyHeaderError, OSError) as exc:
-            self.log.emit("proxy_header_error", policy=rt.name, reason=str(exc))
+            self.log.emit("proxy_header_error", policy=rt.name, reason=describe_error(exc))
             sock.close()
             return
         if preamble.opening is Opening.CLOSED:
@@ -209,7 +217,7 @@ class Gateway:
         try:
             stream = await _stream_on_accepted(sock, rt, encrypted)
         except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
-            self.log.emit("tls_handshake_failed", policy=rt.name, reason=str(exc) or repr(exc))
+            self.log.emit("tls_handshake_failed", policy=rt.name, reason=describe_error(exc))
             sock.close()
             return
         try:
@@ -227,7 +235,12 @@ class Gateway:
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
 
     def reload(self) -> None:
-        """SIGHUP: new sessions get the new configuration; sessions in progress keep theirs."""
+        """SIGHUP: new sessions get the new configuration; sessions in progress keep theirs.
+
+        The log file is reopened first, whatever happens next, so that logrotate
+        can rename it and signal (no ``copytruncate``).
+        """
+        self.log.reopen()
         if self._reload_config is None:
             return
         try:
@@ -235,13 +248,21 @@ class Gateway:
             contexts = TLSContextCache()
             runtimes = compile_runtimes(config, contexts)
         except (ConfigError, CertificateError, OSError) as exc:
-            self.log.emit("reload_failed", reason=str(exc))
+            self.log.emit("reload_failed", reason=describe_error(exc))
             return
         unchanged = set(runtimes) == set(self.runtimes) and all(
             _listener_shape(r) == _listener_shape(self.runtimes[n]) for n, r in runtimes.items()
         )
         if not unchanged:
             self.log.emit("reload_failed", reason="listeners changed; restart to apply")
+            return
+        logging = config.logging
+        try:
+            self.log.configure(
+                str(logging.file) if logging.file else None, logging.format, logging.addresses
+            )
+        except OSError as exc:
+            self.log.emit("reload_failed", reason=f"logging.file: {describe_error(exc)}")
             return
         for rt in self.runtimes.values():
             rt.pool.close()  # parked legs were set up under the old settings
