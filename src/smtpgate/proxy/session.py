@@ -114,6 +114,7 @@ class Transaction:
     def __init__(
         self, sender: Address, sender_domain: str, mail_params: bytes, *, smtputf8: bool
     ) -> None:
+        #: The reverse-path as relayed upstream; ``sender_address`` is its parsed form, for the log.
         self.sender = sender.path
         self.sender_address = sender
         self.sender_domain = sender_domain
