@@ -101,6 +101,25 @@ def test_sighup_refuses_a_log_file_it_cannot_open(gate: SmtpgateProcess) -> None
     gate.transactions(message_id="<still-json@sender.example>")
 
 
+def test_sighup_keeps_logging_where_it_did_when_the_file_cannot_be_reopened(
+    gate: SmtpgateProcess,
+) -> None:
+    path = gate.log_file
+    rotated = path.with_name("smtpgate.log.1")
+    path.rename(rotated)
+    path.mkdir()  # something that is not a file now sits at the configured path
+    sighup(gate, gate.config)
+    gate.log_file = rotated
+    (failed,) = gate.wait_record("log_reopen_failed")
+    assert (failed["file"], failed["reason"]) == (
+        str(path),
+        f"[Errno 21] Is a directory: '{path}'",
+    )
+    gate.wait_record("reloaded")
+    send(gate, "kept")
+    gate.transactions(message_id="<kept@sender.example>")
+
+
 def wait_for_line(path: Path, needle: str, timeout: float = 20) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
