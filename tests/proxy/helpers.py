@@ -275,6 +275,8 @@ class RawUpstream:
     ``drop_after_body_bytes``: close the connection once this many body bytes arrived.
     ``starttls``: advertise STARTTLS, answer 220, then send garbage instead of a handshake.
     ``starttls_refusal``: with ``starttls``, answer STARTTLS with these bytes and go on in clear.
+    ``after_starttls``: what is sent after the 220 instead of a handshake, before closing
+    (``b""``: close at once, so the handshake meets the end of the stream and nothing else).
     ``rcpt_failure``: ``(n, "drop")`` closes the connection instead of answering the n-th
     RCPT of a connection; ``(n, "close")`` answers it 250, then closes.
     ``rcpt_replies``: ``{"text": b"550 ...\r\n"}`` answers a RCPT containing ``text`` so.
@@ -288,6 +290,7 @@ class RawUpstream:
         ehlo_keywords: Iterable[str] = ("PIPELINING", "8BITMIME"),
         starttls: bool = False,
         starttls_refusal: bytes | None = None,
+        after_starttls: bytes = b"this is not a TLS ServerHello\r\n" * 4,
         dot_reply: bytes | None = b"250 2.0.0 Ok queued\r\n",
         drop_after_body_bytes: int | None = None,
         rcpt_failure: tuple[int, str] | None = None,
@@ -297,6 +300,7 @@ class RawUpstream:
         self.ehlo_keywords = list(ehlo_keywords)
         self.starttls = starttls
         self.starttls_refusal = starttls_refusal
+        self.after_starttls = after_starttls
         self.dot_reply = dot_reply
         self.drop_after_body_bytes = drop_after_body_bytes
         self.rcpt_failure = rcpt_failure
@@ -386,7 +390,13 @@ class RawUpstream:
                     send(self.starttls_refusal)
                 elif verb == b"STAR" and self.starttls:
                     send(b"220 2.0.0 Go ahead\r\n")
-                    send(b"this is not a TLS ServerHello\r\n" * 4)
+                    send(self.after_starttls)
+                    # Half-close, then read what comes: closing with the ClientHello
+                    # unread would make the kernel send RST instead of FIN, by timing.
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_WR)
+                    while read_line() is not None:
+                        pass
                     return
                 elif verb == b"MAIL":
                     mail_from, rcpts, in_mail = line[10:].strip(), [], True

@@ -242,8 +242,8 @@ def test_rejections_always_give_a_reason(
 def test_tls_failures_give_a_reason_also_when_the_error_has_no_text(
     make_gate: Any, make_raw_upstream: Callable[..., RawUpstream]
 ) -> None:
-    # The upstream answers 220 to STARTTLS, sends garbage and closes: the error has no text.
-    upstream = make_raw_upstream(starttls=True)
+    # The upstream answers 220 to STARTTLS and closes: the error has no text.
+    upstream = make_raw_upstream(starttls=True, after_starttls=b"")
     gate = make_gate(upstream.port, rules=[rule(recipient="*", recipient_encryption="required")])
     with RawClient(gate.port) as client:
         client.ehlo()
@@ -263,7 +263,10 @@ def test_tls_failures_give_a_reason_also_when_the_error_has_no_text(
 @pytest.mark.parametrize(
     ("upstream_kwargs", "fallback"),
     [
-        ({"starttls": True}, "TLS handshake failed: connection closed by the peer"),
+        (
+            {"starttls": True, "after_starttls": b""},
+            "TLS handshake failed: connection closed by the peer",
+        ),
         (
             {"starttls": True, "starttls_refusal": b"454 4.7.0 TLS not available\r\n"},
             "STARTTLS refused: 454 4.7.0 TLS not available",
