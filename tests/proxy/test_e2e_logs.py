@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import smtplib
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -372,23 +373,22 @@ def test_session_end_says_too_many_errors(
     assert session_end_reason(gate, port) == "too_many_errors"
 
 
-def test_session_end_says_input_flood(
+def test_session_end_says_the_client_was_not_reading(
     make_gate: Any, make_upstream: Callable[..., AiosmtpdUpstream]
 ) -> None:
-    # While the upstream takes a second to answer the final dot, the client pipelines
-    # 1.2 MB of commands: more unanswered input than the 256 KiB the core holds.
-    upstream = make_upstream(data_delay=1.0)
-    gate = make_gate(upstream.port)
-    with RawClient(gate.port) as client:
-        port = client.sock.getsockname()[1]
-        client.ehlo()
-        assert client.cmd("MAIL FROM:<a@sender.example>").code == 250
-        assert client.cmd("RCPT TO:<b@rcpt.example>").code == 250
-        assert client.cmd("DATA").code == 354
-        with contextlib.suppress(OSError):  # the proxy closes while we still send
-            client.send(b"Subject: s\r\n\r\nbody\r\n.\r\n" + b"NOOP\r\n" * 200_000)
-    assert session_end_reason(gate, port) == "input_flood"
-    assert gate.transaction()["outcome"] == "delivered"
+    # Pipelined EHLOs, no reply read: the proxy stops reading, and after command_timeout
+    # of replies not taken it cuts the connection.
+    gate = make_gate(make_upstream().port, general={"command_timeout": "1s"})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.connect(("127.0.0.1", gate.port))
+    with sock:
+        port = sock.getsockname()[1]
+        sock.settimeout(3.0)
+        with contextlib.suppress(OSError):  # blocks once the proxy stops reading, then cut
+            for _ in range(1000):
+                sock.sendall(b"EHLO client.example\r\n" * 4096)
+        assert session_end_reason(gate, port) == "client_not_reading"
 
 
 def test_session_end_says_server_shutdown(

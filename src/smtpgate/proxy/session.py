@@ -159,7 +159,7 @@ def log_address(address: Address) -> str:
     return str(address) or "<>"
 
 
-def _close_reason(server: ServerConnection, event: ConnectionClosed) -> str:
+def closed_by_core_reason(server: ServerConnection, event: ConnectionClosed) -> str:
     """The ``session_end`` reason when the client-leg core closed the connection."""
     if event.reason == "quit":
         return "client_quit"
@@ -312,7 +312,7 @@ class Session:
         elif isinstance(event, Reset):
             await self._reset()
         elif isinstance(event, ConnectionClosed):
-            self.end_reason = _close_reason(server, event)
+            self.end_reason = closed_by_core_reason(server, event)
             self._end_transaction("aborted", 0)
 
     def _hello(self, event: Hello) -> None:
