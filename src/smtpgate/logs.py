@@ -71,7 +71,8 @@ class EventLog:
         try:
             stream = _open(self.path)
         except OSError as exc:
-            self.emit("log_reopen_failed", file=self.path, reason=describe_error(exc))
+            why = exc.strerror or describe_error(exc)
+            self.emit("log_reopen_failed", file=self.path, reason=f"cannot open: {why}")
             return
         old, self._stream = self._stream, stream
         _close(old)

@@ -262,7 +262,10 @@ class Gateway:
                 str(logging.file) if logging.file else None, logging.format, logging.addresses
             )
         except OSError as exc:
-            self.log.emit("reload_failed", reason=f"logging.file: {describe_error(exc)}")
+            why = exc.strerror or describe_error(exc)
+            self.log.emit(
+                "reload_failed", reason=f"logging.file: {logging.file}: cannot open: {why}"
+            )
             return
         for rt in self.runtimes.values():
             rt.pool.close()  # parked legs were set up under the old settings
