@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
+from smtpgate.logs import describe_error
 from smtpgate.tls.result import VerificationResult
 
 DEFAULT_TIMEOUT = 3.0
@@ -63,7 +64,7 @@ def _fetch(url: str, request_der: bytes, timeout: float) -> bytes:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body: bytes = resp.read(MAX_RESPONSE + 1)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise _Unavailable(f"responder {url} unreachable ({exc})") from exc
+        raise _Unavailable(f"responder {url} unreachable ({describe_error(exc)})") from exc
     if len(body) > MAX_RESPONSE:
         raise _Unavailable(f"responder {url} sent an oversized response")
     return body
@@ -172,7 +173,7 @@ def check_ocsp(
         issuer = x509.load_der_x509_certificate(issuer_der)
         return _query(cert, issuer, timeout)
     except (_Unavailable, ValueError) as exc:
-        reason = f"OCSP unavailable: {exc}"
+        reason = f"OCSP unavailable: {describe_error(exc)}"
         return VerificationResult("ok" if allow_unavailable else "failed", reason)
 
 
