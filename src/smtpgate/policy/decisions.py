@@ -17,7 +17,7 @@ REPLY_MUST_STARTTLS: Final[Reply] = (530, "5.7.0 Must issue a STARTTLS command f
 
 REPLY_UPSTREAM_TLS_UNAVAILABLE: Final[Reply] = (
     451,
-    "4.7.5 Encryption to the next hop is required but not available, try again later",
+    "4.7.5 Cannot deliver encrypted as required, try later",
 )
 """SPEC 2.2 ``required``: upstream offers no STARTTLS or the handshake/checks failed."""
 

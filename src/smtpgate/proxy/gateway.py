@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import socket
@@ -17,13 +18,17 @@ from smtpgate.config.files import file_key
 from smtpgate.config.schema import Config
 from smtpgate.config.warnings import config_warnings
 from smtpgate.logs import EventLog, describe_error
+from smtpgate.proxy.driver import ReceivedDate, SessionDriver
+from smtpgate.proxy.pool import UpstreamPool
 from smtpgate.proxy.preamble import Opening, read_preamble
 from smtpgate.proxy.proxyproto import ProxyHeaderError, parse_proxy_header
 from smtpgate.proxy.runtime import PolicyRuntime, compile_policy, load_certificates
 from smtpgate.proxy.session import Session
 from smtpgate.proxy.stream import Stream
+from smtpgate.proxy.upstream import TLSFacts
 from smtpgate.tls.certificates import CertificateError
 from smtpgate.tls.contexts import TLSContextCache
+from smtpgate.tls.info import describe_tls
 from smtpgate.tls.trust import TrustAnchors
 
 PROXY_HEADER_TIMEOUT = 10.0
@@ -79,6 +84,11 @@ class Gateway:
         self._drain_seconds = drain_seconds
         self._contexts = TLSContextCache()
         self.runtimes = compile_runtimes(config, self._contexts)
+        #: Idle upstream legs per policy; a reload starts new ones.
+        self.pools = {name: UpstreamPool() for name in self.runtimes}
+        self._session_ids = itertools.count(1)
+        self._session_prefix = f"{os.getpid():x}"
+        self._received_date = ReceivedDate()
         self._servers: list[asyncio.Server] = []
         #: Listening sockets by policy; the ones that look first have an accept loop.
         self._listeners: dict[str, socket.socket | Any] = {}
@@ -177,10 +187,26 @@ class Gateway:
             address, length = parsed
             client = address or client
             leftover = buf[length:]
-        session = Session(stream, rt, self.log, client)
-        if leftover:
-            session.server.receive_data(leftover)
-        await session.run()
+        await self._run_session(stream, rt, client, tls=rt.implicit_tls, first_bytes=leftover)
+
+    async def _run_session(
+        self,
+        stream: Stream,
+        rt: PolicyRuntime,
+        client: tuple[str, int] | None,
+        *,
+        tls: bool,
+        first_bytes: bytes = b"",
+    ) -> None:
+        session = Session(
+            rt,
+            f"{self._session_prefix}.{next(self._session_ids)}",
+            f"{client[0]}:{client[1]}" if client else "unknown",
+            client_tls=TLSFacts(*describe_tls(stream.ssl_object)) if tls else None,
+            received_date=self._received_date,
+            log_addresses=self.log.addresses,
+        )
+        await SessionDriver(session, stream, rt, self.pools[rt.name], self.log).run(first_bytes)
 
     async def _accept_loop(self, listener: socket.socket, policy: str) -> None:
         """Accept raw sockets for a listener that looks at the first bytes itself."""
@@ -221,7 +247,7 @@ class Gateway:
             sock.close()
             return
         try:
-            await Session(stream, rt, self.log, preamble.client, tls=encrypted).run()
+            await self._run_session(stream, rt, preamble.client, tls=encrypted)
         except Exception as exc:  # a bug in one session must not stop the others
             self.log.emit("session_error", policy=policy, error=repr(exc))
             stream.abort()
@@ -267,9 +293,10 @@ class Gateway:
                 "reload_failed", reason=f"logging.file: {logging.file}: cannot open: {why}"
             )
             return
-        for rt in self.runtimes.values():
-            rt.pool.close()  # parked legs were set up under the old settings
+        for pool in self.pools.values():
+            pool.close()  # parked legs were set up under the old settings
         self.config, self._contexts, self.runtimes = config, contexts, runtimes
+        self.pools = {name: UpstreamPool() for name in runtimes}
         self.log.emit("reloaded", policies=sorted(runtimes))
         for warning in config_warnings(config):
             self.log.emit("config_warning", key=warning.key, warning=warning.reason)
@@ -297,8 +324,8 @@ class Gateway:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
-        for rt in self.runtimes.values():
-            rt.pool.close()
+        for pool in self.pools.values():
+            pool.close()
         self.log.emit("stopped")
 
 

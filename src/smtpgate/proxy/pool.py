@@ -2,11 +2,15 @@
 
 Opening the upstream leg costs a TCP connect, a greeting, EHLO, STARTTLS, a
 TLS handshake and a second EHLO: more CPU than relaying a small message. A
-leg whose transaction ended cleanly is parked here, keyed by its TLS mode,
-and the next session that needs the same mode takes it (as Postfix's
-connection cache does). A parked leg is closed after ``IDLE_SECONDS``;
-one the upstream closed meanwhile is discarded when taken, and a session
-that finds a reused leg dead retries once on a fresh one.
+leg whose transaction ended cleanly (:attr:`UpstreamLeg.at_rest`) is parked
+here with its connection, keyed by its TLS mode, and the next session that
+needs the same mode takes it (as Postfix's connection cache does). A parked
+leg is closed after ``IDLE_SECONDS``; one the upstream closed meanwhile is
+discarded when taken, and a session that finds a reused leg dead before its
+MAIL was answered retries once on a fresh one (:mod:`smtpgate.proxy.session`).
+
+The gateway owns one pool per policy and replaces it on reload: parked legs
+were set up under the old settings.
 """
 
 from __future__ import annotations
@@ -14,59 +18,77 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING
 
 from smtpgate.policy.decisions import UpstreamTLS
-
-if TYPE_CHECKING:
-    from smtpgate.proxy.upstream import UpstreamLeg
+from smtpgate.proxy.stream import Stream
+from smtpgate.proxy.upstream import UpstreamLeg
 
 IDLE_SECONDS = 10.0
 MAX_IDLE_PER_MODE = 32
+
+Parked = tuple[float, UpstreamLeg, Stream]
+
+
+def usable(stream: Stream) -> bool:
+    """Whether the connection is still open both ways as far as we know."""
+    transport = stream.transport
+    return not stream.at_eof and transport is not None and not transport.is_closing()
+
+
+def close_quietly(stream: Stream) -> None:
+    """QUIT without waiting for the answer: for legs nobody waits on."""
+    stream.write(b"QUIT\r\n")
+    stream.close()
 
 
 class UpstreamPool:
     def __init__(self, idle_seconds: float = IDLE_SECONDS, max_idle: int = MAX_IDLE_PER_MODE):
         self._idle_seconds = idle_seconds
         self._max_idle = max_idle
-        self._idle: dict[UpstreamTLS, deque[tuple[float, UpstreamLeg]]] = {}
+        self._idle: dict[UpstreamTLS, deque[Parked]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def take(self, mode: UpstreamTLS) -> UpstreamLeg | None:
+    def take(self, mode: UpstreamTLS) -> tuple[UpstreamLeg, Stream] | None:
+        """The most recently parked live leg of ``mode``, marked reused."""
         parked = self._idle.get(mode)
         now = time.monotonic()
         while parked:
-            since, leg = parked.pop()  # the most recently used is the likeliest alive
-            if now - since < self._idle_seconds and leg.usable:
-                return leg
-            leg.close_quietly()
+            since, leg, stream = parked.pop()  # the most recently used is the likeliest alive
+            if now - since < self._idle_seconds and usable(stream):
+                leg.reused = True
+                return leg, stream
+            close_quietly(stream)
         return None
 
-    def give(self, leg: UpstreamLeg) -> None:
-        if not leg.usable or leg.client.waiting or leg.in_transaction:
-            leg.close_quietly()
+    def give(self, leg: UpstreamLeg, stream: Stream) -> None:
+        """Park ``leg`` when it is at rest and alive; otherwise QUIT and close it."""
+        if not leg.at_rest or not usable(stream):
+            close_quietly(stream)
             return
         parked = self._idle.setdefault(leg.mode, deque())
-        parked.append((time.monotonic(), leg))
+        parked.append((time.monotonic(), leg, stream))
         while len(parked) > self._max_idle:
-            parked.popleft()[1].close_quietly()
+            close_quietly(parked.popleft()[2])
         if self._sweeper is None:
             loop = asyncio.get_running_loop()
             self._sweeper = loop.call_later(self._idle_seconds, self._sweep)
+
+    def __len__(self) -> int:
+        return sum(len(parked) for parked in self._idle.values())
 
     def _sweep(self) -> None:
         self._sweeper = None
         deadline = time.monotonic() - self._idle_seconds
         for parked in self._idle.values():
             while parked and parked[0][0] <= deadline:
-                parked.popleft()[1].close_quietly()
+                close_quietly(parked.popleft()[2])
         if any(self._idle.values()):
             self._sweeper = asyncio.get_running_loop().call_later(self._idle_seconds, self._sweep)
 
     def close(self) -> None:
         for parked in self._idle.values():
             while parked:
-                parked.pop()[1].close_quietly()
+                close_quietly(parked.pop()[2])
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

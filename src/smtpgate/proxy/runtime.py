@@ -2,20 +2,23 @@
 
 Everything a session consults per command is precomputed here (SSL
 contexts, the EHLO keyword list, limits), so the hot path only reads
-attributes. What is cached while the configuration runs (idle upstream legs,
-upstream certificate verdicts, parsed trust anchors) hangs off the runtime
-too, so a reload, which builds new runtimes, starts without any of it.
+attributes. What is cached while the configuration runs (upstream
+certificate verdicts, parsed trust anchors) hangs off the runtime too, so a
+reload, which builds new runtimes, starts without any of it; the idle
+upstream legs are the gateway's, which replaces them on reload.
 """
 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from smtpgate.config.schema import Config, Policy, TLSProfile
-from smtpgate.policy.decisions import advertise_starttls
+from smtpgate.policy.decisions import UpstreamTLS, advertise_starttls
 from smtpgate.policy.rules import RuleSet
-from smtpgate.proxy.pool import UpstreamPool
+from smtpgate.proxy.upstream import UpstreamTarget
 from smtpgate.smtp.server import ServerLimits
 from smtpgate.tls.certificates import CertificateStore
 from smtpgate.tls.contexts import TLSContextCache
@@ -51,12 +54,8 @@ class PolicyRuntime:
     data_timeout: float
     profile: TLSProfile
     client_tls_context: ssl.SSLContext
-    upstream_context_verified: ssl.SSLContext
-    upstream_context_unverified: ssl.SSLContext
-    #: Upstream certificate checks with this configuration's trust anchors.
-    upstream_verifier: UpstreamVerifier
-    #: Idle upstream legs of this policy; a reload starts a new pool.
-    pool: UpstreamPool = field(default_factory=UpstreamPool, compare=False)
+    #: Where the upstream leg goes, per TLS mode of SPEC 2.2.
+    upstream_targets: Mapping[UpstreamTLS, UpstreamTarget]
 
     @property
     def upstream(self) -> str:
@@ -94,6 +93,26 @@ def compile_policy(
         )
     else:
         client_ctx = contexts.client_leg_context(profile, certificates, outgoing=False)
+    verified = contexts.upstream_leg_context(profile, verify=True)
+    unverified = contexts.upstream_leg_context(profile, verify=False)
+    verifier = UpstreamVerifier(profile, trust)
+    targets = {}
+    for mode in UpstreamTLS:
+        verify = mode is UpstreamTLS.REQUIRED and profile.validate_certificates
+        targets[mode] = UpstreamTarget(
+            host=policy.upstream.host,
+            port=policy.upstream.port,
+            mode=mode,
+            # An implicit-TLS upstream cannot be spoken to in clear, whatever the mode.
+            implicit_tls=policy.upstream_implicit_tls,
+            starttls=mode is not UpstreamTLS.NONE and not policy.upstream_implicit_tls,
+            context=verified if verify else unverified,
+            verify_in_handshake=verify,
+            profile=profile,
+            verifier=verifier,
+            ehlo_name=config.gateway.hostname,
+            timeout=general.command_timeout,
+        )
     # Read ca_file now, as the handshake contexts do: the checks then trust
     # what this load read, a broken file fails the load, and the first
     # connection does not parse the system bundle.
@@ -126,9 +145,7 @@ def compile_policy(
         data_timeout=general.data_timeout,
         profile=profile,
         client_tls_context=client_ctx,
-        upstream_context_verified=contexts.upstream_leg_context(profile, verify=True),
-        upstream_context_unverified=contexts.upstream_leg_context(profile, verify=False),
-        upstream_verifier=UpstreamVerifier(profile, trust),
+        upstream_targets=MappingProxyType(targets),
     )
 
 

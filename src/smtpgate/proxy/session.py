@@ -1,23 +1,34 @@
-"""One client connection: feeds the client leg's SMTP core, applies the
-encryption rules, and drives the upstream leg.
+"""One client connection, sans-IO: events in, commands out.
 
-Decisions come from :mod:`smtpgate.policy` (pure functions); this module only
+The driver (:mod:`smtpgate.proxy.driver`) turns I/O into
+:mod:`~smtpgate.proxy.events` and hands each to :meth:`Session.handle`, which
+returns the :mod:`~smtpgate.proxy.commands` to carry out, in order. Nothing
+here awaits, reads a clock or touches a socket, so every conversation can be
+played in a test (tests/proxy/test_session_*.py).
+
+Where things stand, each in one place:
+
+- the client leg's SMTP dialogue: :attr:`Session.server` (the SMTP core);
+- the envelope of the transaction in progress: :attr:`Session.txn`
+  (None outside a transaction);
+- the upstream dialogue, and so how far the transaction got upstream:
+  :attr:`UpstreamLeg.state <smtpgate.proxy.upstream.UpstreamLeg.state>` of
+  :attr:`Session.leg`;
+- which client command waits for the upstream's answer: :attr:`Session.pending`.
+
+Decisions come from :mod:`smtpgate.policy` (pure functions); this module
 carries them out. Replies produced while handling a batch of pipelined
-commands leave in one write.
+commands leave in one write, and body bytes leave with the final dot.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import os
 import re
-import time
-from collections.abc import Mapping
-from email.utils import formatdate
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
 
-from smtpgate.logs import EventLog, describe_error
+from smtpgate.logs import describe_error
 from smtpgate.policy.decisions import (
     REPLY_MUST_STARTTLS,
     REPLY_OTHER_TRANSACTION,
@@ -27,10 +38,42 @@ from smtpgate.policy.decisions import (
     upstream_tls,
 )
 from smtpgate.policy.patterns import normalize_domain
+from smtpgate.proxy.commands import (
+    AbortUpstream,
+    CloseClient,
+    Command,
+    Log,
+    OpenUpstream,
+    ReleaseUpstream,
+    SendClient,
+    SendUpstream,
+    StartTLS,
+)
+from smtpgate.proxy.events import (
+    ClientData,
+    ConnectionLost,
+    ProxyEvent,
+    Side,
+    TimedOut,
+    TLSDone,
+    TLSFailed,
+    UpstreamConnected,
+    UpstreamConnectFailed,
+    UpstreamData,
+)
 from smtpgate.proxy.message_id import MessageIdScanner
 from smtpgate.proxy.runtime import PolicyRuntime
-from smtpgate.proxy.stream import Stream
-from smtpgate.proxy.upstream import UpstreamLeg, UpstreamUnavailable
+from smtpgate.proxy.upstream import (
+    CLEAR,
+    Dropped,
+    LegState,
+    Opened,
+    TLSFacts,
+    UpstreamLeg,
+    UpstreamUnavailable,
+    connect_failed,
+    connect_failure,
+)
 from smtpgate.smtp.address import Address
 from smtpgate.smtp.client import UpstreamProtocolError
 from smtpgate.smtp.events import (
@@ -49,37 +92,19 @@ from smtpgate.smtp.events import (
     Reset,
     StartTLSRequested,
 )
-from smtpgate.smtp.extensions import MAIL_PARAMETERS, RCPT_PARAMETERS, offered_parameters
 from smtpgate.smtp.server import ServerConnection, State
-from smtpgate.tls.info import describe_tls
 
-_session_ids = itertools.count(1)
-_SESSION_PREFIX = f"{os.getpid():x}"
-
-#: Write body bytes upstream once this many are queued within one read.
-BODY_FLUSH_BYTES = 256 * 1024
-
-UPSTREAM_FAILED = (451, "4.4.2 Upstream connection lost, message not delivered, try later")
-NO_SMTPUTF8_UPSTREAM = (
-    553,
-    "5.6.7 SMTPUTF8 is required, but the upstream server does not offer it",
+REPLY_UPSTREAM_FAILED: Final = (
+    451,
+    "4.4.2 Upstream connection lost, message not delivered, try later",
 )
+"""The upstream leg failed during a transaction (SPEC 2.3): always temporary."""
+
+REPLY_CLIENT_TIMEOUT: Final = b"421 4.4.2 Timeout, closing connection\r\n"
 
 #: Log reasons for a refusal that the rules, not a peer, decided.
 REASON_CLIENT_IN_CLEAR = "the rule requires an encrypted client leg"
-
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _date_now() -> str:
-    """RFC 5322 date of this second; formatted once per second, not per message."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now))
-    return _date_cache[1]
-
+LOST_EARLIER = "upstream connection lost earlier in this transaction"
 
 #: What a Received: token may hold: a host name, an address (literal), a TLS version or
 #: cipher name. Nothing that ends a line, a comment or the header's token list.
@@ -91,14 +116,20 @@ def _token(text: str) -> str:
     return _NOT_IN_TOKEN.sub("?", text) or "?"
 
 
+_OPENING: Final = frozenset({LegState.GREETING, LegState.HELLO, LegState.STARTTLS})
+#: The leg is in a handshake (the driver answers) or gone: no reply to read.
+_NOT_READING: Final = frozenset({LegState.HANDSHAKE, LegState.LOST})
+
+
 class Transaction:
-    """What one MAIL ... end-of-data needs to remember, and the facts its log record gives."""
+    """The envelope of one MAIL ... end-of-data as the client gave it, and the facts
+    its log record gives."""
 
     __slots__ = (
         "final_reply",
         "headers",
         "mail_params",
-        "mail_sent",
+        "mode",
         "recipient_domains",
         "recipients",
         "refused_reply",
@@ -108,7 +139,6 @@ class Transaction:
         "sender_domain",
         "size",
         "smtputf8",
-        "upstream_key",
     )
 
     def __init__(
@@ -121,8 +151,8 @@ class Transaction:
         self.mail_params = mail_params
         #: MAIL had SMTPUTF8: only an upstream that offers SMTPUTF8 may get it (RFC 6531 3.4).
         self.smtputf8 = smtputf8
-        self.mail_sent = False
-        self.upstream_key: UpstreamTLS | None = None
+        #: The upstream TLS mode fixed by the first accepted recipient (SPEC 2.2).
+        self.mode: UpstreamTLS | None = None
         self.recipient_domains: list[str] = []
         #: The accepted recipients, as the client gave them; formatted only for the record.
         self.recipients: list[Address] = []
@@ -168,141 +198,241 @@ def closed_by_core_reason(server: ServerConnection, event: ConnectionClosed) -> 
     return "input_flood"  # more unanswered input than the core holds
 
 
+# -- what waits for the upstream ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AwaitRcpt:
+    """A RCPT relayed upstream (opening the leg first when needed)."""
+
+    event: RcptTo
+    domain: str
+    rule: str
+    mode: UpstreamTLS
+    #: This RCPT carries the transaction's MAIL upstream.
+    mail_here: bool = False
+    #: ... and the upstream accepted it (a reused leg lost before that is replaced once).
+    mail_accepted: bool = False
+    retried: bool = False
+    data_pipelined: bool = False
+    mail_refusal: Reply | None = None
+    answer: Reply | None = None
+
+
+@dataclass(slots=True)
+class AwaitData:
+    """DATA relayed (or pipelined earlier); the 354 is owed."""
+
+
+@dataclass(slots=True)
+class AwaitEnd:
+    """The final dot relayed; the upstream's verdict on the message is owed."""
+
+
+@dataclass(slots=True)
+class AwaitReset:
+    """RSET relayed; ``then`` is the EHLO/HELO that ended the transaction, answered after."""
+
+    then: Hello | None = None
+
+
+Pending = AwaitRcpt | AwaitData | AwaitEnd | AwaitReset
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """What the driver reads next, and for how long before :class:`TimedOut`."""
+
+    side: Side
+    timeout: float
+    #: Read at most this much: commands come in pieces the core's flood guard takes
+    #: (input a client piled up while back-pressure held it waits in the stream).
+    max_bytes: int | None = None
+
+
 class Session:
     def __init__(
         self,
-        stream: Stream,
         rt: PolicyRuntime,
-        log: EventLog,
-        client: tuple[str, int] | None,
+        session_id: str,
+        client_addr: str,
         *,
-        tls: bool | None = None,
+        client_tls: TLSFacts | None = None,
+        received_date: Callable[[], str],
+        log_addresses: bool = True,
     ) -> None:
-        self.stream = stream
+        """``client_tls``: the client leg is TLS from its first byte; None for cleartext.
+        ``log_addresses``: records carry envelope addresses (``[logging] addresses``)."""
         self.rt = rt
-        self.log = log
-        self.id = f"{_SESSION_PREFIX}.{next(_session_ids)}"
-        self.client_addr = f"{client[0]}:{client[1]}" if client else "unknown"
-        # An implicit-TLS listener may also take cleartext clients (tls_compliant_only off).
-        self.server = ServerConnection(
-            rt.hostname, rt.limits, tls=rt.implicit_tls if tls is None else tls
-        )
-        self.upstream: UpstreamLeg | None = None
-        self.txn: Transaction | None = None
-        self.client_tls = ("none", "none")
-        self.helo_name = ""
-        self.in_body = False
-        #: Body bytes handed to the upstream leg and not yet written.
-        self.body_queued = 0
+        self.id = session_id
+        self.client_addr = client_addr
+        self.server = ServerConnection(rt.hostname, rt.limits, tls=client_tls is not None)
+        self.client_tls = client_tls or CLEAR
+        self.received_date = received_date
+        self.log_addresses = log_addresses
         #: Why the session ended, for its ``session_end`` record (docs/logs.md).
         self.end_reason = "client_disconnected"
+        self.helo_name = ""
+        self.txn: Transaction | None = None
+        self.leg: UpstreamLeg | None = None
+        self.pending: Pending | None = None
+        self.closed = False
+        self._handshaking = False
+        self._out: list[Command] = []
+        self._wait_client = Wait(Side.CLIENT, rt.command_timeout, rt.limits.max_buffer // 2)
+        self._wait_body = Wait(Side.CLIENT, rt.data_timeout)
+        self._wait_upstream = Wait(Side.UPSTREAM, rt.command_timeout)
+        self._wait_verdict = Wait(Side.UPSTREAM, rt.data_timeout)
 
     @property
     def encrypted(self) -> bool:
         return self.server.tls
 
-    # -- main loop -----------------------------------------------------------------------------
+    @property
+    def wait(self) -> Wait | None:
+        """What to read next; None once the session is over."""
+        if self.closed:
+            return None
+        if self.pending is not None:
+            return self._wait_verdict if isinstance(self.pending, AwaitEnd) else self._wait_upstream
+        return self._wait_body if self.server.state is State.DATA else self._wait_client
 
-    async def run(self) -> None:
-        rt = self.rt
-        server = self.server
-        if server.tls:
-            self.client_tls = describe_tls(self.stream.ssl_object)
-        self.log.emit(
+    # -- the interface ----------------------------------------------------------------------------
+
+    def start(self) -> list[Command]:
+        self._log(
             "session_start",
             session=self.id,
             client=self.client_addr,
-            policy=rt.name,
-            client_tls=self.client_tls[0],
-            client_cipher=self.client_tls[1],
+            policy=self.rt.name,
+            client_tls=self.client_tls.version,
+            client_cipher=self.client_tls.cipher,
         )
-        server.greet("ESMTP smtpgate")
-        self._flush()
-        # Commands are fed in pieces the core's flood guard (max_buffer) takes: with the
-        # back-pressure below, input piles up in the stream while the client is not read.
-        command_piece = rt.limits.max_buffer // 2
-        try:
-            while server.state is not State.CLOSED:
-                in_data = server.state is State.DATA
-                timeout = rt.data_timeout if in_data else rt.command_timeout
-                try:
-                    data = await self.stream.read(timeout, None if in_data else command_piece)
-                except TimeoutError:
-                    self.stream.write(b"421 4.4.2 Timeout, closing connection\r\n")
-                    self.end_reason = "timeout"
-                    self._end_transaction("aborted", 421)
-                    break
-                if not data:
-                    self.end_reason = "client_disconnected"
-                    self._end_transaction("aborted", 0)  # client vanished: nothing delivered
-                    break
-                server.receive_data(data)
-                if not await self._drain_events():
-                    self.end_reason = "starttls_failed"
-                    break
-                self._flush()
-                if self.body_queued and self.upstream is not None:
-                    self.body_queued = 0
-                    self.upstream.flush()
-                try:
-                    # Replies the client does not take: read nothing more until it does.
-                    await self.stream.drain(rt.command_timeout)
-                except TimeoutError:
-                    self.end_reason = "client_not_reading"
-                    self._end_transaction("aborted", 0)
-                    self.stream.abort()  # closing would wait for it to read what is queued
-                    break
-        except asyncio.CancelledError:
-            self.end_reason = "server_shutdown"  # the drain time after SIGTERM ran out
-            raise
-        except Exception:
-            self.end_reason = "internal_error"  # the gateway logs it as session_error
-            raise
-        finally:
-            self._flush()
-            self.stream.close()
-            self._release_upstream()
-            self.log.emit(
-                "session_end", session=self.id, client=self.client_addr, reason=self.end_reason
-            )
+        self.server.greet("ESMTP smtpgate")
+        self._run()
+        return self._take()
 
-    async def _drain_events(self) -> bool:
+    def handle(self, event: ProxyEvent) -> list[Command]:
+        if self.closed:
+            return []
+        if type(event) is ClientData:
+            self.server.receive_data(event.data)
+        elif type(event) is UpstreamData:
+            self._upstream_data(event.data)
+        elif isinstance(event, UpstreamConnected):
+            self._upstream_connected(event.leg)
+        elif isinstance(event, UpstreamConnectFailed):
+            self._upstream_connect_failed(event)
+        elif isinstance(event, TLSDone | TLSFailed):
+            self._tls_result(event)
+        elif isinstance(event, TimedOut | ConnectionLost):
+            if event.side is Side.UPSTREAM:
+                reason = (
+                    "upstream timed out" if isinstance(event, TimedOut) else event.reason
+                ) or "upstream closed the connection"
+                self._upstream_failed(reason)
+            else:
+                if isinstance(event, TimedOut):
+                    self.end_reason = "timeout"
+                    self._out.append(SendClient(REPLY_CLIENT_TIMEOUT))
+                    self._end_transaction("aborted", 421)
+                else:
+                    # Client gone (or cut by the driver): nothing delivered.
+                    self.end_reason = event.reason or "client_disconnected"
+                    self._end_transaction("aborted", 0)
+                self._close()
+                return self._take()
+        self._run()
+        return self._take()
+
+    def _take(self) -> list[Command]:
+        out, self._out = self._out, []
+        return out
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Handle what is buffered on both legs until one must wait for the other."""
         server = self.server
-        while True:
+        while not self.closed:
+            if self.pending is not None:
+                leg = self.leg
+                if leg is None or leg.state in _NOT_READING or not self._next_reply(leg):
+                    break
+                continue
+            if self._handshaking:
+                break
             event = server.next_event()
             if event is NEED_DATA:
-                return True
+                if server.state is State.CLOSED:
+                    self._close()
+                break
             if event is PAUSED:
-                if not await self._start_tls():
-                    return False
-                continue
-            await self._handle(event)
+                self._start_client_tls()
+                break
+            self._client_event(event)
+        self._flush()
 
     def _flush(self) -> None:
-        out = self.server.data_to_send()
-        if out:
-            self.stream.write(out)
+        if self.closed:
+            return
+        if self.pending is None:
+            out = self.server.data_to_send()
+            if out:
+                self._out.append(SendClient(out))
+        leg = self.leg
+        if leg is not None and leg.state is not LegState.LOST:
+            chunks = leg.data_to_send()
+            if chunks:
+                self._out.append(SendUpstream(chunks))
 
-    # -- events --------------------------------------------------------------------------------
+    def _next_reply(self, leg: UpstreamLeg) -> bool:
+        """Handle one buffered upstream reply; False when none is complete yet."""
+        try:
+            reply = leg.next_reply()
+            if reply is None:
+                return False
+            if leg.state in _OPENING:
+                self._opening_reply(leg, reply)
+            else:
+                self._reply(reply)
+        except UpstreamProtocolError as exc:
+            self._upstream_failed(describe_error(exc))
+        return True
 
-    async def _handle(self, event: Event) -> None:
+    def _log(self, event: str, **fields: Any) -> None:
+        self._out.append(Log(event, fields))
+
+    # -- client events --------------------------------------------------------------------------
+
+    def _client_event(self, event: Event) -> None:
         server = self.server
         if isinstance(event, BodyChunk):
-            await self._body_chunk(event)
+            leg = self.leg
+            if leg is not None and leg.state is LegState.BODY:
+                data = event.data
+                leg.body(data)
+                txn = self.txn
+                assert txn is not None
+                txn.size += len(data)
+                if not txn.headers.done:
+                    txn.headers.feed(data)
         elif isinstance(event, RcptTo):
-            await self._rcpt(event)
+            self._rcpt(event)
         elif isinstance(event, MailFrom):
             self._mail(event)
         elif isinstance(event, DataRequested):
-            await self._data()
+            self._data()
         elif isinstance(event, BodyEnd):
-            await self._body_end()
+            self._body_end()
         elif isinstance(event, BodyInvalid):
-            self._body_invalid(event)
+            # Abandon the upstream transaction without its final dot: nothing is delivered.
+            self._end_transaction("rejected", event.code)
         elif isinstance(event, Hello):
             if self.txn is not None:  # EHLO/HELO ends a transaction, like RSET (RFC 5321 4.1.4)
-                await self._reset()
-            self._hello(event)
+                self._reset(then=event)
+            else:
+                self._hello(event)
         elif isinstance(event, StartTLSRequested):
             if self.txn is not None:
                 # As Postfix: the envelope given in clear must not straddle the switch.
@@ -310,7 +440,7 @@ class Session:
             else:
                 server.accept_starttls()
         elif isinstance(event, Reset):
-            await self._reset()
+            self._reset()
         elif isinstance(event, ConnectionClosed):
             self.end_reason = closed_by_core_reason(server, event)
             self._end_transaction("aborted", 0)
@@ -326,38 +456,20 @@ class Session:
             keywords = rt.ehlo_keywords_tls if self.encrypted else rt.ehlo_keywords_clear
             self.server.reply_ehlo(keywords)
 
-    async def _start_tls(self) -> bool:
-        self._flush()
-        server = self.server
-        if server.discarded_after_starttls:
-            self.log.emit(
+    def _start_client_tls(self) -> None:
+        self._handshaking = True
+        out = self.server.data_to_send()
+        if out:
+            self._out.append(SendClient(out))
+        discarded = self.server.discarded_after_starttls
+        if discarded:
+            self._log(
                 "starttls_injection",
                 session=self.id,
                 client=self.client_addr,
-                discarded_bytes=len(server.discarded_after_starttls),
+                discarded_bytes=len(discarded),
             )
-        try:
-            await self.stream.start_tls(
-                self.rt.client_tls_context, server_side=True, timeout=self.rt.command_timeout
-            )
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            self.log.emit(
-                "starttls_failed",
-                session=self.id,
-                client=self.client_addr,
-                reason=describe_error(exc),
-            )
-            return False
-        server.tls_established()
-        self.client_tls = describe_tls(self.stream.ssl_object)
-        self.log.emit(
-            "starttls",
-            session=self.id,
-            client=self.client_addr,
-            client_tls=self.client_tls[0],
-            client_cipher=self.client_tls[1],
-        )
-        return True
+        self._out.append(StartTLS(Side.CLIENT))
 
     def _mail(self, event: MailFrom) -> None:
         sender_domain = normalize_domain(event.sender.domain)
@@ -369,9 +481,9 @@ class Session:
         ):
             self.server.reply(*REPLY_MUST_STARTTLS)
             fields: dict[str, Any] = {"sender_domain": sender_domain}
-            if self.log.addresses:
+            if self.log_addresses:
                 fields["sender"] = log_address(event.sender)
-            self.log.emit(
+            self._log(
                 "mail_rejected",
                 session=self.id,
                 client=self.client_addr,
@@ -384,7 +496,7 @@ class Session:
         self.txn = Transaction(event.sender, sender_domain, event.raw_params, smtputf8=smtputf8)
         self.server.reply(250, "2.1.0 Ok")
 
-    async def _rcpt(self, event: RcptTo) -> None:
+    def _rcpt(self, event: RcptTo) -> None:
         txn = self.txn
         assert txn is not None
         server = self.server
@@ -396,251 +508,362 @@ class Session:
             require_tls_for_envelope=self.rt.require_tls_for_envelope,
         ):
             server.reply(*REPLY_MUST_STARTTLS)
-            self._log_rcpt_rejected(
+            self._rcpt_rejected(
                 txn, event, domain, match.label, REPLY_MUST_STARTTLS[0], REASON_CLIENT_IN_CLEAR
             )
             return
         mode = upstream_tls(match.rule.recipient_encryption, client_encrypted=self.encrypted)
-        if txn.upstream_key is not None and txn.upstream_key is not mode:
+        if txn.mode is not None and txn.mode is not mode:
             server.reply(*REPLY_OTHER_TRANSACTION)
-            reason = f"needs upstream TLS {mode}, the transaction's leg is {txn.upstream_key}"
-            self._log_rcpt_rejected(
-                txn, event, domain, match.label, REPLY_OTHER_TRANSACTION[0], reason
-            )
+            reason = f"needs upstream TLS {mode}, the transaction's leg is {txn.mode}"
+            self._rcpt_rejected(txn, event, domain, match.label, REPLY_OTHER_TRANSACTION[0], reason)
             return
-        if txn.mail_sent and (self.upstream is None or not self.upstream.usable):
+        leg = self.leg
+        if leg is not None and leg.state is LegState.LOST:
             # The upstream connection carrying this transaction is gone. Its accepted
             # recipients cannot move to a new one (SPEC 2.3): refuse the rest, and
             # DATA gets a 4xx for lack of an upstream, so the client retries all.
-            self._drop_upstream()
-            server.reply(*UPSTREAM_FAILED)
-            reason = "upstream connection lost earlier in this transaction"
-            self._log_rcpt_rejected(txn, event, domain, match.label, UPSTREAM_FAILED[0], reason)
+            server.reply(*REPLY_UPSTREAM_FAILED)
+            self._rcpt_rejected(
+                txn, event, domain, match.label, REPLY_UPSTREAM_FAILED[0], LOST_EARLIER
+            )
             return
-        try:
-            try:
-                answer = await self._send_rcpt(txn, mode, event)
-            except (UpstreamProtocolError, OSError, ConnectionError):
-                upstream = self.upstream
-                if upstream is None or not upstream.reused or txn.mail_sent:
-                    raise
-                # A parked leg the upstream had closed: once more on a fresh connection.
-                self._drop_upstream()
-                answer = await self._send_rcpt(txn, mode, event)
-        except UpstreamUnavailable as exc:
-            server.reply(exc.code, exc.text)
-            self._log_rcpt_rejected(txn, event, domain, match.label, exc.code, exc.reason)
-            return
-        except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError) as exc:
-            self._drop_upstream()
-            if not txn.recipient_domains:
-                txn.mail_sent = False  # nothing to lose: a new connection may start over
-            server.reply(*UPSTREAM_FAILED)
-            reason = f"upstream failed during MAIL/RCPT: {describe_error(exc)}"
-            self._log_rcpt_rejected(txn, event, domain, match.label, UPSTREAM_FAILED[0], reason)
-            return
-        if isinstance(answer, tuple):  # the upstream refused MAIL: relay that instead
-            refusal = answer[0]
-            server.reply_lines(refusal.code, refusal.lines)
-            reason = f"upstream refused MAIL: {refusal.code} {refusal.text}"
-            self._log_rcpt_rejected(txn, event, domain, match.label, refusal.code, reason)
-            return
-        server.reply_lines(answer.code, answer.lines)
-        if answer.is_positive:
-            if txn.upstream_key is None:
-                txn.upstream_key = mode
-                txn.rule = match.label
-            txn.recipient_domains.append(domain)
-            txn.recipients.append(event.recipient)
+        pending = self.pending = AwaitRcpt(event, domain, match.label, mode)
+        if leg is not None and leg.mode is mode:
+            self._send_envelope(pending, leg)
         else:
-            reason = f"upstream refused RCPT: {answer.code} {answer.text}"
-            self._log_rcpt_rejected(txn, event, domain, match.label, answer.code, reason)
+            self._open(mode)
 
-    async def _send_rcpt(
-        self, txn: Transaction, mode: UpstreamTLS, event: RcptTo
-    ) -> Reply | tuple[Reply]:
+    def _open(self, mode: UpstreamTLS) -> None:
+        leg = self.leg
+        if leg is not None:
+            self.leg = None
+            self._out.append(ReleaseUpstream(leg))
+        self._out.append(OpenUpstream(self.rt.upstream_targets[mode]))
+
+    def _send_envelope(self, pending: AwaitRcpt, leg: UpstreamLeg) -> None:
         """MAIL (with the first recipient) and RCPT upstream, pipelined when offered."""
-        upstream = await self._upstream_for(mode)
-        client = upstream.client
-        if not txn.mail_sent:
-            if txn.smtputf8 and "SMTPUTF8" not in client.capabilities:
-                # Never downgraded or sent on: refused, so the sender bounces it (RFC 6531 3.4).
-                raise UpstreamUnavailable(*NO_SMTPUTF8_UPSTREAM, "upstream does not offer SMTPUTF8")
-            client.send_mail(txn.sender, self._mail_params(txn.mail_params, MAIL_PARAMETERS))
-            upstream.in_transaction = True
-            if not client.pipelining:
-                mail_reply = await upstream.reply()
-                if not mail_reply.is_positive:
-                    upstream.in_transaction = False
-                    return (mail_reply,)
-            client.send_rcpt(
-                event.recipient.path, self._mail_params(event.raw_params, RCPT_PARAMETERS)
-            )
-            if client.pipelining:
-                mail_reply = await upstream.reply()
-                if not mail_reply.is_positive:
-                    await upstream.reply()  # the RCPT's answer, moot without a sender
-                    upstream.in_transaction = False
-                    return (mail_reply,)
-            txn.mail_sent = True
-        else:
-            client.send_rcpt(
-                event.recipient.path, self._mail_params(event.raw_params, RCPT_PARAMETERS)
-            )
-        if client.pipelining and self.server.next_command_is(b"DATA"):
+        txn = self.txn
+        assert txn is not None
+        if leg.state is LegState.READY:
+            try:
+                dropped = leg.mail(txn.sender, txn.mail_params, smtputf8=txn.smtputf8)
+            except UpstreamUnavailable as exc:  # the leg stays at rest, fit for others
+                self.pending = None
+                self.server.reply(exc.code, exc.text)
+                self._rcpt_rejected(
+                    txn, pending.event, pending.domain, pending.rule, exc.code, exc.reason
+                )
+                return
+            self._log_dropped(dropped)
+            pending.mail_here = True
+            if not leg.pipelining:
+                return  # RCPT follows MAIL's answer
+        self._send_rcpt(pending, leg)
+
+    def _send_rcpt(self, pending: AwaitRcpt, leg: UpstreamLeg) -> None:
+        self._log_dropped(leg.rcpt(pending.event.recipient.path, pending.event.raw_params))
+        if leg.pipelining and self.server.next_command_is(b"DATA"):
             # The client pipelined DATA after this RCPT: so do we, saving a round trip.
-            client.send_data()
-            upstream.data_sent = True
-        answer = await upstream.reply()
-        if upstream.data_sent and not answer.is_positive and not txn.recipient_domains:
-            # No recipient for the pipelined DATA: RFC 2920 has the server refuse it.
-            upstream.data_sent = False
-            if (await upstream.reply()).code == 354:
-                raise UpstreamProtocolError("upstream accepted DATA without recipients")
-        return answer
+            leg.data()
+            pending.data_pipelined = True
 
-    def _mail_params(self, raw: bytes, table: Mapping[str, str]) -> bytes:
-        """MAIL/RCPT parameters the upstream understands (RFC 1869: never send unknown ones;
-        RFC 3461 section 4: DSN parameters are not relayed to a server without DSN).
-
-        The rest are left out, each with a ``parameter_dropped`` record: the sender
-        asked for something (a DSN, a size check, an 8-bit body) it will not get.
-        """
-        upstream = self.upstream
-        assert upstream is not None
-        kept, dropped = offered_parameters(raw, table, upstream.client.capabilities)
+    def _log_dropped(self, dropped: Dropped) -> None:
+        """Parameters the upstream does not offer are left out, never silently: the
+        sender asked for something (a DSN, a size check, an 8-bit body) it will not get."""
         for parameter, keyword in dropped:
-            self.log.emit(
+            self._log(
                 "parameter_dropped",
                 session=self.id,
                 client=self.client_addr,
                 parameter=parameter,
                 reason=f"upstream does not offer {keyword}",
             )
-        return kept
 
-    async def _upstream_for(self, mode: UpstreamTLS) -> UpstreamLeg:
-        upstream = self.upstream
-        if upstream is not None:
-            if upstream.mode is mode and upstream.usable:
-                return upstream
-            self._release_upstream()
-        upstream = self.rt.pool.take(mode)
-        if upstream is not None:
-            upstream.reused = True
-        else:
-            upstream = await UpstreamLeg.open(self.rt, mode)
-            self.log.emit(
+    def _data(self) -> None:
+        leg = self.leg
+        if leg is None or leg.state is LegState.LOST:
+            self.server.reply(*REPLY_UPSTREAM_FAILED)
+            return
+        if leg.state is not LegState.DATA:
+            leg.data()
+        self.pending = AwaitData()
+
+    def _body_end(self) -> None:
+        leg = self.leg
+        if leg is None or leg.state is not LegState.BODY:
+            self.server.reply(*REPLY_UPSTREAM_FAILED)
+            self._end_transaction("tempfail", REPLY_UPSTREAM_FAILED[0])
+            return
+        leg.end()  # the body's rest leaves with the dot, in the same write
+        self.pending = AwaitEnd()
+
+    def _reset(self, then: Hello | None = None) -> None:
+        self._end_transaction("aborted", 0)
+        leg = self.leg
+        if leg is not None and leg.state is LegState.ENVELOPE and not leg.owes_replies:
+            leg.reset()
+            self.pending = AwaitReset(then)
+        elif then is not None:
+            self._hello(then)
+
+    # -- upstream events ------------------------------------------------------------------------
+
+    def _upstream_data(self, data: bytes) -> None:
+        leg = self.leg
+        if leg is None or leg.state is LegState.LOST:
+            return
+        try:
+            leg.receive_data(data)
+        except UpstreamProtocolError as exc:
+            self._upstream_failed(describe_error(exc))
+
+    def _upstream_connected(self, leg: UpstreamLeg) -> None:
+        pending = self.pending
+        if not isinstance(pending, AwaitRcpt):
+            self._out.append(ReleaseUpstream(leg))
+            return
+        self.leg = leg
+        if leg.reused:
+            self._send_envelope(pending, leg)
+            return
+        try:
+            leg.check_tls(leg.tls)  # implicit TLS: a failed check blocks ``required``
+        except UpstreamUnavailable as exc:
+            self._open_failed(exc)
+
+    def _upstream_connect_failed(self, event: UpstreamConnectFailed) -> None:
+        pending = self.pending
+        assert isinstance(pending, AwaitRcpt)
+        target = self.rt.upstream_targets[pending.mode]
+        self._open_failed(connect_failed(target, event.reason, tls=event.tls))
+
+    def _tls_result(self, event: TLSDone | TLSFailed) -> None:
+        if event.side is Side.CLIENT:
+            self._handshaking = False
+            if isinstance(event, TLSFailed):
+                self.end_reason = "starttls_failed"
+                self._log(
+                    "starttls_failed", session=self.id, client=self.client_addr, reason=event.reason
+                )
+                self._close()
+                return
+            self.server.tls_established()
+            self.client_tls = event.facts
+            self._log(
+                "starttls",
+                session=self.id,
+                client=self.client_addr,
+                client_tls=event.facts.version,
+                client_cipher=event.facts.cipher,
+            )
+            return
+        leg = self.leg
+        assert leg is not None
+        try:
+            if isinstance(event, TLSDone):
+                leg.tls_established(event.facts)
+                return
+            target = leg.tls_failed(event.reason)
+        except UpstreamUnavailable as exc:
+            self._open_failed(exc)
+            return
+        # Opportunistic: the failed handshake leaves nothing usable; deliver in clear (RFC 7435).
+        self.leg = None
+        self._out.append(OpenUpstream(target))
+
+    def _opening_reply(self, leg: UpstreamLeg, reply: Reply) -> None:
+        try:
+            step = leg.opening_reply(reply)
+        except UpstreamUnavailable as exc:
+            self._open_failed(exc)
+            return
+        if step is Opened.START_TLS:
+            self._out.append(StartTLS(Side.UPSTREAM))
+        elif step is Opened.READY:
+            self._log(
                 "upstream_connected",
                 session=self.id,
-                upstream=self.rt.upstream,
-                mode=str(mode),
-                upstream_tls=upstream.tls_version,
-                upstream_cipher=upstream.cipher,
-                upstream_verify=str(upstream.verification),
-                upstream_fallback=upstream.fallback,
+                upstream=leg.target.address,
+                mode=str(leg.mode),
+                upstream_tls=leg.tls.version,
+                upstream_cipher=leg.tls.cipher,
+                upstream_verify=str(leg.tls.verification),
+                upstream_fallback=leg.fallback,
             )
-        self.upstream = upstream
-        return upstream
+            pending = self.pending
+            assert isinstance(pending, AwaitRcpt)
+            self._send_envelope(pending, leg)
 
-    async def _data(self) -> None:
-        upstream = self.upstream
-        server = self.server
-        if upstream is None:
-            server.reply(*UPSTREAM_FAILED)
-            return
-        if not upstream.data_sent:
-            upstream.client.send_data()
-        upstream.data_sent = False
-        try:
-            answer = await upstream.reply()
-        except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
-            server.reply(*UPSTREAM_FAILED)
-            self._end_transaction("tempfail", UPSTREAM_FAILED[0])  # logs the leg's TLS
-            self._drop_upstream()
-            return
-        if answer.code != 354:
-            server.reply_lines(answer.code, answer.lines)
-            return
-        server.accept_data()
-        self.in_body = True
-        if self.rt.received_header:
-            upstream.client.send_body(self._received_header())
-
-    async def _body_chunk(self, event: BodyChunk) -> None:
-        upstream = self.upstream
-        if upstream is None or not self.in_body:
-            return
-        data = event.data
-        upstream.client.send_body(data)
-        self.body_queued += len(data)
+    def _open_failed(self, exc: UpstreamUnavailable) -> None:
+        pending = self.pending
+        assert isinstance(pending, AwaitRcpt)
+        self.pending = None
+        self._drop_leg()
+        self.leg = None
         txn = self.txn
-        if txn is not None:
-            txn.size += len(data)
-            if not txn.headers.done:
-                txn.headers.feed(data)
-        # Body bytes wait for the rest of this read (often the final dot) so that
-        # they leave in one write; a large body goes out as it comes, with backpressure.
-        if self.body_queued >= BODY_FLUSH_BYTES:
-            self.body_queued = 0
-            upstream.flush()
-            await upstream.stream.drain()
+        assert txn is not None
+        self.server.reply(exc.code, exc.text)
+        self._rcpt_rejected(txn, pending.event, pending.domain, pending.rule, exc.code, exc.reason)
 
-    def _body_invalid(self, event: BodyInvalid) -> None:
-        # Abandon the upstream transaction without its final dot: nothing is delivered.
-        # _end_transaction drops the leg while in_body, after noting its TLS facts.
-        self._end_transaction("rejected", event.code)
+    def _reply(self, reply: Reply) -> None:
+        pending = self.pending
+        leg = self.leg
+        assert leg is not None
+        if isinstance(pending, AwaitRcpt):
+            self._rcpt_reply(pending, leg, reply)
+        elif isinstance(pending, AwaitData):
+            self.pending = None
+            if reply.code != 354:
+                self.server.reply_lines(reply.code, reply.lines)
+                return
+            self.server.accept_data()
+            if self.rt.received_header:
+                leg.body(self._received_header())
+        elif isinstance(pending, AwaitEnd):
+            self.pending = None
+            self.server.reply_lines(reply.code, reply.lines)
+            assert self.txn is not None
+            self.txn.final_reply = reply
+            code = reply.code
+            outcome = "delivered" if code < 300 else "tempfail" if code < 500 else "rejected"
+            self._end_transaction(outcome, code)
+        elif isinstance(pending, AwaitReset):
+            self.pending = None
+            if pending.then is not None:
+                self._hello(pending.then)
 
-    async def _body_end(self) -> None:
-        upstream = self.upstream
+    def _rcpt_reply(self, pending: AwaitRcpt, leg: UpstreamLeg, reply: Reply) -> None:
+        txn = self.txn
+        assert txn is not None
+        command = reply.command
+        if command == "MAIL":
+            pending.mail_accepted = reply.is_positive
+            if not reply.is_positive:
+                pending.mail_refusal = reply  # relayed instead of the RCPT's moot answer
+            elif not leg.pipelining:
+                self._send_rcpt(pending, leg)
+                return
+        elif command == "RCPT":
+            pending.answer = reply
+        elif command == "DATA":
+            # A DATA pipelined behind a RCPT that no recipient justifies (RFC 2920: refused).
+            if reply.code == 354:
+                raise UpstreamProtocolError("upstream accepted DATA without recipients")
+            pending.data_pipelined = False
+        if pending.mail_refusal is not None:
+            if leg.owes_replies:
+                return  # the rest of the batch is moot without a sender; drain it
+        elif pending.answer is None:
+            return
+        elif (
+            pending.data_pipelined and not pending.answer.is_positive and not txn.recipient_domains
+        ):
+            return  # the pipelined DATA's refusal is owed too
+        self.pending = None
         server = self.server
-        self.in_body = False
-        if upstream is None:
-            server.reply(*UPSTREAM_FAILED)
-            self._end_transaction("tempfail", UPSTREAM_FAILED[0])
+        if pending.mail_refusal is not None:
+            refusal = pending.mail_refusal
+            server.reply_lines(refusal.code, refusal.lines)
+            self._rcpt_rejected(
+                txn,
+                pending.event,
+                pending.domain,
+                pending.rule,
+                refusal.code,
+                f"upstream refused MAIL: {refusal.code} {refusal.text}",
+            )
             return
-        upstream.client.send_end_of_data()
-        self.body_queued = 0  # the reply() below writes the body's rest with the dot
-        try:
-            upstream.timeout = self.rt.data_timeout
-            answer = await upstream.reply()
-            upstream.timeout = self.rt.command_timeout
-            upstream.in_transaction = False
-        except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
-            # We cannot know whether the upstream took it; a 4xx makes the client retry
-            # (a possible duplicate is better than a loss, RFC 5321 section 6.1).
-            server.reply(*UPSTREAM_FAILED)
-            self._end_transaction("tempfail", UPSTREAM_FAILED[0])  # logs the leg's TLS
-            self._drop_upstream()
-            return
+        answer = pending.answer
+        assert answer is not None
         server.reply_lines(answer.code, answer.lines)
-        if self.txn is not None:
-            self.txn.final_reply = answer
-        outcome = (
-            "delivered" if answer.code < 300 else "tempfail" if answer.code < 500 else "rejected"
-        )
-        self._end_transaction(outcome, answer.code)
+        if answer.is_positive:
+            if txn.mode is None:
+                txn.mode = pending.mode
+                txn.rule = pending.rule
+            txn.recipient_domains.append(pending.domain)
+            txn.recipients.append(pending.event.recipient)
+        else:
+            self._rcpt_rejected(
+                txn,
+                pending.event,
+                pending.domain,
+                pending.rule,
+                answer.code,
+                f"upstream refused RCPT: {answer.code} {answer.text}",
+            )
 
-    async def _reset(self) -> None:
-        self._end_transaction("aborted", 0)
-        upstream = self.upstream
-        if upstream is not None and upstream.client.waiting == 0:
-            upstream.client.send_rset()
-            try:
-                await upstream.reply()
-                upstream.in_transaction = False
-            except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError):
-                self._drop_upstream()
+    def _upstream_failed(self, reason: str) -> None:
+        """The upstream connection is gone (closed, timed out, broke the protocol)."""
+        leg = self.leg
+        if leg is None or leg.state is LegState.LOST:
+            return
+        opening = leg.state in _OPENING or leg.state is LegState.HANDSHAKE
+        self._drop_leg()
+        pending = self.pending
+        txn = self.txn
+        if isinstance(pending, AwaitRcpt):
+            assert txn is not None
+            if opening:
+                self._open_failed(connect_failure(f"upstream dialogue failed: {reason}"))
+                return
+            if (
+                leg.reused
+                and pending.mail_here
+                and not pending.mail_accepted
+                and not pending.retried
+            ):
+                # A parked leg the upstream had closed: once more on a fresh connection.
+                self.leg = None
+                self.pending = AwaitRcpt(
+                    pending.event, pending.domain, pending.rule, pending.mode, retried=True
+                )
+                self._out.append(OpenUpstream(self.rt.upstream_targets[pending.mode]))
+                return
+            self.pending = None
+            if not txn.recipient_domains:
+                self.leg = None  # nothing to lose: a new connection may start over
+            self.server.reply(*REPLY_UPSTREAM_FAILED)
+            self._rcpt_rejected(
+                txn,
+                pending.event,
+                pending.domain,
+                pending.rule,
+                REPLY_UPSTREAM_FAILED[0],
+                f"upstream failed during MAIL/RCPT: {reason}",
+            )
+        elif isinstance(pending, AwaitData | AwaitEnd):
+            # After the dot we cannot know whether the upstream took it; a 4xx makes the
+            # client retry (a possible duplicate is better than a loss, RFC 5321 6.1).
+            self.pending = None
+            self.server.reply(*REPLY_UPSTREAM_FAILED)
+            self._end_transaction("tempfail", REPLY_UPSTREAM_FAILED[0])  # logs the leg's TLS
+            self.leg = None
+        elif isinstance(pending, AwaitReset):
+            self.pending = None
+            self.leg = None
+            if pending.then is not None:
+                self._hello(pending.then)
+        elif txn is None or not txn.recipient_domains:
+            self.leg = None  # at rest, or nothing accepted yet: the next RCPT opens anew
+        # else: the LOST leg stays, so the rest of this transaction gets 4xx (SPEC 2.3)
 
-    # -- bookkeeping ---------------------------------------------------------------------------
+    def _drop_leg(self) -> None:
+        leg = self.leg
+        if leg is not None and leg.state is not LegState.LOST:
+            leg.lost()
+            self._out.append(AbortUpstream(leg))
+
+    # -- bookkeeping ----------------------------------------------------------------------------
 
     def _end_transaction(self, outcome: str, reply: int) -> None:
         # The record describes the leg this transaction used, also when it is dropped here.
-        upstream = self.upstream
-        if self.in_body:
-            # Mid-body (client gone, body refused): drop the upstream without its final dot.
-            self._drop_upstream()
-            self.in_body = False
+        leg = self.leg
+        if leg is not None:
+            if leg.state is LegState.BODY:
+                self._drop_leg()  # mid-body (client gone, body refused): no final dot
+            if leg.state is LegState.LOST:
+                self.leg = None
         txn = self.txn
         if txn is None:
             return
@@ -649,38 +872,39 @@ class Session:
             if not txn.refused_reply:
                 return  # MAIL and nothing else: no transaction worth a summary
             outcome, reply = "rejected", txn.refused_reply
-        self.log.emit(
+        tls = leg.tls if leg is not None else CLEAR
+        self._log(
             "transaction",
             session=self.id,
             client=self.client_addr,
             policy=self.rt.name,
-            client_tls=self.client_tls[0],
-            client_cipher=self.client_tls[1],
-            upstream_tls=upstream.tls_version if upstream else "none",
-            upstream_cipher=upstream.cipher if upstream else "none",
-            upstream_verify=str(upstream.verification) if upstream else "not-checked",
-            upstream_fallback=upstream.fallback if upstream else "",
-            **txn.record(outcome, reply, addresses=self.log.addresses),
+            client_tls=self.client_tls.version,
+            client_cipher=self.client_tls.cipher,
+            upstream_tls=tls.version,
+            upstream_cipher=tls.cipher,
+            upstream_verify=str(tls.verification),
+            upstream_fallback=leg.fallback if leg is not None else "",
+            **txn.record(outcome, reply, addresses=self.log_addresses),
         )
 
-    def _log_rcpt_rejected(
+    def _rcpt_rejected(
         self, txn: Transaction, event: RcptTo, domain: str, rule: str, code: int, reason: str
     ) -> None:
         txn.refused_reply = code
         if not txn.rule:
             txn.rule = rule
         addresses: dict[str, str] = {}
-        if self.log.addresses:
+        if self.log_addresses:
             addresses = {
                 "sender": log_address(txn.sender_address),
                 "recipient": str(event.recipient),
             }
-        self.log.emit(
+        self._log(
             "rcpt_rejected",
             session=self.id,
             client=self.client_addr,
             policy=self.rt.name,
-            client_tls=self.client_tls[0],
+            client_tls=self.client_tls.version,
             rule=rule,
             sender_domain=txn.sender_domain,
             recipient_domain=domain,
@@ -691,28 +915,29 @@ class Session:
 
     def _received_header(self) -> bytes:
         """The trace header; every part is reduced to header-safe ASCII, whatever it held."""
-        version, cipher = self.client_tls
+        version, cipher = self.client_tls.version, self.client_tls.cipher
         tls = f" (version={_token(version)} cipher={_token(cipher)})" if version != "none" else ""
         protocol = ("ESMTPS" if version != "none" else "ESMTP") if self.server.esmtp else "SMTP"
         client_ip = _token(self.client_addr.rsplit(":", 1)[0])
         line = (
             f"Received: from {_token(self.helo_name)} ([{client_ip}])\r\n"
             f"\tby {_token(self.rt.hostname)} (smtpgate) with {protocol}{tls}\r\n"
-            f"\tid {self.id}; {_date_now()}\r\n"
+            f"\tid {self.id}; {self.received_date()}\r\n"
         )
         return line.encode("ascii")
 
-    def _drop_upstream(self) -> None:
-        if self.upstream is not None:
-            self.upstream.abort()
-            self.upstream = None
-
-    def _release_upstream(self) -> None:
-        """Park the leg for the next session when its dialogue is at rest, else close it."""
-        upstream = self.upstream
-        if upstream is not None:
-            self.upstream = None
-            if self.in_body:
-                upstream.abort()  # a QUIT now would be body text
+    def _close(self) -> None:
+        """Flush, close the client leg, release the upstream leg, log the end."""
+        out = self.server.data_to_send()
+        if out:
+            self._out.append(SendClient(out))
+        self._out.append(CloseClient())
+        leg = self.leg
+        self.leg = None
+        if leg is not None and leg.state is not LegState.LOST:
+            if leg.state is LegState.BODY:
+                self._out.append(AbortUpstream(leg))  # a QUIT now would be body text
             else:
-                self.rt.pool.give(upstream)  # closes it instead when not at rest
+                self._out.append(ReleaseUpstream(leg))
+        self._log("session_end", session=self.id, client=self.client_addr, reason=self.end_reason)
+        self.closed = True

@@ -1,212 +1,311 @@
-"""The upstream leg: one connection to the receiving server, with its TLS mode.
+"""The upstream leg: one connection to the receiving server, sans-IO.
 
-``UpstreamLeg.open`` carries out the recipient-encryption decision of SPEC
-2.2 and raises :class:`UpstreamUnavailable` with the reply the client should
-get when it cannot be met; nothing is sent in clear under ``required``.
+:class:`UpstreamLeg` wraps the client role of the SMTP core
+(:class:`~smtpgate.smtp.client.ClientConnection`) with what a relay asks of
+it: *open* (greeting, EHLO, STARTTLS, second EHLO), *envelope* (MAIL and
+RCPT, parameters filtered to what the server offers, RFC 1869; SMTPUTF8 never
+sent to a server without it, RFC 6531), *data*, *body*, *end*,
+*reset*, and whether it is *at rest* (parkable for the next session). It
+never touches a socket: the driver feeds it bytes and writes what it queues.
+
+Where the upstream dialogue stands is :attr:`UpstreamLeg.state`, one
+:class:`LegState`; the session reads it instead of keeping flags of its own.
+
+Opening carries out the recipient-encryption decision of SPEC 2.2: a leg
+that cannot be set up as the :class:`UpstreamTarget` demands raises
+:class:`UpstreamUnavailable` with the reply the client should get; nothing is
+sent in clear under ``required``. An opportunistic STARTTLS whose handshake
+failed is answered by :meth:`UpstreamTarget.without_starttls`: a new
+connection in clear (RFC 7435).
 """
 
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Final
 
-from smtpgate.logs import describe_error
-from smtpgate.policy.decisions import UpstreamTLS
-from smtpgate.proxy.runtime import PolicyRuntime
-from smtpgate.proxy.stream import Stream, open_stream
+from smtpgate.policy.decisions import REPLY_UPSTREAM_TLS_UNAVAILABLE, UpstreamTLS
 from smtpgate.smtp.client import ClientConnection, UpstreamProtocolError
 from smtpgate.smtp.events import NEED_DATA, PAUSED, Reply
-from smtpgate.tls.info import describe_tls
-from smtpgate.tls.result import NOT_CHECKED, OK
+from smtpgate.smtp.extensions import MAIL_PARAMETERS, RCPT_PARAMETERS, offered_parameters
+from smtpgate.tls.profile import TLSProfileLike
+from smtpgate.tls.result import NOT_CHECKED, VerificationResult
+from smtpgate.tls.verification import UpstreamVerifier
+
+REPLY_UPSTREAM_UNAVAILABLE: Final = (451, "4.4.1 Upstream server unavailable, try later")
+"""The upstream could not be reached or greeted (connect, greeting, EHLO)."""
+
+REPLY_NO_SMTPUTF8_UPSTREAM: Final = (
+    553,
+    "5.6.7 SMTPUTF8 is required, but the upstream server does not offer it",
+)
+"""MAIL had SMTPUTF8 and the upstream does not offer it: never downgraded or sent on,
+refused so that the sender bounces it (RFC 6531 3.4)."""
+
+#: Parameters the upstream leg left out: (parameter, the EHLO keyword it needs).
+Dropped = list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFacts:
+    """What a finished handshake (or its absence) looks like, as logged."""
+
+    version: str = "none"
+    cipher: str = "none"
+    verification: VerificationResult = NOT_CHECKED
+
+
+CLEAR: Final = TLSFacts()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """Where an upstream leg goes and how it is encrypted: all it needs, nothing more."""
+
+    host: str
+    port: int
+    mode: UpstreamTLS
+    #: TLS from the first byte (port 465 style); STARTTLS otherwise.
+    implicit_tls: bool
+    #: Issue STARTTLS when offered (False for ``none`` and for the clear retry).
+    starttls: bool
+    #: The profile's upstream context: verifying for ``required`` with validation on.
+    context: ssl.SSLContext
+    #: Whether ``context`` verifies chain and host name in the handshake.
+    verify_in_handshake: bool
+    profile: TLSProfileLike
+    #: Certificate checks after the handshake, with this configuration's anchors and verdicts.
+    verifier: UpstreamVerifier
+    #: Our name in EHLO/HELO.
+    ehlo_name: str
+    timeout: float
+    #: Why this target is in clear although its mode prefers TLS (a failed handshake).
+    fallback: str = ""
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def without_starttls(self, why: str) -> UpstreamTarget:
+        """The same upstream in clear: an opportunistic handshake failed (RFC 7435)."""
+        return replace(self, starttls=False, fallback=why)
 
 
 class UpstreamUnavailable(Exception):
-    """The upstream leg cannot be set up as the rule demands; ``code text`` goes to the client."""
+    """The leg cannot be set up as the target demands; ``code text`` goes to the client."""
 
-    def __init__(self, code: int, text: str, reason: str) -> None:
+    def __init__(self, reply: tuple[int, str], reason: str) -> None:
         super().__init__(reason)
-        self.code = code
-        self.text = text
+        self.code, self.text = reply
         self.reason = reason
 
 
-def _tls_required_failure(reason: str) -> UpstreamUnavailable:
-    return UpstreamUnavailable(451, "4.7.5 Cannot deliver encrypted as required, try later", reason)
+def tls_failure(reason: str) -> UpstreamUnavailable:
+    """Encryption was required and cannot be had: ``451 4.7.5`` (SPEC 2.2)."""
+    return UpstreamUnavailable(REPLY_UPSTREAM_TLS_UNAVAILABLE, reason)
 
 
-def _connect_failure(reason: str) -> UpstreamUnavailable:
-    return UpstreamUnavailable(451, "4.4.1 Upstream server unavailable, try later", reason)
+def connect_failure(reason: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(REPLY_UPSTREAM_UNAVAILABLE, reason)
 
 
-class _FallBackToClear(Exception):
-    """An opportunistic STARTTLS handshake failed: the leg starts over in clear."""
+def connect_failed(target: UpstreamTarget, reason: str, *, tls: bool) -> UpstreamUnavailable:
+    """The connect (``tls``: its implicit-TLS handshake) to ``target`` failed."""
+    if not tls:
+        return connect_failure(f"connect {target.address}: {reason}")
+    if target.mode is UpstreamTLS.REQUIRED:
+        return tls_failure(f"TLS handshake failed: {reason}")
+    return connect_failure(f"implicit TLS handshake failed: {reason}")
+
+
+class LegState(Enum):
+    """Where the upstream dialogue stands; what the leg is waiting for."""
+
+    GREETING = "greeting"  # connected, the server's 220 is owed
+    HELLO = "hello"  # EHLO (or the HELO fallback) sent
+    STARTTLS = "starttls"  # STARTTLS sent
+    HANDSHAKE = "handshake"  # 220 to STARTTLS received: the driver runs the handshake
+    READY = "ready"  # opened, no transaction
+    ENVELOPE = "envelope"  # MAIL sent: a transaction is open upstream
+    DATA = "data"  # DATA sent, its 354 owed
+    BODY = "body"  # 354 received: body bytes flow, a QUIT now would be body text
+    END = "end"  # the final dot sent, its reply owed
+    RESET = "reset"  # RSET sent, its reply owed
+    LOST = "lost"  # the connection is gone (or was dropped)
+
+
+class Opened(Enum):
+    """What a reply during opening asks of the caller."""
+
+    CONTINUE = "continue"  # commands queued, wait for the next reply
+    START_TLS = "start_tls"  # the driver runs the handshake, then :meth:`tls_established`
+    READY = "ready"  # the leg is open
 
 
 class UpstreamLeg:
-    __slots__ = (
-        "cipher",
-        "client",
-        "data_sent",
-        "fallback",
-        "in_transaction",
-        "mode",
-        "reused",
-        "stream",
-        "timeout",
-        "tls_version",
-        "verification",
-    )
+    __slots__ = ("client", "fallback", "reused", "state", "target", "tls")
 
-    def __init__(self, stream: Stream, client: ClientConnection, mode: UpstreamTLS, timeout: float):
-        self.stream = stream
-        self.client = client
-        self.mode = mode
-        self.timeout = timeout
-        self.tls_version = "none"
-        self.cipher = "none"
-        self.verification = NOT_CHECKED
-        #: Why an opportunistic leg is in clear (no STARTTLS offered, refused, handshake failed).
-        self.fallback = ""
-        #: Taken from the pool: it may have died while parked.
+    def __init__(self, target: UpstreamTarget, tls: TLSFacts = CLEAR) -> None:
+        self.target = target
+        self.client = ClientConnection(tls=target.implicit_tls)
+        self.tls = tls
+        self.state = LegState.GREETING
+        #: Taken from a pool: the upstream may have closed it while it was parked.
         self.reused = False
-        #: MAIL was sent and neither the final dot nor RSET has been answered.
-        self.in_transaction = False
-        #: DATA went out pipelined behind the last RCPT; its reply is still owed.
-        self.data_sent = False
-
-    @classmethod
-    async def open(cls, rt: PolicyRuntime, mode: UpstreamTLS) -> UpstreamLeg:
-        try:
-            return await cls._connect(rt, mode, starttls=mode is not UpstreamTLS.NONE)
-        except _FallBackToClear as failure:  # RFC 7435: retry in clear
-            leg = await cls._connect(rt, mode, starttls=False)
-            leg.fallback = str(failure)
-            return leg
-
-    @classmethod
-    async def _connect(cls, rt: PolicyRuntime, mode: UpstreamTLS, *, starttls: bool) -> UpstreamLeg:
-        verify = mode is UpstreamTLS.REQUIRED and rt.profile.validate_certificates
-        context = rt.upstream_context_verified if verify else rt.upstream_context_unverified
-        implicit = rt.upstream_implicit_tls and mode is not UpstreamTLS.NONE
-        if rt.upstream_implicit_tls and mode is UpstreamTLS.NONE:
-            implicit = True  # an implicit-TLS upstream cannot be spoken to in clear
-        try:
-            stream = await open_stream(
-                rt.upstream_host,
-                rt.upstream_port,
-                ssl_context=context if implicit else None,
-                server_hostname=rt.upstream_host if implicit else None,
-                timeout=rt.command_timeout,
-            )
-        except ssl.SSLError as exc:
-            if mode is UpstreamTLS.REQUIRED:
-                raise _tls_required_failure(f"TLS handshake failed: {describe_error(exc)}") from exc
-            raise _connect_failure(f"implicit TLS handshake failed: {describe_error(exc)}") from exc
-        except (OSError, TimeoutError) as exc:
-            raise _connect_failure(f"connect {rt.upstream}: {describe_error(exc)}") from exc
-        leg = cls(stream, ClientConnection(tls=implicit), mode, rt.command_timeout)
-        try:
-            greeting = await leg.reply()
-            if greeting.code != 220:
-                raise _connect_failure(f"upstream greeting {greeting.code} {greeting.text}")
-            await leg.hello(rt.hostname)
-            if implicit:
-                await leg._record_tls(rt, verify)
-            elif starttls:
-                if not leg.client.offers_starttls:
-                    if mode is UpstreamTLS.REQUIRED:
-                        raise _tls_required_failure("upstream does not offer STARTTLS")
-                    leg.fallback = "upstream does not offer STARTTLS"
-                    return leg
-                leg.client.send_starttls()
-                answer = await leg.reply()
-                if answer.code != 220:
-                    refused = f"STARTTLS refused: {answer.code} {answer.text}"
-                    if mode is UpstreamTLS.REQUIRED:
-                        raise _tls_required_failure(refused)
-                    leg.fallback = refused
-                    return leg
-                try:
-                    await stream.start_tls(
-                        context,
-                        server_side=False,
-                        server_hostname=rt.upstream_host,
-                        timeout=rt.command_timeout,
-                    )
-                except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-                    stream.abort()
-                    failed = f"TLS handshake failed: {describe_error(exc)}"
-                    if mode is UpstreamTLS.REQUIRED:
-                        raise _tls_required_failure(failed) from exc
-                    raise _FallBackToClear(failed) from exc
-                leg.client.tls_established()
-                await leg._record_tls(rt, verify)
-                await leg.hello(rt.hostname)
-        except UpstreamUnavailable:
-            leg.abort()
-            raise
-        except (UpstreamProtocolError, OSError, TimeoutError, ConnectionError) as exc:
-            leg.abort()
-            raise _connect_failure(f"upstream dialogue failed: {describe_error(exc)}") from exc
-        return leg
-
-    async def _record_tls(self, rt: PolicyRuntime, verified: bool) -> None:
-        ssl_object = self.stream.ssl_object
-        self.tls_version, self.cipher = describe_tls(ssl_object)
-        if ssl_object is None:
-            return
-        verifier = rt.upstream_verifier
-        if rt.profile.ocsp:
-            self.verification = await verifier.check_with_ocsp(
-                ssl_object,
-                rt.upstream_host,
-                check_chain=verified or rt.profile.validate_certificates,
-            )
-            if self.verification.failed and self.mode is UpstreamTLS.REQUIRED:
-                raise _tls_required_failure(f"certificate check: {self.verification}")
-        elif verified:
-            self.verification = OK
-        else:
-            self.verification = verifier.check(ssl_object, rt.upstream_host)
-
-    async def hello(self, hostname: str) -> None:
-        self.client.send_ehlo(hostname)
-        answer = await self.reply()
-        if answer.code != 250:
-            self.client.send_helo(hostname)
-            answer = await self.reply()
-            if answer.code != 250:
-                raise _connect_failure(f"upstream refused HELO: {answer.code} {answer.text}")
-
-    async def reply(self) -> Reply:
-        """Flush what is queued, then wait for the next reply."""
-        self.flush()
-        client = self.client
-        while True:
-            event = client.next_event()
-            if isinstance(event, Reply):
-                return event
-            if event is PAUSED:
-                raise UpstreamProtocolError("reply wanted while paused for TLS")
-            assert event is NEED_DATA
-            data = await self.stream.read(self.timeout)
-            if not data:
-                raise ConnectionError("upstream closed the connection")
-            client.receive_data(data)
-
-    def flush(self) -> None:
-        out = self.client.data_to_send()
-        if out:
-            self.stream.writelines(out)
-
-    def abort(self) -> None:
-        self.stream.abort()
+        #: Why an opportunistic leg is in clear (no STARTTLS offered, refused, handshake failed).
+        self.fallback = target.fallback
 
     @property
-    def usable(self) -> bool:
-        transport = self.stream.transport
-        return not self.stream.at_eof and transport is not None and not transport.is_closing()
+    def mode(self) -> UpstreamTLS:
+        return self.target.mode
 
-    def close_quietly(self) -> None:
-        """QUIT without waiting for the answer: for parked legs nobody waits on."""
-        self.stream.write(b"QUIT\r\n")
-        self.stream.close()
+    @property
+    def at_rest(self) -> bool:
+        """Open, no transaction, no reply owed: fit to be parked for another session."""
+        return self.state is LegState.READY and not self.owes_replies
+
+    @property
+    def owes_replies(self) -> bool:
+        """Commands were sent whose replies have not come yet."""
+        return self.client.waiting > 0
+
+    @property
+    def pipelining(self) -> bool:
+        return self.client.pipelining
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def opening_reply(self, reply: Reply) -> Opened:
+        """Advance the opening dialogue; :class:`UpstreamUnavailable` when it cannot succeed."""
+        target = self.target
+        if self.state is LegState.GREETING:
+            if reply.code != 220:
+                raise connect_failure(f"upstream greeting {reply.code} {reply.text}")
+            self.client.send_ehlo(target.ehlo_name)
+            self.state = LegState.HELLO
+            return Opened.CONTINUE
+        if self.state is LegState.HELLO:
+            if reply.code != 250:
+                if reply.command == "EHLO":
+                    self.client.send_helo(target.ehlo_name)
+                    return Opened.CONTINUE
+                raise connect_failure(f"upstream refused HELO: {reply.code} {reply.text}")
+            if self.client.tls or not target.starttls or target.implicit_tls:
+                return self._ready()
+            if not self.client.offers_starttls:
+                return self._clear("upstream does not offer STARTTLS")
+            self.client.send_starttls()
+            self.state = LegState.STARTTLS
+            return Opened.CONTINUE
+        if self.state is LegState.STARTTLS:
+            if reply.code != 220:
+                return self._clear(f"STARTTLS refused: {reply.code} {reply.text}")
+            self.state = LegState.HANDSHAKE
+            return Opened.START_TLS
+        raise UpstreamProtocolError(f"unexpected {reply.code} while {self.state.value}")
+
+    def check_tls(self, facts: TLSFacts) -> None:
+        """Record a finished handshake; a failed enforced check blocks ``required``."""
+        self.tls = facts
+        target = self.target
+        # A verdict the profile does not enforce (validation off, no OCSP) is only logged.
+        enforced = target.verify_in_handshake or target.profile.ocsp
+        if facts.verification.failed and enforced and target.mode is UpstreamTLS.REQUIRED:
+            raise tls_failure(f"certificate check: {facts.verification}")
+
+    def tls_established(self, facts: TLSFacts) -> None:
+        """The STARTTLS handshake finished: check it, then EHLO again (RFC 3207)."""
+        self.check_tls(facts)
+        self.client.tls_established()
+        self.client.send_ehlo(self.target.ehlo_name)
+        self.state = LegState.HELLO
+
+    def tls_failed(self, reason: str) -> UpstreamTarget:
+        """The STARTTLS handshake failed: the target to retry in clear, unless it is required."""
+        self.state = LegState.LOST
+        failed = f"TLS handshake failed: {reason}"
+        if self.target.mode is UpstreamTLS.REQUIRED:
+            raise tls_failure(failed)
+        return self.target.without_starttls(failed)
+
+    def _clear(self, why: str) -> Opened:
+        """No TLS on this connection: refused under ``required``, else delivered in clear."""
+        if self.target.mode is UpstreamTLS.REQUIRED:
+            raise tls_failure(why)
+        self.fallback = why
+        return self._ready()
+
+    def _ready(self) -> Opened:
+        self.state = LegState.READY
+        return Opened.READY
+
+    # -- a transaction ------------------------------------------------------------------------
+
+    def mail(self, sender: bytes, raw_params: bytes, *, smtputf8: bool) -> Dropped:
+        """MAIL with the parameters this upstream offers; returns those left out."""
+        caps = self.client.capabilities
+        if smtputf8 and "SMTPUTF8" not in caps:
+            raise UpstreamUnavailable(
+                REPLY_NO_SMTPUTF8_UPSTREAM, "upstream does not offer SMTPUTF8"
+            )
+        params, dropped = offered_parameters(raw_params, MAIL_PARAMETERS, caps)
+        self.client.send_mail(sender, params)
+        self.state = LegState.ENVELOPE
+        return dropped
+
+    def rcpt(self, recipient: bytes, raw_params: bytes) -> Dropped:
+        """RCPT with the parameters this upstream offers; returns those left out."""
+        params, dropped = offered_parameters(raw_params, RCPT_PARAMETERS, self.client.capabilities)
+        self.client.send_rcpt(recipient, params)
+        return dropped
+
+    def data(self) -> None:
+        self.client.send_data()
+        self.state = LegState.DATA
+
+    def body(self, chunk: bytes | memoryview) -> None:
+        self.client.send_body(chunk)
+
+    def end(self) -> None:
+        self.client.send_end_of_data()
+        self.state = LegState.END
+
+    def reset(self) -> None:
+        self.client.send_rset()
+        self.state = LegState.RESET
+
+    def lost(self) -> None:
+        self.state = LegState.LOST
+
+    # -- bytes --------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        self.client.receive_data(data)
+
+    def next_reply(self) -> Reply | None:
+        """The next complete reply, or None until more bytes arrive.
+
+        A reply that ends or advances the transaction moves :attr:`state` (a
+        refused MAIL leaves no transaction open; DATA's 354 starts the body;
+        the answer to the dot or to RSET leaves the leg at rest).
+        """
+        event = self.client.next_event()
+        if isinstance(event, Reply):
+            command = event.command
+            if command == "DATA":
+                if event.code == 354:
+                    self.state = LegState.BODY
+                elif self.state is LegState.DATA:
+                    self.state = LegState.ENVELOPE
+            elif command in (".", "RSET") or (command == "MAIL" and not event.is_positive):
+                self.state = LegState.READY
+            return event
+        if event is PAUSED:
+            raise UpstreamProtocolError("reply wanted while paused for TLS")
+        assert event is NEED_DATA
+        return None
+
+    def data_to_send(self) -> list[bytes | memoryview]:
+        return self.client.data_to_send()
