@@ -280,6 +280,9 @@ class RawUpstream:
     ``rcpt_failure``: ``(n, "drop")`` closes the connection instead of answering the n-th
     RCPT of a connection; ``(n, "close")`` answers it 250, then closes.
     ``rcpt_replies``: ``{"text": b"550 ...\r\n"}`` answers a RCPT containing ``text`` so.
+    ``messages_per_connection``: after this many messages on a connection, the next
+    MAIL gets ``421 4.7.0`` and the connection is closed (Exim's
+    ``smtp_accept_max_per_connection``).
     Out-of-sequence commands get 503, as from a real server.
     """
 
@@ -295,6 +298,7 @@ class RawUpstream:
         drop_after_body_bytes: int | None = None,
         rcpt_failure: tuple[int, str] | None = None,
         rcpt_replies: Mapping[str, bytes] | None = None,
+        messages_per_connection: int | None = None,
     ) -> None:
         self.greeting = greeting
         self.ehlo_keywords = list(ehlo_keywords)
@@ -305,6 +309,7 @@ class RawUpstream:
         self.drop_after_body_bytes = drop_after_body_bytes
         self.rcpt_failure = rcpt_failure
         self.rcpt_replies = dict(rcpt_replies or {})
+        self.messages_per_connection = messages_per_connection
         self.messages: list[RawMessage] = []
         #: Command lines (outside DATA) of every connection, in arrival order.
         self.commands: list[bytes] = []
@@ -368,7 +373,7 @@ class RawUpstream:
                     pass
                 return
             send(self.greeting)
-            mail_from, rcpts, in_mail, rcpt_count = b"", [], False, 0
+            mail_from, rcpts, in_mail, rcpt_count, delivered = b"", [], False, 0, 0
             while True:
                 line = read_line()
                 if line is None:
@@ -397,6 +402,10 @@ class RawUpstream:
                         sock.shutdown(socket.SHUT_WR)
                     while read_line() is not None:
                         pass
+                    return
+                elif verb == b"MAIL" and delivered == self.messages_per_connection:
+                    send(b"421 4.7.0 Too many messages on one connection, closing\r\n")
+                    sock.shutdown(socket.SHUT_RDWR)
                     return
                 elif verb == b"MAIL":
                     mail_from, rcpts, in_mail = line[10:].strip(), [], True
@@ -438,6 +447,7 @@ class RawUpstream:
                             pass
                         return
                     if self.dot_reply.startswith(b"250"):
+                        delivered += 1
                         with self.lock:
                             self.messages.append(RawMessage(mail_from, rcpts, bytes(body)))
                     mail_from, rcpts, in_mail = b"", [], False
