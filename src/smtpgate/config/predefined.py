@@ -2,6 +2,8 @@
 
 A file may not define objects with these names; ``clone`` makes an editable
 copy (:func:`clone_name`, :meth:`Config.clone_profile`, :meth:`Config.clone_action`).
+The objects are built in :mod:`smtpgate.config.schema`, right after their
+models, so that ``Config`` merges them without importing this module back.
 """
 
 from __future__ import annotations
@@ -15,31 +17,13 @@ from smtpgate.config.names import (
     TLS_SERVER_STANDARD,
     clone_name,
 )
-from smtpgate.config.schema import ProxyAction, TLSProfile
-
-# SPEC 3: both with min_version 1.2; the client one does not insist on
-# TLS-compliant traffic, the server one does.
-TLS_CLIENT_STANDARD_PROFILE = TLSProfile(
-    name=TLS_CLIENT_STANDARD, min_version="1.2", tls_compliant_only=False
-)
-TLS_SERVER_STANDARD_PROFILE = TLSProfile(
-    name=TLS_SERVER_STANDARD, min_version="1.2", tls_compliant_only=True
-)
-PREDEFINED_PROFILES: tuple[TLSProfile, ...] = (
-    TLS_CLIENT_STANDARD_PROFILE,
-    TLS_SERVER_STANDARD_PROFILE,
-)
-
-# SPEC 4: default limits and ESMTP, no rules (so the default rule applies).
-SMTP_INCOMING_STANDARD_ACTION = ProxyAction.model_validate(
-    {"name": SMTP_INCOMING_STANDARD, "direction": "incoming"}
-)
-SMTP_OUTGOING_STANDARD_ACTION = ProxyAction.model_validate(
-    {"name": SMTP_OUTGOING_STANDARD, "direction": "outgoing"}
-)
-PREDEFINED_ACTIONS: tuple[ProxyAction, ...] = (
+from smtpgate.config.schema import (
+    PREDEFINED_ACTIONS,
+    PREDEFINED_PROFILES,
     SMTP_INCOMING_STANDARD_ACTION,
     SMTP_OUTGOING_STANDARD_ACTION,
+    TLS_CLIENT_STANDARD_PROFILE,
+    TLS_SERVER_STANDARD_PROFILE,
 )
 
 __all__ = [

@@ -35,6 +35,8 @@ from smtpgate.config.names import (
     PREDEFINED_ACTION_NAMES,
     PREDEFINED_PROFILE_NAMES,
     SMTP_INCOMING_STANDARD,
+    SMTP_OUTGOING_STANDARD,
+    TLS_CLIENT_STANDARD,
     TLS_SERVER_STANDARD,
     clone_name,
 )
@@ -43,6 +45,7 @@ from smtpgate.config.paths import OptionalPath, RequiredPath
 from smtpgate.config.units import ByteSize, Duration
 from smtpgate.policy.patterns import ANY_DOMAIN, DomainPattern, PatternError, PatternKind
 from smtpgate.policy.rules import EncryptionRule, RecipientEncryption, RuleSet, SenderEncryption
+from smtpgate.tls.profile import pfs_contradiction
 
 MAX_NAME_LENGTH = 100
 FALLBACK_HOSTNAME = "smtpgate.local"
@@ -383,14 +386,10 @@ class Config(_Model):
 
     @cached_property
     def profiles_by_name(self) -> Mapping[str, TLSProfile]:
-        from smtpgate.config.predefined import PREDEFINED_PROFILES
-
         return MappingProxyType({p.name: p for p in (*PREDEFINED_PROFILES, *self.tls_profiles)})
 
     @cached_property
     def actions_by_name(self) -> Mapping[str, ProxyAction]:
-        from smtpgate.config.predefined import PREDEFINED_ACTIONS
-
         return MappingProxyType({a.name: a for a in (*PREDEFINED_ACTIONS, *self.proxy_actions)})
 
     @cached_property
@@ -461,13 +460,9 @@ def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
     )
 
     for k, profile in enumerate(config.tls_profiles):
-        # Same rule as smtpgate.tls.check_profile, reported here with its path.
-        if profile.pfs == "none" and profile.min_version == "1.3":
-            yield (
-                ("tls_profiles", k, "pfs"),
-                "'none' needs TLS 1.2 or lower, but min_version is '1.3' "
-                "(every TLS 1.3 cipher suite is forward-secret)",
-            )
+        problem = pfs_contradiction(profile.min_version, profile.pfs)
+        if problem is not None:
+            yield ("tls_profiles", k, "pfs"), problem
 
     action_names = PREDEFINED_ACTION_NAMES | {a.name for a in config.proxy_actions}
     profile_names = PREDEFINED_PROFILE_NAMES | {p.name for p in config.tls_profiles}
@@ -528,3 +523,33 @@ def _certificate_problems(certs: Certificates) -> Iterator[tuple[Loc, str]]:
                     f"{name!r} is already in {format_loc(('certificates', 'sni', seen[name]))}",
                 )
             seen.setdefault(name, k)
+
+
+# -- predefined objects (SPEC.md 3, 4), merged into every configuration ------------------
+# Built here, after the models, so that Config can merge them without importing
+# smtpgate.config.predefined (which presents them) back: the imports point one way.
+
+# SPEC 3: both with min_version 1.2; the client one does not insist on
+# TLS-compliant traffic, the server one does.
+TLS_CLIENT_STANDARD_PROFILE = TLSProfile(
+    name=TLS_CLIENT_STANDARD, min_version="1.2", tls_compliant_only=False
+)
+TLS_SERVER_STANDARD_PROFILE = TLSProfile(
+    name=TLS_SERVER_STANDARD, min_version="1.2", tls_compliant_only=True
+)
+PREDEFINED_PROFILES: tuple[TLSProfile, ...] = (
+    TLS_CLIENT_STANDARD_PROFILE,
+    TLS_SERVER_STANDARD_PROFILE,
+)
+
+# SPEC 4: default limits and ESMTP, no rules (so the default rule applies).
+SMTP_INCOMING_STANDARD_ACTION = ProxyAction.model_validate(
+    {"name": SMTP_INCOMING_STANDARD, "direction": "incoming"}
+)
+SMTP_OUTGOING_STANDARD_ACTION = ProxyAction.model_validate(
+    {"name": SMTP_OUTGOING_STANDARD, "direction": "outgoing"}
+)
+PREDEFINED_ACTIONS: tuple[ProxyAction, ...] = (
+    SMTP_INCOMING_STANDARD_ACTION,
+    SMTP_OUTGOING_STANDARD_ACTION,
+)

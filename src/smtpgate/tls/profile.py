@@ -76,14 +76,24 @@ def profile_key(profile: TLSProfileLike) -> ProfileKey:
     )
 
 
-def check_profile(profile: TLSProfileLike) -> None:
-    """Raise :class:`TLSProfileError` for contradictory settings.
+def pfs_contradiction(min_version: MinVersion, pfs: PFSMode) -> str | None:
+    """Why ``pfs`` cannot be had with ``min_version``, or None when it can.
 
     ``pfs = "none"`` needs TLS 1.2 or lower (every TLS 1.3 suite is
     forward-secret), so it cannot be combined with ``min_version = "1.3"``.
+    The one statement of this rule: the configuration reports it with its
+    key path, :func:`check_profile` when a context is built.
     """
-    if profile.pfs == "none" and profile.min_version == "1.3":
-        raise TLSProfileError(
-            f"TLS profile {profile.name!r}: pfs = 'none' requires TLS 1.2 or lower, "
-            "but min_version is '1.3' (all TLS 1.3 cipher suites are forward-secret)"
+    if pfs == "none" and min_version == "1.3":
+        return (
+            "'none' needs TLS 1.2 or lower, but min_version is '1.3' "
+            "(every TLS 1.3 cipher suite is forward-secret)"
         )
+    return None
+
+
+def check_profile(profile: TLSProfileLike) -> None:
+    """Raise :class:`TLSProfileError` for contradictory settings."""
+    problem = pfs_contradiction(profile.min_version, profile.pfs)
+    if problem is not None:
+        raise TLSProfileError(f"TLS profile {profile.name!r}: pfs = {problem}")
