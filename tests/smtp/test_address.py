@@ -206,3 +206,21 @@ def test_invalid_utf8_in_an_address() -> None:
     server.receive_data(b"MAIL FROM:<a\xff@example.com>\r\n")
     assert server.next_event() is not None
     assert server.data_to_send() == b"501 5.5.2 Invalid UTF-8 in command\r\n"
+
+
+@pytest.mark.parametrize(
+    ("argument", "code"),
+    [
+        (b"alice@example.com", 501),  # no brackets: command syntax
+        (b"<alice@example.com>x", 501),
+        (b"<alice@example.com> SIZE=1 SIZE=2", 501),
+        (b"<alice@@example.com>", 553),  # a mailbox we cannot take
+        (b"<>", 553),
+    ],
+)
+def test_address_errors_carry_their_reply_code(argument: bytes, code: int) -> None:
+    """The server answers with the error's code, not one guessed from its text."""
+    with pytest.raises(AddressError) as raised:
+        parse_path(argument, allow_null=False)
+    assert raised.value.code == code
+    assert str(raised.value) == raised.value.text

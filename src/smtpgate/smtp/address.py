@@ -34,7 +34,13 @@ MAX_DOMAIN = 255
 
 
 class AddressError(ValueError):
-    """A malformed path or parameter; the server answers ``501``."""
+    """A malformed path or parameter; the server answers ``code text``: ``501`` for
+    command syntax (5.5.x), ``553`` for a mailbox it cannot take (5.1.3)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,30 +69,30 @@ def parse_path(
     try:
         text = argument.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise AddressError("5.5.2 Invalid UTF-8 in command") from exc
+        raise AddressError(501, "5.5.2 Invalid UTF-8 in command") from exc
     text = text.lstrip(" ")
     match = _PATH_RE.match(text)
     if match is None:
-        raise AddressError("5.5.2 Syntax error in mailbox address, expected <address>")
+        raise AddressError(501, "5.5.2 Syntax error in mailbox address, expected <address>")
     rest = text[match.end() :]
     if rest and not rest.startswith(" "):
-        raise AddressError("5.5.2 Syntax error after mailbox address")
+        raise AddressError(501, "5.5.2 Syntax error after mailbox address")
     params = parse_params(rest)
     raw_params = rest.strip(" ").encode("utf-8")
     mailbox = match.group("mailbox")
     path = match.group(0).encode("utf-8")
     if mailbox == "":
         if not allow_null or match.group(0) != "<>":
-            raise AddressError("5.1.3 Null address not allowed here")
+            raise AddressError(553, "5.1.3 Null address not allowed here")
         return NULL_SENDER, params, raw_params
     if allow_postmaster and mailbox.lower() == "postmaster":
         return Address(mailbox, "", path), params, raw_params
     box = _MAILBOX_RE.fullmatch(mailbox)
     if box is None:
-        raise AddressError("5.1.3 Bad address syntax")
+        raise AddressError(553, "5.1.3 Bad address syntax")
     local, domain = box.group("local"), box.group("domain")
     if len(local.encode("utf-8")) > MAX_LOCAL_PART or len(domain.encode("utf-8")) > MAX_DOMAIN:
-        raise AddressError("5.1.3 Address too long")
+        raise AddressError(553, "5.1.3 Address too long")
     return Address(local, domain, path), params, raw_params
 
 
@@ -98,11 +104,11 @@ def parse_params(text: str) -> tuple[tuple[str, str | None], ...]:
             continue
         m = _PARAM_RE.fullmatch(word)
         if m is None:
-            raise AddressError(f"5.5.4 Invalid parameter {word[:40]!r}")
+            raise AddressError(501, f"5.5.4 Invalid parameter {word[:40]!r}")
         key = m.group("key").upper()
         if any(key == seen for seen, _ in params):
             # RFC 5321 4.1.2 allows each parameter once; which one would count is a guess.
-            raise AddressError(f"5.5.4 Duplicate parameter {key}")
+            raise AddressError(501, f"5.5.4 Duplicate parameter {key}")
         params.append((key, m.group("value")))
     return tuple(params)
 

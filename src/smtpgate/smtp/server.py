@@ -353,7 +353,7 @@ class ServerConnection:
         try:
             sender, params, raw = parse_path(arg[5:], allow_null=True)
         except AddressError as exc:
-            self._error(501 if "5.5." in str(exc) else 553, str(exc))
+            self._error(exc.code, exc.text)
             return
         problem = self._check_mail_params(params, sender.path)
         if problem is not None:
@@ -396,7 +396,7 @@ class ServerConnection:
         try:
             recipient, params, raw = parse_path(arg[3:], allow_null=False, allow_postmaster=True)
         except AddressError as exc:
-            self._error(501 if "5.5." in str(exc) else 553, str(exc))
+            self._error(exc.code, exc.text)
             return
         for key, value in params:
             if RCPT_PARAMETERS.get(key) not in self.offered or not self.esmtp:
