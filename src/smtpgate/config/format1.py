@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smtpgate.config.errors import Loc
+from smtpgate.config.errors import Loc, format_loc
 from smtpgate.config.names import DEFAULT_PROFILE_FOR_DIRECTION
 from smtpgate.config.schema import Config, ProxyAction, TLSProfile
 from smtpgate.config.toml_writer import dumps
@@ -24,6 +24,7 @@ FORMAT1_TLS_KEYS = ("min_version", "pfs", "validate_certificates", "ca_file")
 """The TLS settings a format 1 ``[proxy_actions.starttls]`` table carried."""
 
 _PROFILE_ONLY_FIELDS = ("ocsp", "ocsp_allow_unavailable", "tls_compliant_only")
+_FORMAT2_RULE_FIELDS = ("name", "comment")
 _TLS_SUFFIX = ".TLS"
 
 
@@ -108,7 +109,7 @@ def format1_losses(config: Config) -> list[str]:
         if profile is None:
             continue
         used.add(profile.name)
-        where = f"proxy_actions[{i}].starttls.tls_profile"
+        where = format_loc(("proxy_actions", i, "starttls", "tls_profile"))
         if profile.name != generated_profile_name(action.name):
             losses.append(
                 f"{where}: profile {profile.name!r} is written inline and reads back "
@@ -121,9 +122,19 @@ def format1_losses(config: Config) -> list[str]:
                     f"{where}: {profile.name!r} sets {field} = "
                     f"{str(getattr(profile, field)).lower()}, which format 1 cannot express"
                 )
+    for i, action in enumerate(config.proxy_actions):
+        for j, entry in enumerate(action.starttls.rules):
+            for field in _FORMAT2_RULE_FIELDS:
+                if getattr(entry, field) is not None:
+                    losses.append(
+                        f"{format_loc(('proxy_actions', i, 'starttls', 'rules', j, field))}: "
+                        f"rule {field}s are not part of format 1; dropped"
+                    )
     for k, profile in enumerate(config.tls_profiles):
         if profile.name not in used:
-            losses.append(f"tls_profiles[{k}]: {profile.name!r} is used by no action; dropped")
+            losses.append(
+                f"{format_loc(('tls_profiles', k))}: {profile.name!r} is used by no action; dropped"
+            )
     return losses
 
 
@@ -135,6 +146,9 @@ def export_format1(config: Config) -> str:
     for action, dumped in zip(config.proxy_actions, data["proxy_actions"], strict=True):
         starttls = dumped["starttls"]
         del starttls["tls_profile"]
+        for rule in starttls["rules"]:
+            for field in _FORMAT2_RULE_FIELDS:
+                rule.pop(field, None)
         profile = _inline_profile(action, config)
         if profile is not None:
             inline = profile.model_dump(mode="json", include=set(FORMAT1_TLS_KEYS))

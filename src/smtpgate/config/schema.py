@@ -146,6 +146,8 @@ def default_hostname() -> str:
 class Gateway(_Model):
     hostname: StrictStr = Field(default_factory=default_hostname)
     state_dir: RequiredPath = Field(default="state", validate_default=True)
+    #: Saved versions kept in state_dir/versions (issue 8); the oldest go first.
+    keep_versions: int = Field(default=50, ge=1, le=10_000)
 
     @field_validator("hostname")
     @classmethod
@@ -222,9 +224,24 @@ class TLSProfile(_Model):
 # --- proxy actions (SPEC 4) --------------------------------------------------------
 
 
-class RuleEntry(_Model):
-    """One encryption rule as written in ``[[proxy_actions.starttls.rules]]``."""
+def _check_rule_name(value: str) -> str:
+    if value.isdigit():
+        raise _custom_error(
+            "rule_name", "a rule name cannot be a number (numbers address rules by position)"
+        )
+    return value
 
+
+class RuleEntry(_Model):
+    """One encryption rule as written in ``[[proxy_actions.starttls.rules]]``.
+
+    ``name`` is the rule's stable identity (unique within its action): logs
+    and ``rules test`` show it beside the position, so inserting a rule does
+    not change what an old log line meant. ``comment`` is free text.
+    """
+
+    name: Annotated[Name, AfterValidator(_check_rule_name)] | None = None
+    comment: StrictStr | None = None
     enabled: bool = True
     sender: Pattern = ANY_DOMAIN
     recipient: Pattern = ANY_DOMAIN
@@ -235,6 +252,7 @@ class RuleEntry(_Model):
 
     def to_rule(self) -> EncryptionRule:
         return EncryptionRule(
+            name=self.name,
             enabled=self.enabled,
             sender=self.sender,
             recipient=self.recipient,
@@ -472,6 +490,19 @@ def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
                 ("proxy_actions", i, "starttls", "tls_profile"),
                 f"no TLS profile named {action.starttls.tls_profile!r}",
             )
+
+    for i, action in enumerate(config.proxy_actions):
+        seen: dict[str, int] = {}
+        for j, entry in enumerate(action.starttls.rules):
+            if entry.name is None:
+                continue
+            if entry.name in seen:
+                first = ("proxy_actions", i, "starttls", "rules", seen[entry.name])
+                yield (
+                    ("proxy_actions", i, "starttls", "rules", j, "name"),
+                    f"duplicate rule name {entry.name!r} (also {format_loc(first)})",
+                )
+            seen.setdefault(entry.name, j)
 
     for i, policy in enumerate(config.policies):
         if policy.proxy_action not in action_names:

@@ -44,6 +44,8 @@ def _write_table(
     if header is not None:
         lines.extend(("", header))
     for key, value in table.items():
+        if value is None:
+            continue  # TOML has no null: an unset optional key is left out
         if not isinstance(value, Mapping) and not _is_table_array(value):
             lines.append(f"{_key(key)} = {_value(value)}")
     for key, value in table.items():

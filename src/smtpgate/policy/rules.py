@@ -37,6 +37,8 @@ class EncryptionRule:
     recipient: DomainPattern = ANY_DOMAIN
     sender_encryption: SenderEncryption = SenderEncryption.OPTIONAL
     recipient_encryption: RecipientEncryption = RecipientEncryption.PREFERRED
+    #: The rule's stable name (config ``name``), shown beside its position.
+    name: str | None = None
 
     @property
     def is_catch_all(self) -> bool:
@@ -58,8 +60,13 @@ class RuleMatch:
 
     @property
     def label(self) -> str:
-        """1-based position as users count rules, or ``"default"`` (SPEC 6, 7)."""
-        return "default" if self.position is None else str(self.position + 1)
+        """1-based position as users count rules, with the rule's name when it
+        has one (``"3 (partners)"``), or ``"default"`` (SPEC 6, 7)."""
+        if self.position is None:
+            return "default"
+        if self.rule.name is None:
+            return str(self.position + 1)
+        return f"{self.position + 1} ({self.rule.name})"
 
 
 _DEFAULT_MATCH = RuleMatch(None, DEFAULT_RULE)
