@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import sys
-from collections.abc import Iterable
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,22 +16,25 @@ from typing import Annotated, Any
 import typer
 import uvloop
 
+from smtpgate.commands.common import ConfigOption, fail, load, print_problems
+from smtpgate.commands.config import config_app
+from smtpgate.commands.objects import actions_app, profiles_app
+from smtpgate.commands.rules import rules_app
 from smtpgate.config.errors import ConfigError
-from smtpgate.config.loader import default_config, load_config
+from smtpgate.config.loader import load_config
 from smtpgate.config.schema import Config
 from smtpgate.config.warnings import config_warnings
 from smtpgate.logs import EventLog
+from smtpgate.pidfile import remove_pid_file, write_pid_file
 from smtpgate.tls.certificates import CertificateError, CertificateStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-rules_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Encryption rules.")
 ca_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The proxy CA.")
 app.add_typer(rules_app, name="rules")
+app.add_typer(actions_app, name="actions")
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(config_app, name="config")
 app.add_typer(ca_app, name="ca")
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML configuration file.")
-]
 
 
 def _show_version(value: bool) -> None:
@@ -55,27 +56,6 @@ def _options(
     pass
 
 
-def _print(kind: str, path: Path | None, lines: Iterable[tuple[str, str]]) -> None:
-    """``kind: FILE: key.path: reason`` on standard error, one line each."""
-    where = f"{path}: " if path else ""
-    for key, reason in lines:
-        typer.echo(
-            f"{kind}: {where}{key}: {reason}" if key else f"{kind}: {where}{reason}", err=True
-        )
-
-
-def _fail(path: Path | None, exc: ConfigError) -> typer.Exit:
-    _print("error", path, exc.errors)
-    return typer.Exit(1)
-
-
-def _load(path: Path | None) -> Config:
-    try:
-        return load_config(path) if path is not None else default_config()
-    except ConfigError as exc:
-        raise _fail(path, exc) from exc
-
-
 def run_async(coro: Any) -> Any:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
@@ -84,7 +64,7 @@ def run_async(coro: Any) -> Any:
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Run the proxy (with no --config, an embedded default)."""
-    cfg = _load(config)
+    cfg = load(config)
     run_async(_serve(cfg, config))
 
 
@@ -98,16 +78,21 @@ async def _serve(cfg: Config, path: Path | None) -> None:
     try:
         gateway = Gateway(cfg, log, reload_config=(lambda: load_config(path)) if path else None)
     except ConfigError as exc:
-        raise _fail(path, exc) from exc
+        raise fail(path, exc) from exc
     for created in sorted(_files_under(cfg.gateway.state_dir) - before):
         log.emit("created", file=str(created), key="gateway.state_dir")
     try:
         await gateway.start()
     except ConfigError as exc:
         await gateway.stop()
-        raise _fail(path, exc) from exc
+        raise fail(path, exc) from exc
     gateway.install_signal_handlers()
-    await gateway.serve_until_stopped()
+    # The pid file lets `smtpgate rules add ...` on this file signal us (SIGHUP).
+    write_pid_file(cfg.gateway.state_dir, path)
+    try:
+        await gateway.serve_until_stopped()
+    finally:
+        remove_pid_file(cfg.gateway.state_dir)
     log.close()
 
 
@@ -126,19 +111,19 @@ def check(
     so. Errors and warnings go to standard error, one line each, naming the
     key path; warnings (settings without effect) do not change the exit code.
     """
-    cfg = _load(config)
+    cfg = load(config)
     _open_log(cfg, config).close()  # serve appends to it; a file that is not there yet is made
     state_dir = cfg.gateway.state_dir
     before = _files_under(state_dir)
     try:
         run_async(_build(cfg, bind=bind))
     except ConfigError as exc:
-        raise _fail(config, exc) from exc
+        raise fail(config, exc) from exc
     finally:
         for created in sorted(_files_under(state_dir) - before):
             typer.echo(f"note: {config}: created {created} (gateway.state_dir)", err=True)
     found = config_warnings(cfg)
-    _print("warning", config, ((w.key, w.reason) for w in found))
+    print_problems("warning", config, ((w.key, w.reason) for w in found))
     typer.echo(
         f"{config}: ok ({len(cfg.policies)} policies, {len(cfg.proxy_actions)} proxy actions, "
         f"{len(cfg.tls_profiles)} TLS profiles, {len(found)} warnings)"
@@ -152,7 +137,7 @@ def _open_log(cfg: Config, path: Path | None) -> EventLog:
         return EventLog.open(str(log_file) if log_file else None, cfg.logging.format)
     except OSError as exc:
         reason = f"{log_file}: cannot open: {exc.strerror or exc}"
-        raise _fail(path, ConfigError([("logging.file", reason)])) from exc
+        raise fail(path, ConfigError([("logging.file", reason)])) from exc
 
 
 async def _build(cfg: Config, *, bind: bool) -> None:
@@ -171,32 +156,6 @@ def _files_under(folder: Path) -> set[Path]:
     return set(folder.rglob("*")) if folder.is_dir() else set()
 
 
-@rules_app.command("test")
-def rules_test(
-    action: Annotated[str, typer.Option("--action", help="Proxy action name.")],
-    sender: Annotated[str, typer.Option("--from", help="Envelope sender address or domain.")],
-    recipient: Annotated[str, typer.Option("--to", help="Envelope recipient address or domain.")],
-    config: ConfigOption = None,
-    client_tls: Annotated[bool, typer.Option("--client-tls", help="Client leg encrypted.")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Which rule matches and what each leg will do."""
-    from smtpgate.explain import explain
-
-    cfg = _load(config)
-    try:
-        proxy_action = cfg.action(action)
-    except KeyError as exc:
-        typer.echo(f"error: no proxy action named {action!r}", err=True)
-        raise typer.Exit(1) from exc
-    result = explain(proxy_action, sender, recipient, client_tls=client_tls)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            typer.echo(f"{key:>18}: {value}")
-
-
 @ca_app.command("export")
 def ca_export(config: ConfigOption = None) -> None:
     """Print the proxy CA certificate (PEM) for clients to trust.
@@ -204,12 +163,12 @@ def ca_export(config: ConfigOption = None) -> None:
     Only reads: when the CA is to be generated and has not been yet, says
     how to create it and exits 1.
     """
-    cfg = _load(config)
+    cfg = load(config)
     state_dir, ca_cert = cfg.gateway.state_dir, cfg.certificates.ca_cert
     try:
         pem = CertificateStore.existing_ca_pem(state_dir, ca_cert)
     except CertificateError as exc:
-        raise _fail(config, ConfigError([("certificates.ca_cert", str(exc))])) from exc
+        raise fail(config, ConfigError([("certificates.ca_cert", str(exc))])) from exc
     if pem is None:
         start = f"smtpgate check --config {config}" if config else "smtpgate serve"
         typer.echo(

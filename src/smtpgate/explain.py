@@ -1,17 +1,24 @@
-"""``smtpgate rules test``: the decisions of SPEC 2 for one sender/recipient pair."""
+"""``smtpgate rules test``: the decisions of SPEC 2 for a sender and its recipients.
+
+:func:`rules_test` is the whole answer (the command's ``--json`` and the
+API's rule tester return it as is); :func:`explain` decides one pair.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from smtpgate.config.schema import ProxyAction
+from smtpgate.config.editing import Invalid, NotFound
+from smtpgate.config.schema import Config, ProxyAction
 from smtpgate.policy.decisions import (
     UpstreamTLS,
     reject_mail_from_in_clear,
     reject_rcpt_in_clear,
     upstream_tls,
 )
-from smtpgate.policy.patterns import normalize_domain
+from smtpgate.policy.patterns import DomainPattern, PatternError, PatternKind, normalize_domain
+from smtpgate.smtp.address import AddressError, parse_path
 
 
 def _domain(address: str) -> str:
@@ -50,9 +57,76 @@ def explain(
         "sender_domain": sender_domain,
         "recipient_domain": recipient_domain,
         "rule": match.label,
+        "rule_position": None if match.position is None else match.position + 1,
+        "rule_name": match.rule.name,
         "sender_encryption": str(match.rule.sender_encryption),
         "recipient_encryption": str(match.rule.recipient_encryption),
         "client_leg": client_leg,
         "upstream_leg": upstream,
         "upstream_mode": str(mode),
+    }
+
+
+def check_address(text: str, *, what: str, null_allowed: bool) -> str | None:
+    """Why ``text`` is not an address (``local@domain``) or a bare domain, or None."""
+    if text in ("", "<>"):
+        return None if null_allowed else f"{what}: the null address is only a sender"
+    if "@" in text:
+        try:
+            parse_path(f"<{text}>".encode(), allow_null=False)
+        except AddressError as exc:
+            return f"{what}: {text!r} is not an address: {str(exc).partition(' ')[2]}"
+        return None
+    try:
+        pattern = DomainPattern.parse(text)
+    except PatternError as exc:
+        return f"{what}: {text!r} is neither an address nor a domain: {exc}"
+    if pattern.kind is not PatternKind.EXACT:
+        return f"{what}: {text!r} is a pattern; give an address or a domain"
+    return None
+
+
+def rules_test(
+    config: Config,
+    *,
+    sender: str,
+    recipients: Sequence[str],
+    action: str | None = None,
+    policy: str | None = None,
+    client_tls: bool = False,
+) -> dict[str, Any]:
+    """Which rule decides each recipient, and what each leg does.
+
+    The action is ``action``, or the one ``policy`` uses; a wrong name raises
+    :class:`NotFound` listing the valid ones, a malformed address
+    :class:`Invalid` naming it.
+    """
+    if (action is None) == (policy is None):
+        raise Invalid([("", "give either a proxy action or a policy")])
+    if policy is not None:
+        if policy not in config.policies_by_name:
+            names = ", ".join(config.policies_by_name) or "none"
+            raise NotFound([("policies", f"no policy named {policy!r}; policies: {names}")])
+        action = config.policy(policy).proxy_action
+    assert action is not None
+    if action not in config.actions_by_name:
+        names = ", ".join(config.actions_by_name)
+        raise NotFound([("proxy_actions", f"no proxy action named {action!r}; actions: {names}")])
+    if not recipients:
+        raise Invalid([("", "give at least one recipient")])
+    problems = [check_address(sender, what="sender", null_allowed=True)]
+    problems += [check_address(r, what="recipient", null_allowed=False) for r in recipients]
+    if any(problems):
+        raise Invalid(("", p) for p in problems if p)
+    proxy_action = config.action(action)
+    results = []
+    for recipient in recipients:
+        decision = explain(proxy_action, sender, recipient, client_tls=client_tls)
+        results.append({"recipient": recipient, **decision})
+    return {
+        "policy": policy,
+        "action": action,
+        "sender": sender,
+        "client_tls": client_tls,
+        "results": results,
     }

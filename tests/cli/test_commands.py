@@ -117,13 +117,13 @@ def test_rules_test_reports_rule_and_both_legs(tmp_path: Path) -> None:
     path = str(write_config(tmp_path))
     clear = rules_test(path, "alice@Partner.Example", "bob@corp.example", "--json")
     assert clear.returncode == 0, clear.stderr
-    decision = json.loads(clear.stdout)
+    decision = json.loads(clear.stdout)["results"][0]
     assert decision["rule"] == "1"
     assert decision["client_leg"].startswith("530 at RCPT")
     assert decision["upstream_mode"] == "required"
     legacy = json.loads(
         rules_test(path, "x@other.example", "t@a.legacy.example", "--client-tls", "--json").stdout
-    )
+    )["results"][0]
     assert legacy["rule"] == "2" and legacy["upstream_mode"] == "none"
     fallback = rules_test(path, "x@other.example", "t@legacy.example")
     assert "default" in fallback.stdout and "STARTTLS if offered" in fallback.stdout
@@ -131,7 +131,8 @@ def test_rules_test_reports_rule_and_both_legs(tmp_path: Path) -> None:
 
 def test_rules_test_with_envelope_switch_rejects_at_mail(tmp_path: Path) -> None:
     path = str(write_config(tmp_path, envelope=True))
-    result = json.loads(rules_test(path, "a@partner.example", "b@x.example", "--json").stdout)
+    report = json.loads(rules_test(path, "a@partner.example", "b@x.example", "--json").stdout)
+    result = report["results"][0]
     assert result["client_leg"].startswith("530 at MAIL FROM")
 
 

@@ -128,7 +128,7 @@ def format1_losses(config: Config) -> list[str]:
                 if getattr(entry, field) is not None:
                     losses.append(
                         f"{format_loc(('proxy_actions', i, 'starttls', 'rules', j, field))}: "
-                        f"rule {field}s are not part of format 1; dropped"
+                        f"rule {field}s are not part of format 1"
                     )
     for k, profile in enumerate(config.tls_profiles):
         if profile.name not in used:

@@ -1,0 +1,173 @@
+"""What every command shares: the ``--config`` option, error lines, tables,
+``--json``, and saving an edit (version, then a signal to a running server)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from smtpgate.config.editing import ConfigDocument, EditError
+from smtpgate.config.errors import ConfigError
+from smtpgate.config.loader import default_config, load_config
+from smtpgate.config.schema import Config
+from smtpgate.config.store import ConfigStore, SaveResult
+from smtpgate.pidfile import signal_reload
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML configuration file.")
+]
+FileOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="TOML configuration file (the one edited)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+BaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--base",
+        help="Refuse unless the file is still this version (an etag from `config versions`).",
+    ),
+]
+
+
+def print_problems(kind: str, path: Path | None, lines: Iterable[tuple[str, str]]) -> None:
+    """``kind: FILE: key.path: reason`` on standard error, one line each."""
+    where = f"{path}: " if path else ""
+    for key, reason in lines:
+        typer.echo(
+            f"{kind}: {where}{key}: {reason}" if key else f"{kind}: {where}{reason}", err=True
+        )
+
+
+def fail(path: Path | None, exc: ConfigError | EditError) -> typer.Exit:
+    print_problems("error", path, exc.errors)
+    return typer.Exit(1)
+
+
+def load(path: Path | None) -> Config:
+    try:
+        return load_config(path) if path is not None else default_config()
+    except ConfigError as exc:
+        raise fail(path, exc) from exc
+
+
+def editing(path: Path, base: str | None) -> tuple[ConfigStore, ConfigDocument]:
+    """The store and the document a command edits; ``base`` (an etag) must match."""
+    store = ConfigStore(path)
+    try:
+        document = store.open()
+    except EditError as exc:
+        raise fail(path, exc) from exc
+    if base is not None and base != document.etag:
+        typer.echo(
+            f"error: {path}: changed since version {base} (now {document.etag}); "
+            "nothing was written",
+            err=True,
+        )
+        raise typer.Exit(1)
+    return store, document
+
+
+def command_user() -> str:
+    """Who saves through a command, as versions record it: ``cli:<login>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def run_edit(
+    path: Path,
+    base: str | None,
+    as_json: bool,
+    edit: Callable[[ConfigDocument], Any],
+    describe: Callable[[Any], str] | None = None,
+) -> None:
+    """Load, apply ``edit`` (its return value is shown), save as a new
+    version, signal a running server of this file; errors change nothing."""
+    store, document = editing(path, base)
+    state_dir = document.config.gateway.state_dir
+    try:
+        outcome = edit(document)
+        result = store.save(document, user=command_user())
+    except EditError as exc:
+        raise fail(path, exc) from exc
+    report_save(path, state_dir, result, as_json, outcome, describe)
+
+
+def report_save(
+    path: Path,
+    state_dir: Path,
+    result: SaveResult,
+    as_json: bool,
+    outcome: Any = None,
+    describe: Callable[[Any], str] | None = None,
+) -> None:
+    signal = None if result.unchanged else signal_reload(state_dir, path)
+    if as_json:
+        payload: dict[str, Any] = {
+            "result": outcome,
+            "saved": not result.unchanged,
+            "version": result.version.as_json(),
+            "server": {
+                "signalled": signal is not None and signal.pid is not None,
+                "pid": signal.pid if signal else None,
+                "note": signal.note if signal else "unchanged; nothing to apply",
+            },
+        }
+        print_json(payload)
+        return
+    if describe is not None:
+        typer.echo(describe(outcome))
+    version = result.version
+    if result.unchanged:
+        typer.echo(f"{path}: unchanged (version {version.id}, etag {version.etag})")
+        return
+    typer.echo(f"{path}: saved as version {version.id} (etag {version.etag}): {version.summary}")
+    assert signal is not None
+    typer.echo(signal.describe())
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Columns padded to their widest cell; ``None`` shows as ``-``."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    for row in [list(headers), *cells]:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def print_fields(data: Iterable[tuple[str, Any]]) -> None:
+    """``key: value`` lines, keys right-aligned."""
+    pairs = [(k, _cell(v)) for k, v in data]
+    width = max((len(k) for k, _ in pairs), default=0)
+    for key, value in pairs:
+        typer.echo(f"{key:>{width}}: {value}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def rule_ref(text: str) -> int | str:
+    """A RULE argument: a 1-based position, or a rule name."""
+    return int(text) if text.isdigit() else text
+
+
+def die(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
