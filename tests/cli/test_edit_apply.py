@@ -1,0 +1,109 @@
+"""A rule changed through a command reaches a running ``smtpgate serve``
+(issue 8 item 4): the save signals the server through its pid file; the next
+SMTP session has the new rule, a session in progress keeps the old ones."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import subprocess
+import time
+from pathlib import Path
+
+from tests.peers import free_port
+from tests.peers.smtpgate_proc import SmtpgateProcess, smtpgate_binary
+from tests.peers.upstream import AiosmtpdUpstream
+
+CONFIG = """\
+[gateway]
+hostname = "mx.apply.test"
+state_dir = "state"
+[logging]
+file = "smtpgate.log.jsonl"
+[[policies]]
+name = "inbound"
+listen = "127.0.0.1:{listen}"
+upstream = "127.0.0.1:{upstream}"
+proxy_action = "Inbound"
+[[proxy_actions]]
+name = "Inbound"
+"""
+
+
+def smtpgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [smtpgate_binary(), *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_a_rule_added_by_command_applies_to_the_next_session_only(tmp_path: Path) -> None:
+    with AiosmtpdUpstream() as upstream:
+        text = CONFIG.format(listen=free_port(), upstream=upstream.port)
+        with SmtpgateProcess(tmp_path, text) as gate:
+            assert gate.proc is not None
+            pid_path = gate.state_dir / "smtpgate.pid"
+            # written once the signal handlers are in place, just after "listening"
+            deadline = time.monotonic() + 10
+            while not pid_path.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pid_file = json.loads(pid_path.read_text())
+            assert pid_file == {"pid": gate.proc.pid, "config": str(gate.config_file.resolve())}
+
+            in_progress = smtplib.SMTP("127.0.0.1", gate.port(), timeout=10)
+            assert in_progress.ehlo()[0] == 250
+            assert in_progress.mail("a@other.example")[0] == 250
+
+            added = smtpgate(
+                "rules", "add", "-c", str(gate.config_file), "-a", "Inbound",
+                "--name", "other-tls", "--sender", "other.example",
+                "--sender-encryption", "required",
+            )  # fmt: skip
+            assert added.returncode == 0, added.stderr
+            assert added.stdout.splitlines()[-1] == (
+                f"signalled the running server (pid {gate.proc.pid}) to reload"
+            )
+            gate.wait_record("reloaded")
+
+            new = smtplib.SMTP("127.0.0.1", gate.port(), timeout=10)
+            new.ehlo()
+            assert new.mail("a@other.example")[0] == 250
+            assert new.rcpt("b@corp.example") == (
+                530,
+                b"5.7.0 Must issue a STARTTLS command first",
+            )
+            new.quit()
+            rejected = gate.wait_record("rcpt_rejected")
+            assert rejected[0]["rule"] == "1 (other-tls)"
+
+            # the session that began before the save still runs under no rules
+            assert in_progress.rcpt("b@corp.example")[0] == 250
+            in_progress.data(b"Subject: old rules\r\n\r\nstill accepted\r\n")
+            in_progress.quit()
+            gate.transactions(rule="default")
+    assert len(upstream.messages) == 1
+
+
+def test_a_stale_pid_file_is_not_signalled(tmp_path: Path) -> None:
+    path = tmp_path / "smtpgate.toml"
+    path.write_text(CONFIG.format(listen=free_port(), upstream=free_port()))
+    state = tmp_path / "state"
+    state.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (state / "smtpgate.pid").write_text(json.dumps({"pid": gone.pid, "config": str(path)}))
+    out = smtpgate("rules", "add", "-c", str(path), "-a", "Inbound", "--sender", "x.example")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == (
+        f"no running server found (removed stale pid file {state / 'smtpgate.pid'})"
+    )
+    assert not (state / "smtpgate.pid").exists()
+    # a pid that now belongs to another program is stale too, and is not signalled
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (state / "smtpgate.pid").write_text(json.dumps({"pid": other.pid, "config": str(path)}))
+        out = smtpgate("rules", "add", "-c", str(path), "-a", "Inbound", "--sender", "y.example")
+        assert "removed stale pid file" in out.stdout
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
