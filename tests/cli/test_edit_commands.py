@@ -168,7 +168,10 @@ def test_a_refused_edit_names_the_key_path_and_writes_nothing(cfg: Path) -> None
     predefined = run("rules", "add", "-c", str(cfg), "-a", "SMTP-Incoming.Standard")
     assert "is predefined and read-only; clone it" in predefined.stderr
     missing = run("rules", "remove", "-c", str(cfg), "-a", "Inbound", "9")
-    assert "no rule at position 9; 'Inbound' has 2 rules" in missing.stderr
+    assert missing.stderr == (
+        f"error: {cfg}: proxy_actions[1].starttls.rules: no rule at position 9; "
+        "'Inbound' has 2 rules\n"
+    )
     assert cfg.read_text() == CONFIG
     assert not (cfg.parent / "state" / "versions").exists() or not list(
         (cfg.parent / "state" / "versions").glob("*.toml")

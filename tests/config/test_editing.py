@@ -238,3 +238,23 @@ def test_profile_summary_is_what_the_console_shows() -> None:
     assert summary["validation"] == "on (chain and host name checked)"
     assert summary["ca"] == "system trust store"
     assert summary["ocsp"] == "off"
+
+
+def test_rules_are_added_to_dotted_and_inline_starttls_tables() -> None:
+    text = """\
+[[proxy_actions]]
+name = "Dotted"
+starttls.tls_profile = "TLS-Server.Standard"
+[[proxy_actions]]
+name = "Inline"
+starttls = { tls_profile = "TLS-Server.Standard" }
+"""
+    document = doc(text)
+    document.add_rule("Dotted", {"sender": "a.example"})
+    document.add_rule("Inline", {"sender": "b.example"})
+    # what is written reads back as what was validated
+    reread = parse_config(document.text(), Path("/srv/smtpgate"))
+    assert [r.sender.text for r in reread.action("Dotted").starttls.rules] == ["a.example"]
+    assert [r.sender.text for r in reread.action("Inline").starttls.rules] == ["b.example"]
+    assert reread.action("Dotted").starttls.tls_profile == "TLS-Server.Standard"
+    assert 'rules = [{sender = "b.example"}]' in document.text()

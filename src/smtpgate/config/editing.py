@@ -54,6 +54,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+import tomllib
 from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence
 from pathlib import Path
 from typing import Any, Final, Literal, Self
@@ -297,6 +298,11 @@ class ConfigDocument:
         work = copy.deepcopy(self._doc)
         change(work)
         config = _validate(work, self.base_dir)
+        if tomllib.loads(work.as_string()) != work.unwrap():
+            # What is validated must be what is written; tomlkit could not lay it out.
+            raise Invalid(
+                [("", f"{summary}: cannot be written in this file's layout; edit it by hand")]
+            )
         self._doc, self.config = work, config
         self.changes.append(summary)
 
@@ -346,7 +352,12 @@ class ConfigDocument:
             rules = self.config.action(action).starttls.rules
         except KeyError:
             raise self._not_found(ACTIONS, action) from None
-        loc = (ACTIONS, action, "rules")
+        user_names = [a.name for a in self.config.proxy_actions]
+        loc: Loc = (
+            (ACTIONS, user_names.index(action), "starttls", "rules")
+            if action in user_names
+            else (ACTIONS,)
+        )
         if isinstance(ref, int):
             if not 1 <= ref <= len(rules):
                 raise NotFound.at(
@@ -375,11 +386,20 @@ class ConfigDocument:
             if not create:
                 return []
             action["starttls"] = tomlkit.table()
+        elif create and "rules" not in action["starttls"] and _is_dotted(action, "starttls"):
+            # `starttls.tls_profile = ...` lines: rules need a [proxy_actions.starttls] table.
+            settings = _plain(action["starttls"])
+            del action["starttls"]
+            action["starttls"] = tomlkit.table()
+            for key, value in settings.items():
+                action["starttls"][key] = value
         starttls = action["starttls"]
         if "rules" not in starttls:
             if not create:
                 return []
-            starttls["rules"] = tomlkit.aot()
+            starttls["rules"] = (
+                tomlkit.array() if isinstance(starttls, InlineTable) else tomlkit.aot()
+            )
         return starttls["rules"]
 
     # -- rules --
@@ -641,6 +661,12 @@ def _validate(document: TOMLDocument, base_dir: Path) -> Config:
         return config_from_data(document.unwrap(), base_dir)
     except ConfigError as exc:
         raise Invalid.from_config_error(exc) from None
+
+
+def _is_dotted(table: Any, key: str) -> bool:
+    """Whether ``key`` is written as dotted keys (``starttls.enabled = true``) in ``table``."""
+    body = getattr(getattr(table, "value", None), "body", ())
+    return any(k is not None and k.key == key and k.is_dotted() for k, _ in body)
 
 
 def _check_rule_keys(fields: Mapping[str, Any], loc: Loc) -> None:
