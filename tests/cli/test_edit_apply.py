@@ -80,6 +80,7 @@ def test_a_rule_added_by_command_applies_to_the_next_session_only(tmp_path: Path
             in_progress.data(b"Subject: old rules\r\n\r\nstill accepted\r\n")
             in_progress.quit()
             gate.transactions(rule="default")
+        assert not pid_path.exists()  # removed when serve stops
     assert len(upstream.messages) == 1
 
 

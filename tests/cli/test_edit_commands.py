@@ -322,6 +322,11 @@ def test_export_format1_refuses_what_it_cannot_express_unless_lossy(cfg: Path) -
     assert data["proxy_actions"][0]["starttls"]["pfs"] == "required"
     assert "name" not in data["proxy_actions"][0]["starttls"]["rules"][0]
     assert ok("check", "-c", str(out)).strip().endswith("0 warnings)")
+    refused_json = run("config", "export", "-c", str(cfg), "--format", "1", "--json")
+    assert refused_json.returncode == 1
+    assert json.loads(refused_json.stdout)["exported"] is False
+    exported = as_json("config", "export", "-c", str(cfg), "--format", "2")
+    assert tomllib.loads(exported["text"])["proxy_actions"][0]["name"] == "Inbound"
 
 
 # --- rules test ---------------------------------------------------------------------------------

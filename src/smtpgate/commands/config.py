@@ -247,14 +247,19 @@ def export(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here (default: standard output).")
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Write the configuration in format 1 or 2 ("save as version")."""
     cfg = load(config)
+    losses: list[str] = []
     if format_ == 2:
         text = dump_config(cfg)
     elif format_ == 1:
         losses = format1_losses(cfg)
         if losses and not lossy:
+            if as_json:
+                print_json({"format": 1, "exported": False, "losses": losses})
+                raise typer.Exit(1)
             print_problems("error", config, (("", x) for x in losses))
             typer.echo(
                 "error: format 1 cannot express these; nothing exported "
@@ -266,8 +271,12 @@ def export(
         text = export_format1(cfg)
     else:
         die(f"--format {format_}: there are formats 1 and 2")
-    if output is None:
+    if output is not None:
+        atomic_write(output, text)
+    if as_json:
+        shown = {"output": str(output)} if output is not None else {"text": text}
+        print_json({"format": format_, "exported": True, "losses": losses, **shown})
+    elif output is None:
         sys.stdout.write(text)
     else:
-        atomic_write(output, text)
         typer.echo(f"wrote {output} (format {format_})")
