@@ -132,6 +132,8 @@ def test_rules_set_move_disable_enable_remove(cfg: Path) -> None:
     }
     moved = as_json("rules", "move", "-c", c, "-a", "Inbound", "legacy", "--up")
     assert moved["result"]["position"] == 1
+    first = run("rules", "move", "-c", c, "-a", "Inbound", "legacy", "--up")
+    assert first.stderr == "error: rule legacy of Inbound is already the first\n"
     assert as_json("rules", "disable", "-c", c, "-a", "Inbound", "partners")["result"] == {
         **as_json("rules", "list", "-c", c, "-a", "Inbound")["Inbound"][1],
     }

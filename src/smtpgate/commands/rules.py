@@ -198,6 +198,9 @@ def rules_move(
 
     def edit(doc: ConfigDocument) -> dict[str, Any]:
         at = doc.rule_index(action, rule_ref(rule)) + 1
+        count = len(doc.rules(action))
+        if (up and at == 1) or (down and at == count):
+            die(f"rule {rule} of {action} is already the {'first' if up else 'last'}")
         target = position if position is not None else at - 1 if up else at + 1
         moved = doc.move_rule(action, rule_ref(rule), target)
         return doc.rules(action)[moved - 1]
