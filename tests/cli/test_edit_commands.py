@@ -168,7 +168,10 @@ def test_a_refused_edit_names_the_key_path_and_writes_nothing(cfg: Path) -> None
         duplicate.stderr
     )
     predefined = run("rules", "add", "-c", str(cfg), "-a", "SMTP-Incoming.Standard")
-    assert "is predefined and read-only; clone it" in predefined.stderr
+    assert predefined.stderr == (
+        f"error: {cfg}: proxy_actions: 'SMTP-Incoming.Standard' is predefined and read-only; "
+        "clone it (as 'SMTP-Incoming.Standard.1') and change the copy\n"
+    )
     missing = run("rules", "remove", "-c", str(cfg), "-a", "Inbound", "9")
     assert missing.stderr == (
         f"error: {cfg}: proxy_actions[1].starttls.rules: no rule at position 9; "

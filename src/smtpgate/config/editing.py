@@ -316,7 +316,7 @@ class ConfigDocument:
             raise ReadOnly.at(
                 (kind,),
                 f"{name!r} is predefined and read-only; clone it "
-                f"(e.g. smtpgate {_command(kind)} clone {name}) and change the copy",
+                f"(as {clone_name(self._merged_names(kind), name)!r}) and change the copy",
             )
         raise self._not_found(kind, name)
 
@@ -649,10 +649,7 @@ class ConfigDocument:
 
 
 def _merged(kind: Kind) -> str:
-    return "actions" if kind == ACTIONS else "profiles"
-
-
-def _command(kind: Kind) -> str:
+    """The :class:`Config` view of predefined and user objects of ``kind``."""
     return "actions" if kind == ACTIONS else "profiles"
 
 
