@@ -392,3 +392,19 @@ def test_a_save_killed_before_its_rename_leaves_the_old_file(cfg: Path) -> None:
     ok("rules", "disable", "-c", str(cfg), "-a", "Inbound", "1")
     assert not list(cfg.parent.glob(".smtpgate-save-*"))
     assert rules_of(cfg)[0]["enabled"] is False
+
+
+def test_a_file_broken_by_hand_can_be_rolled_back(cfg: Path) -> None:
+    ok("rules", "disable", "-c", str(cfg), "-a", "Inbound", "2")
+    saved = cfg.read_text()
+    cfg.write_text(saved.replace('proxy_action = "Inbound"', 'proxy_action = "Inbund"'))
+    refused = run("rules", "enable", "-c", str(cfg), "-a", "Inbound", "2")
+    assert refused.stderr == (
+        f"error: {cfg}: policies[1].proxy_action: no proxy action named 'Inbund'\n"
+    )
+    assert "edited by hand since" in ok("config", "versions", "-c", str(cfg))
+    restored = ok("config", "rollback", "-c", str(cfg), "2")
+    assert "rollback to version 2" in restored
+    assert cfg.read_text() == saved
+    users = [v["user"] for v in as_json("config", "versions", "-c", str(cfg))["versions"]]
+    assert users[-2] == "(on disk)"  # the broken text is kept too
