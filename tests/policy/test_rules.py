@@ -53,6 +53,13 @@ def test_empty_rule_list_gives_default() -> None:
     assert match.label == "default"
 
 
+def test_label_is_the_position_with_the_rule_name() -> None:
+    named = EncryptionRule(sender=DomainPattern.parse("partner.example"), name="partners")
+    rules = RuleSet([rule("old.example"), named])
+    assert rules.match("partner.example", "b.example").label == "2 (partners)"
+    assert rules.match("old.example", "b.example").label == "1"
+
+
 def test_no_matching_rule_gives_default() -> None:
     rules = RuleSet([rule("partner.example", "*", S.REQUIRED)])
     assert rules.match("other.example", "b.example").position is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 
@@ -53,20 +53,26 @@ DEFAULT_RULE = EncryptionRule()
 @dataclass(frozen=True, slots=True)
 class RuleMatch:
     """The rule that decided a pair: ``position`` is its 0-based index in the
-    action's list, or ``None`` for the built-in default."""
+    action's list, or ``None`` for the built-in default.
+
+    ``label`` is how logs and ``rules test`` name it: the 1-based position as
+    users count rules, with the rule's name when it has one (``"3 (partners)"``),
+    or ``"default"`` (SPEC 6, 7). A RuleSet makes one RuleMatch per rule, so
+    the label is formatted once, not per recipient.
+    """
 
     position: int | None
     rule: EncryptionRule
+    label: str = field(init=False, compare=False)
 
-    @property
-    def label(self) -> str:
-        """1-based position as users count rules, with the rule's name when it
-        has one (``"3 (partners)"``), or ``"default"`` (SPEC 6, 7)."""
+    def __post_init__(self) -> None:
         if self.position is None:
-            return "default"
-        if self.rule.name is None:
-            return str(self.position + 1)
-        return f"{self.position + 1} ({self.rule.name})"
+            label = "default"
+        elif self.rule.name is None:
+            label = str(self.position + 1)
+        else:
+            label = f"{self.position + 1} ({self.rule.name})"
+        object.__setattr__(self, "label", label)
 
 
 _DEFAULT_MATCH = RuleMatch(None, DEFAULT_RULE)
