@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -74,11 +75,15 @@ def editing(path: Path, base: str | None) -> tuple[ConfigStore, ConfigDocument]:
 
 
 def command_user() -> str:
-    """Who saves through a command, as versions record it: ``cli:<login>``."""
+    """Who saves through a command, as versions record it: ``cli:<login>``,
+    or ``cli:<login> (sudo)`` for the administrator behind a ``sudo``."""
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and os.geteuid() == 0:
+        return f"cli:{sudo_user} (sudo)"
     try:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
-        return "cli:unknown"
+        return f"cli:uid {os.getuid()}"
 
 
 def run_edit(
