@@ -102,10 +102,10 @@ def test_rules_list_shows_positions_and_names(cfg: Path) -> None:
     lines = out.splitlines()
     assert lines[0] == "Inbound:"
     assert lines[1].split() == ["#", "name", "on", "sender", "recipient", "sender", "enc.",
-                                "recipient", "enc."]  # fmt: skip
+                                "recipient", "enc.", "comment"]  # fmt: skip
     assert lines[2].split() == ["1", "partners", "yes", "partner.example", "*", "required",
-                                "required"]  # fmt: skip
-    assert lines[3].split() == ["2", "-", "yes", "*", "*.legacy.example", "optional", "none"]
+                                "required", "-"]  # fmt: skip
+    assert lines[3].split() == ["2", "-", "yes", "*", "*.legacy.example", "optional", "none", "-"]
     listing = as_json("rules", "list", "-c", str(cfg))
     assert listing["SMTP-Incoming.Standard"] == []
     assert listing["Inbound"][1] == {

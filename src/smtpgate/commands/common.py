@@ -168,6 +168,38 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+RULE_HEADERS = (
+    "#",
+    "name",
+    "on",
+    "sender",
+    "recipient",
+    "sender enc.",
+    "recipient enc.",
+    "comment",
+)
+
+
+def print_rules(rules: Sequence[dict[str, Any]]) -> None:
+    """Rules (as :func:`smtpgate.config.editing.rule_summary` gives them) as a table."""
+    print_table(
+        RULE_HEADERS,
+        (
+            [
+                r["position"],
+                r["name"],
+                r["enabled"],
+                r["sender"],
+                r["recipient"],
+                r["sender_encryption"],
+                r["recipient_encryption"],
+                r["comment"],
+            ]
+            for r in rules
+        ),
+    )
+
+
 def rule_ref(text: str) -> int | str:
     """A RULE argument: a 1-based position, or a rule name."""
     return int(text) if text.isdigit() else text

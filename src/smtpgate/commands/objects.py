@@ -20,6 +20,7 @@ from smtpgate.commands.common import (
     load,
     print_fields,
     print_json,
+    print_rules,
     print_table,
     run_edit,
 )
@@ -93,21 +94,7 @@ def _show_action(cfg: Config, name: str, as_json: bool) -> None:
     )
     typer.echo("")
     if summary["rules"]:
-        print_table(
-            ("#", "name", "on", "sender", "recipient", "sender enc.", "recipient enc."),
-            (
-                [
-                    r["position"],
-                    r["name"],
-                    r["enabled"],
-                    r["sender"],
-                    r["recipient"],
-                    r["sender_encryption"],
-                    r["recipient_encryption"],
-                ]
-                for r in summary["rules"]
-            ),
-        )
+        print_rules(summary["rules"])
     else:
         typer.echo("no rules: the default applies (sender optional, recipient preferred)")
 

@@ -16,7 +16,7 @@ from smtpgate.commands.common import (
     load,
     print_fields,
     print_json,
-    print_table,
+    print_rules,
     rule_ref,
     run_edit,
 )
@@ -44,20 +44,6 @@ SenderEncOption = Annotated[
 RecipientEncOption = Annotated[
     RecipientEncryption | None, typer.Option("--recipient-encryption", help="Upstream leg.")
 ]
-
-_RULE_HEADERS = ("#", "name", "on", "sender", "recipient", "sender enc.", "recipient enc.")
-
-
-def _rule_row(rule: dict[str, Any]) -> list[Any]:
-    return [
-        rule["position"],
-        rule["name"],
-        rule["enabled"],
-        rule["sender"],
-        rule["recipient"],
-        rule["sender_encryption"],
-        rule["recipient_encryption"],
-    ]
 
 
 def _fields(
@@ -100,7 +86,7 @@ def rules_list(
     for name, rules in listing.items():
         typer.echo(f"{name}:")
         if rules:
-            print_table(_RULE_HEADERS, (_rule_row(r) for r in rules))
+            print_rules(rules)
         typer.echo(
             "  (no rules: the default applies, sender optional, recipient preferred)"
             if not rules
