@@ -188,7 +188,7 @@ def test_a_stale_base_version_is_a_conflict(cfg: Path) -> None:
     ok("rules", "disable", "-c", str(cfg), "-a", "Inbound", "2", "--base", etag)
     stale = run("rules", "enable", "-c", str(cfg), "-a", "Inbound", "2", "--base", etag)
     assert stale.returncode == 1
-    assert stale.stderr.startswith(f"error: {cfg}: changed since version {etag} (now ")
+    assert stale.stderr.startswith(f"error: {cfg}: changed since it was read (version {etag}, now ")
     assert rules_of(cfg)[1]["enabled"] is False
 
 
@@ -408,3 +408,22 @@ def test_a_file_broken_by_hand_can_be_rolled_back(cfg: Path) -> None:
     assert cfg.read_text() == saved
     users = [v["user"] for v in as_json("config", "versions", "-c", str(cfg))["versions"]]
     assert users[-2] == "(on disk)"  # the broken text is kept too
+
+
+def test_concurrent_writers_never_lose_an_edit(cfg: Path) -> None:
+    """Commands racing on one file: each either lands or is refused as a
+    conflict; none overwrites another's rule."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def add(n: int) -> subprocess.CompletedProcess[str]:
+        return run("rules", "add", "-c", str(cfg), "-a", "Inbound", "--sender", f"d{n}.example")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(add, range(12)))
+    landed = {f"d{n}.example" for n, r in enumerate(results) if r.returncode == 0}
+    for result in results:
+        assert result.returncode == 0 or "changed since it was read" in result.stderr
+    senders = {r.get("sender") for r in rules_of(cfg)} - {"partner.example", None}
+    assert senders == landed
+    saved = as_json("config", "versions", "-c", str(cfg))["versions"]
+    assert len(saved) == 1 + len(landed)  # the file as found, then one version per landed edit

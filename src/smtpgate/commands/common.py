@@ -16,7 +16,7 @@ from smtpgate.config.editing import ConfigDocument, EditError
 from smtpgate.config.errors import ConfigError
 from smtpgate.config.loader import default_config, load_config
 from smtpgate.config.schema import Config
-from smtpgate.config.store import ConfigStore, SaveResult
+from smtpgate.config.store import ConfigStore, SaveResult, stale
 from smtpgate.pidfile import signal_reload
 
 ConfigOption = Annotated[
@@ -65,12 +65,7 @@ def editing(path: Path, base: str | None) -> tuple[ConfigStore, ConfigDocument]:
     except EditError as exc:
         raise fail(path, exc) from exc
     if base is not None and base != document.etag:
-        typer.echo(
-            f"error: {path}: changed since version {base} (now {document.etag}); "
-            "nothing was written",
-            err=True,
-        )
-        raise typer.Exit(1)
+        raise fail(path, stale(base, document.etag))
     return store, document
 
 

@@ -94,9 +94,9 @@ class ConfigStore:
         try:
             return self.path.read_bytes().decode("utf-8")
         except OSError as exc:
-            raise NotFound([(str(self.path), f"cannot read: {exc.strerror or exc}")]) from None
+            raise NotFound([("", f"cannot read: {exc.strerror or exc}")]) from None
         except UnicodeDecodeError as exc:
-            raise Invalid([(str(self.path), f"not UTF-8 text: {exc.reason}")]) from None
+            raise Invalid([("", f"not UTF-8 text: {exc.reason}")]) from None
 
     def open(self) -> ConfigDocument:
         """The file as a document to edit (raises :class:`Invalid` if it does not load)."""
@@ -197,16 +197,7 @@ class ConfigStore:
             current = self.read_text()
             current_etag = content_etag(current)
             if current_etag != base_etag:
-                raise Conflict(
-                    [
-                        (
-                            str(self.path),
-                            f"changed since it was read (version {base_etag}, now "
-                            f"{current_etag}); nothing was written: read it again and redo "
-                            "the change",
-                        )
-                    ]
-                )
+                raise stale(base_etag, current_etag)
             versions = self.versions()
             if not versions or versions[-1].etag != current_etag:
                 self._record(folder, versions, current, ON_DISK_USER, _ON_DISK_SUMMARY, None)
@@ -256,6 +247,19 @@ class ConfigStore:
                 yield folder
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def stale(base_etag: str, current_etag: str) -> Conflict:
+    """The error for a save based on a version that is no longer the file's."""
+    return Conflict(
+        [
+            (
+                "",
+                f"changed since it was read (version {base_etag}, now {current_etag}); "
+                "nothing was written: read it again and redo the change",
+            )
+        ]
+    )
 
 
 _ON_DISK_SUMMARY = "found on disk (a hand edit, or the file before its first save)"
