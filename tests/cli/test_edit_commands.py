@@ -283,6 +283,21 @@ def test_config_set_unset(cfg: Path) -> None:
     bad = run("config", "set", "-c", str(cfg), "logging.format", "xml")
     assert bad.stderr.startswith(f"error: {cfg}: logging.format: Input should be 'json' or 'text'")
     ok("config", "unset", "-c", str(cfg), "gateway.keep_versions")
+    # keys that are only valid together are set in one edit
+    alone = run("config", "set", "-c", str(cfg), "certificates.server_cert", "mx.pem")
+    assert alone.stderr == (
+        f"error: {cfg}: certificates.server_key: server_cert and server_key must both be set "
+        "or both be empty\n"
+    )
+    both = as_json("config", "set", "-c", str(cfg), "certificates.server_cert", "mx.pem",
+                   "certificates.server_key", "mx.key")  # fmt: skip
+    assert both["result"] == {
+        "certificates.server_cert": "mx.pem",
+        "certificates.server_key": "mx.key",
+    }
+    assert both["version"]["summary"] == (
+        "set certificates.server_cert = 'mx.pem', certificates.server_key = 'mx.key'"
+    )
     assert "keep_versions" not in cfg.read_text()
 
 

@@ -122,19 +122,29 @@ def parse_value(text: str) -> Any:
 @config_app.command("set")
 def set_key(
     config: FileOption,
-    key: Annotated[str, typer.Argument(help="Key path, e.g. gateway.hostname, policies[1].listen")],
-    value: Annotated[str, typer.Argument(help="TOML value; anything else is taken as a string.")],
+    pairs: Annotated[
+        list[str],
+        typer.Argument(
+            help="KEY VALUE [KEY VALUE ...]: key paths (gateway.hostname, policies[1].listen) "
+            "and TOML values (anything else is taken as a string); saved as one edit."
+        ),
+    ],
     base: BaseOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Set one key (validated as a whole file; nothing is written on error)."""
-    parsed = parse_value(value)
+    """Set keys (validated together as a whole file; nothing is written on error)."""
+    if len(pairs) % 2:
+        die(f"{pairs[-1]!r} has no value: give KEY VALUE pairs")
+    values = {key: parse_value(text) for key, text in zip(pairs[::2], pairs[1::2], strict=True)}
 
     def edit(doc: ConfigDocument) -> dict[str, Any]:
-        doc.set_value(key, parsed)
-        return {"key": key, "value": _plain(parsed)}
+        doc.set_values(values)
+        return {key: _plain(value) for key, value in values.items()}
 
-    run_edit(config, base, as_json, edit, lambda r: f"{r['key']} = {json.dumps(r['value'])}")
+    def describe(result: dict[str, Any]) -> str:
+        return "\n".join(f"{key} = {json.dumps(value)}" for key, value in result.items())
+
+    run_edit(config, base, as_json, edit, describe)
 
 
 @config_app.command("unset")

@@ -36,7 +36,8 @@ Interface (stable; the API and console build on it):
 - Policies: ``add_policy(fields)``, ``remove_policy(name)``; any key of any
   section: ``set_value(path, value)`` / ``unset_value(path)`` with a key path
   as errors show it (``gateway.keep_versions``, ``policies[2].proxy_action``,
-  ``proxy_actions[1].general.max_recipients``); ``policy_path(name)``,
+  ``proxy_actions[1].general.max_recipients``), ``set_values({path: value,
+  ...})`` for keys that are only valid together; ``policy_path(name)``,
   ``action_path(name)``, ``profile_path(name)`` give the path of a named
   object for that.
 - Summaries for lists and the console: :func:`rule_summary`,
@@ -614,13 +615,22 @@ class ConfigDocument:
         """Set the key at ``path`` (1-based positions); tables on the way are
         made when missing. Renaming an action or profile this way is refused:
         :meth:`rename` keeps the references."""
-        loc = parse_key_path(path)
-        self._check_plain_key(loc, path)
+        self.set_values({path: value})
+
+    def set_values(self, values: Mapping[str, Any]) -> None:
+        """Set several keys in one edit, validated together (for keys that
+        only make sense together, as ``certificates.server_cert`` and
+        ``server_key``)."""
+        locs = [(parse_key_path(path), value) for path, value in values.items()]
+        for (loc, _), path in zip(locs, values, strict=True):
+            self._check_plain_key(loc, path)
 
         def change(doc: TOMLDocument) -> None:
-            _set_loc(doc, loc, value, create=True)
+            for loc, value in locs:
+                _set_loc(doc, loc, value, create=True)
 
-        self._edit(f"set {format_loc(loc)} = {_short(value)}", change)
+        shown = ", ".join(f"{format_loc(loc)} = {_short(_plain(v))}" for loc, v in locs)
+        self._edit(f"set {shown}", change)
 
     def unset_value(self, path: str) -> None:
         """Remove the key at ``path``, so its default applies."""
