@@ -298,6 +298,8 @@ def test_config_set_unset(cfg: Path) -> None:
     assert both["version"]["summary"] == (
         "set certificates.server_cert = 'mx.pem', certificates.server_key = 'mx.key'"
     )
+    ok("config", "unset", "-c", str(cfg), "certificates.server_cert", "certificates.server_key")
+    assert "certificates" not in tomllib.loads(cfg.read_text())
     assert "keep_versions" not in cfg.read_text()
 
 

@@ -150,17 +150,17 @@ def set_key(
 @config_app.command("unset")
 def unset_key(
     config: FileOption,
-    key: Annotated[str, typer.Argument(help="Key path.")],
+    keys: Annotated[list[str], typer.Argument(help="Key paths; removed in one edit.")],
     base: BaseOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove one key from the file, so its default applies."""
+    """Remove keys from the file, so their defaults apply."""
 
-    def edit(doc: ConfigDocument) -> dict[str, Any]:
-        doc.unset_value(key)
-        return {"key": key}
+    def edit(doc: ConfigDocument) -> list[str]:
+        doc.unset_values(keys)
+        return keys
 
-    run_edit(config, base, as_json, edit, lambda r: f"{r['key']} unset")
+    run_edit(config, base, as_json, edit, lambda done: "\n".join(f"{k} unset" for k in done))
 
 
 def _plain(value: Any) -> Any:

@@ -36,10 +36,10 @@ Interface (stable; the API and console build on it):
 - Policies: ``add_policy(fields)``, ``remove_policy(name)``; any key of any
   section: ``set_value(path, value)`` / ``unset_value(path)`` with a key path
   as errors show it (``gateway.keep_versions``, ``policies[2].proxy_action``,
-  ``proxy_actions[1].general.max_recipients``), ``set_values({path: value,
-  ...})`` for keys that are only valid together; ``policy_path(name)``,
-  ``action_path(name)``, ``profile_path(name)`` give the path of a named
-  object for that.
+  ``proxy_actions[1].general.max_recipients``); ``set_values({path: value,
+  ...})`` and ``unset_values([path, ...])`` for keys only valid together;
+  ``policy_path(name)``, ``action_path(name)``, ``profile_path(name)`` give
+  the path of a named object for that.
 - Summaries for lists and the console: :func:`rule_summary`,
   :func:`action_summary`, :func:`profile_summary` (plain JSON-able dicts; the
   commands print them as tables, ``--json`` and the API return them as is).
@@ -56,7 +56,7 @@ import copy
 import hashlib
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence
+from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, Self
 
@@ -634,18 +634,24 @@ class ConfigDocument:
 
     def unset_value(self, path: str) -> None:
         """Remove the key at ``path``, so its default applies."""
-        loc = parse_key_path(path)
-        self._check_plain_key(loc, path)
+        self.unset_values([path])
+
+    def unset_values(self, paths: Sequence[str]) -> None:
+        """Remove several keys in one edit, validated together."""
+        locs = [parse_key_path(path) for path in paths]
+        for loc, path in zip(locs, paths, strict=True):
+            self._check_plain_key(loc, path)
 
         def change(doc: TOMLDocument) -> None:
-            parent = _walk(doc, loc[:-1], create=False, path=loc)
-            key = loc[-1]
-            try:
-                del parent[key]
-            except (KeyError, IndexError):
-                raise NotFound.at(loc, "not set in the file") from None
+            for loc in locs:
+                parent = _walk(doc, loc[:-1], create=False, path=loc)
+                try:
+                    del parent[loc[-1]]
+                except (KeyError, IndexError):
+                    raise NotFound.at(loc, "not set in the file") from None
+                _drop_empty_tables(doc, loc)
 
-        self._edit(f"unset {format_loc(loc)}", change)
+        self._edit(f"unset {', '.join(format_loc(loc) for loc in locs)}", change)
 
     def _check_plain_key(self, loc: Loc, path: str) -> None:
         if len(loc) == 3 and loc[0] in (ACTIONS, PROFILES) and loc[2] == "name":
@@ -668,6 +674,17 @@ def _validate(document: TOMLDocument, base_dir: Path) -> Config:
         return config_from_data(document.unwrap(), base_dir)
     except ConfigError as exc:
         raise Invalid.from_config_error(exc) from None
+
+
+def _drop_empty_tables(doc: Any, loc: Loc) -> None:
+    """Remove the tables above a removed key that it left empty (``[certificates]``
+    with nothing in it), but never an element of an array of tables."""
+    for depth in range(len(loc) - 1, 0, -1):
+        if isinstance(loc[depth - 1], int):
+            return
+        if len(_walk(doc, loc[:depth], create=False, path=loc)):
+            return
+        del _walk(doc, loc[: depth - 1], create=False, path=loc)[loc[depth - 1]]
 
 
 def _is_dotted(table: Any, key: str) -> bool:
