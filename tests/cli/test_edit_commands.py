@@ -95,6 +95,17 @@ def test_rules_add_inserts_saves_a_version_and_keeps_comments(cfg: Path) -> None
     assert "# corp.example inbound -- maintained by hand" in text
     assert 'sender = "partner.example"       # they insist' in text
     assert [r.get("name") for r in rules_of(cfg)] == ["bank", "partners", None]
+    assert out.count("\n") == 3 and run("check", "-c", str(cfg)).returncode == 0
+
+
+def test_an_edit_prints_the_warnings_check_would(cfg: Path) -> None:
+    catch_all = run("rules", "add", "-c", str(cfg), "-a", "Inbound", "--position", "1")
+    assert catch_all.returncode == 0
+    assert catch_all.stderr.splitlines() == [
+        f"warning: {cfg}: proxy_actions[1].starttls.rules[{n}]: never matches: rules[1] "
+        "(* -> *) comes first and matches every sender and recipient this rule would"
+        for n in (2, 3)
+    ]
 
 
 def test_rules_list_shows_positions_and_names(cfg: Path) -> None:

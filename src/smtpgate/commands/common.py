@@ -17,6 +17,7 @@ from smtpgate.config.errors import ConfigError
 from smtpgate.config.loader import default_config, load_config
 from smtpgate.config.schema import Config
 from smtpgate.config.store import ConfigStore, SaveResult, stale
+from smtpgate.config.warnings import config_warnings
 from smtpgate.pidfile import signal_reload
 
 ConfigOption = Annotated[
@@ -97,23 +98,28 @@ def run_edit(
         result = store.save(document, user=command_user())
     except EditError as exc:
         raise fail(path, exc) from exc
-    report_save(path, state_dir, result, as_json, outcome, describe)
+    report_save(path, state_dir, result, document.config, as_json, outcome, describe)
 
 
 def report_save(
     path: Path,
     state_dir: Path,
     result: SaveResult,
+    saved: Config,
     as_json: bool,
     outcome: Any = None,
     describe: Callable[[Any], str] | None = None,
 ) -> None:
+    """What a save did: the version, whether a server was signalled, and the
+    warnings of the saved configuration (as ``check`` prints them)."""
     signal = None if result.unchanged else signal_reload(state_dir, path)
+    warnings = config_warnings(saved)
     if as_json:
         payload: dict[str, Any] = {
             "result": outcome,
             "saved": not result.unchanged,
             "version": result.version.as_json(),
+            "warnings": [{"key": w.key, "warning": w.reason} for w in warnings],
             "server": {
                 "signalled": signal is not None and signal.pid is not None,
                 "pid": signal.pid if signal else None,
@@ -124,6 +130,7 @@ def report_save(
         return
     if describe is not None:
         typer.echo(describe(outcome))
+    print_problems("warning", path, ((w.key, w.reason) for w in warnings))
     version = result.version
     if result.unchanged:
         typer.echo(f"{path}: unchanged (version {version.id}, etag {version.etag})")

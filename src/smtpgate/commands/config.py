@@ -241,7 +241,7 @@ def rollback(
         result = store.rollback(version, user=command_user(), base_etag=base or current)
     except EditError as exc:
         raise fail(config, exc) from exc
-    report_save(config, state_dir, result, as_json, {"restored": version})
+    report_save(config, state_dir, result, load(config), as_json, {"restored": version})
 
 
 # --- export ---------------------------------------------------------------------------------
