@@ -9,8 +9,8 @@ import smtplib
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.peers import free_port
 from tests.peers.smtpgate_proc import SmtpgateProcess, smtpgate_binary
 from tests.peers.upstream import AiosmtpdUpstream
 
@@ -18,16 +18,25 @@ CONFIG = """\
 [gateway]
 hostname = "mx.apply.test"
 state_dir = "state"
-[logging]
-file = "smtpgate.log.jsonl"
 [[policies]]
 name = "inbound"
-listen = "127.0.0.1:{listen}"
-upstream = "127.0.0.1:{upstream}"
+listen = "127.0.0.1:2525"
+upstream = "127.0.0.1:2526"
 proxy_action = "Inbound"
 [[proxy_actions]]
 name = "Inbound"
 """
+
+
+def gate_config(upstream_port: int) -> dict[str, Any]:
+    """One policy in front of ``upstream_port``, action ``Inbound`` without rules
+    (SmtpgateProcess picks the listening port, the state_dir and the log)."""
+    return {
+        "policies": [
+            {"name": "inbound", "upstream": f"127.0.0.1:{upstream_port}", "proxy_action": "Inbound"}
+        ],
+        "proxy_actions": [{"name": "Inbound"}],
+    }
 
 
 def smtpgate(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,8 +47,7 @@ def smtpgate(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_rule_added_by_command_applies_to_the_next_session_only(tmp_path: Path) -> None:
     with AiosmtpdUpstream() as upstream:
-        text = CONFIG.format(listen=free_port(), upstream=upstream.port)
-        with SmtpgateProcess(tmp_path, text) as gate:
+        with SmtpgateProcess(tmp_path, gate_config(upstream.port)) as gate:
             assert gate.proc is not None
             pid_path = gate.state_dir / "smtpgate.pid"
             # written once the signal handlers are in place, just after "listening"
@@ -86,7 +94,7 @@ def test_a_rule_added_by_command_applies_to_the_next_session_only(tmp_path: Path
 
 def test_a_stale_pid_file_is_not_signalled(tmp_path: Path) -> None:
     path = tmp_path / "smtpgate.toml"
-    path.write_text(CONFIG.format(listen=free_port(), upstream=free_port()))
+    path.write_text(CONFIG)  # nothing listens in this test
     state = tmp_path / "state"
     state.mkdir()
     gone = subprocess.Popen(["true"])
