@@ -24,7 +24,6 @@ FORMAT1_TLS_KEYS = ("min_version", "pfs", "validate_certificates", "ca_file")
 """The TLS settings a format 1 ``[proxy_actions.starttls]`` table carried."""
 
 _PROFILE_ONLY_FIELDS = ("ocsp", "ocsp_allow_unavailable", "tls_compliant_only")
-_FORMAT2_RULE_FIELDS = ("name", "comment")
 _TLS_SUFFIX = ".TLS"
 
 
@@ -98,6 +97,10 @@ def _inline_profile(action: ProxyAction, config: Config) -> TLSProfile | None:
     if profile.name == DEFAULT_PROFILE_FOR_DIRECTION[action.direction]:
         return None
     return profile
+
+
+_FORMAT2_RULE_FIELDS = ("name", "comment")
+"""Rule keys format 1 did not have."""
 
 
 def format1_losses(config: Config) -> list[str]:
