@@ -25,7 +25,7 @@ from smtpgate.config.loader import load_config
 from smtpgate.config.schema import Config
 from smtpgate.config.warnings import config_warnings
 from smtpgate.logs import EventLog
-from smtpgate.pidfile import remove_pid_file, write_pid_file
+from smtpgate.pidfile import pid_file, remove_pid_file, write_pid_file
 from smtpgate.tls.certificates import CertificateError, CertificateStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -88,7 +88,15 @@ async def _serve(cfg: Config, path: Path | None) -> None:
         raise fail(path, exc) from exc
     gateway.install_signal_handlers()
     # The pid file lets `smtpgate rules add ...` on this file signal us (SIGHUP).
-    write_pid_file(cfg.gateway.state_dir, path)
+    # Without it serve runs on; only that signal is lost (commands say so).
+    try:
+        write_pid_file(cfg.gateway.state_dir, path)
+    except OSError as exc:
+        log.emit(
+            "pid_file_failed",
+            file=str(pid_file(cfg.gateway.state_dir)),
+            reason=f"cannot write: {exc.strerror or exc}",
+        )
     try:
         await gateway.serve_until_stopped()
     finally:

@@ -12,6 +12,7 @@ such a file is never signalled, and is removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -45,8 +46,12 @@ def write_pid_file(state_dir: Path, config: Path | None) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True)
     record = {"pid": os.getpid(), "config": str(config.resolve()) if config else None}
     temporary = path.with_name(f".{PID_FILE_NAME}.{os.getpid()}")
-    temporary.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    try:
+        temporary.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        temporary.replace(path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -55,7 +60,8 @@ def remove_pid_file(state_dir: Path) -> None:
     path = pid_file(state_dir)
     record = _read(path)
     if record is not None and record[0] == os.getpid():
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def signal_reload(state_dir: Path, config: Path) -> SignalOutcome:

@@ -116,3 +116,23 @@ def test_a_stale_pid_file_is_not_signalled(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_serve_runs_on_when_its_pid_file_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "state" / "smtpgate.pid").mkdir(parents=True)  # in the way, even for root
+    with (
+        AiosmtpdUpstream() as upstream,
+        SmtpgateProcess(tmp_path, gate_config(upstream.port)) as gate,
+    ):
+        failed = gate.wait_record("pid_file_failed")[0]
+        assert failed["file"] == str(gate.state_dir / "smtpgate.pid")
+        assert failed["reason"] == "cannot write: Is a directory"
+        with smtplib.SMTP("127.0.0.1", gate.port(), timeout=10) as client:
+            assert client.ehlo()[0] == 250
+        added = smtpgate(
+            "rules", "add", "-c", str(gate.config_file), "-a", "Inbound", "--sender", "x.example"
+        )
+        assert added.stdout.splitlines()[-1] == (
+            "no running server found (no pid file in state_dir)"
+        )
+    assert not list((tmp_path / "state").glob(".smtpgate.pid.*"))
