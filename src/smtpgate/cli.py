@@ -24,6 +24,7 @@ from smtpgate.config.errors import ConfigError
 from smtpgate.config.loader import load_config
 from smtpgate.config.schema import Config
 from smtpgate.config.warnings import config_warnings
+from smtpgate.console.admin_cli import admin_app
 from smtpgate.logs import EventLog
 from smtpgate.pidfile import pid_file, remove_pid_file, write_pid_file
 from smtpgate.tls.certificates import CertificateError, CertificateStore
@@ -35,6 +36,7 @@ app.add_typer(actions_app, name="actions")
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(config_app, name="config")
 app.add_typer(ca_app, name="ca")
+app.add_typer(admin_app, name="admin")
 
 
 def _show_version(value: bool) -> None:
@@ -69,6 +71,7 @@ def serve(config: ConfigOption = None) -> None:
 
 
 async def _serve(cfg: Config, path: Path | None) -> None:
+    from smtpgate.console.server import start_console
     from smtpgate.proxy.gateway import Gateway
 
     log = _open_log(cfg, path)
@@ -83,6 +86,7 @@ async def _serve(cfg: Config, path: Path | None) -> None:
         log.emit("created", file=str(created), key="gateway.state_dir")
     try:
         await gateway.start()
+        console = await start_console(gateway, path, log)
     except ConfigError as exc:
         await gateway.stop()
         raise fail(path, exc) from exc
@@ -101,6 +105,8 @@ async def _serve(cfg: Config, path: Path | None) -> None:
         await gateway.serve_until_stopped()
     finally:
         remove_pid_file(cfg.gateway.state_dir)
+        if console is not None:
+            await console.stop()
     log.close()
 
 

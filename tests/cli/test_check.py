@@ -117,8 +117,6 @@ def test_a_taken_port_is_found_by_check_bind_and_named_by_serve(tmp_path: Path) 
 
 
 WARNED = """\
-[console]
-enabled = true
 [[tls_profiles]]
 name = "Spare"
 [[proxy_actions]]
@@ -135,7 +133,6 @@ def test_check_warns_and_serve_logs_the_same_warnings(tmp_path: Path) -> None:
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     keys = [line.split(": ")[2] for line in warnings]
     assert keys == [
-        "console.enabled",
         "proxy_actions[2].starttls.require_tls_for_envelope",
         "proxy_actions[2]",
         "tls_profiles[2]",
@@ -143,7 +140,7 @@ def test_check_warns_and_serve_logs_the_same_warnings(tmp_path: Path) -> None:
     assert f"warning: {path}: proxy_actions[2]: proxy action 'Unused' is used by no policy" in (
         warnings
     )
-    assert "4 warnings" in result.stdout
+    assert "3 warnings" in result.stdout
 
     log = tmp_path / "smtpgate.log"
     shutil.rmtree(tmp_path / "state")  # serve's first start generates, and says where

@@ -55,12 +55,6 @@ def covers(earlier: DomainPattern, later: DomainPattern) -> bool:
 
 
 def _warnings(config: Config) -> Iterator[tuple[Loc, str]]:
-    if config.console.enabled:
-        yield (
-            ("console", "enabled"),
-            "the web console is not part of this version of smtpgate; "
-            f"nothing listens on {config.console.listen}",
-        )
     for i, action in enumerate(config.proxy_actions):
         yield from _action_warnings(config, i, action)
     yield from _unused(config)

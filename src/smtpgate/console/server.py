@@ -1,0 +1,212 @@
+"""The console listener inside ``smtpgate serve``: HTTPS, same process and event loop.
+
+uvicorn serves the API as one more task of serve's event loop (no thread,
+no second process); smtpgate keeps its own signal handlers (SIGHUP reload,
+SIGTERM drain) and stops the console itself. The listener presents the
+proxy server certificate, the one the client leg presents without SNI; a
+reload that changes it (SIGHUP, or an upload through the API) applies to
+the next HTTPS handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import uvicorn
+
+from smtpgate.config.errors import ConfigError
+from smtpgate.config.predefined import TLS_CLIENT_STANDARD_PROFILE
+from smtpgate.config.schema import Config
+from smtpgate.console.admins import AdminError, AdminStore, Role, new_password
+from smtpgate.console.api import create_app
+from smtpgate.console.audit import AuditLog
+from smtpgate.console.auth import Authenticator
+from smtpgate.console.throttle import LoginThrottle
+from smtpgate.logs import EventLog, describe_error
+from smtpgate.proxy.runtime import load_certificates
+from smtpgate.tls.certificates import CertificateError
+from smtpgate.tls.contexts import TLSContextCache
+
+#: The first administrator's name, when serve creates one.
+FIRST_ADMIN = "admin"
+
+
+class RunningProxy(Protocol):
+    """What the console needs of the running gateway: its configuration and its reload."""
+
+    config: Config
+
+    def reload(self) -> None: ...
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: serve's handlers stay in charge."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Console:
+    """The API of one ``serve``: accounts, back-off, audit, TLS and the uvicorn task."""
+
+    def __init__(
+        self,
+        proxy: RunningProxy,
+        config_path: Path | None,
+        log: EventLog,
+        *,
+        throttle: LoginThrottle | None = None,
+    ) -> None:
+        self.proxy = proxy
+        self.config_path = config_path
+        self.log = log
+        state_dir = proxy.config.gateway.state_dir
+        self.admins = AdminStore(state_dir)
+        self.audit = AuditLog(state_dir, log)
+        self.authenticator = Authenticator(self.admins, log, throttle or LoginThrottle())
+        self.app = create_app(self.authenticator, console=self)
+        self._tls_for: Config | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    # -- the first administrator -----------------------------------------------------------
+
+    def ensure_first_admin(self, announce: Callable[[str], None]) -> None:
+        """With no account at all, create ``admin`` with a random password and
+        hand the password to ``announce`` (standard error), nowhere else."""
+        if self.admins.users():
+            return
+        password = new_password()
+        try:
+            self.admins.add_user(FIRST_ADMIN, password, Role.ADMIN)
+        except AdminError as exc:
+            raise ConfigError.at([(("gateway", "state_dir"), str(exc))]) from exc
+        self.audit.record(
+            who="smtpgate",
+            via="serve",
+            address="local",
+            action="admin.add",
+            target=FIRST_ADMIN,
+            role=str(Role.ADMIN),
+        )
+        announce(
+            f"smtpgate: console: created the first administrator {FIRST_ADMIN!r} with the "
+            f"password {password} (shown only this once; change it with "
+            f"`smtpgate admin passwd {FIRST_ADMIN}`)"
+        )
+
+    # -- TLS ------------------------------------------------------------------------------
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The context for the running configuration's server certificate,
+        rebuilt after a reload; on failure the previous one stays."""
+        config = self.proxy.config
+        if self._tls is None or self._tls_for is not config:
+            try:
+                self._tls = _server_context(config)
+            except (CertificateError, OSError) as exc:
+                if self._tls is None:
+                    raise
+                self.log.emit("console_tls_failed", reason=describe_error(exc))
+            self._tls_for = config
+        return self._tls
+
+    def _listening_context(self) -> ssl.SSLContext:
+        """What uvicorn listens with: each handshake switches to :meth:`tls_context`."""
+        self.tls_context()
+        outer = _server_context(self.proxy.config)  # a fresh cache: this object is ours
+
+        def switch(obj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+            obj.context = self.tls_context()
+
+        outer.sni_callback = switch
+        return outer
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen on ``[console] listen``; a ConfigError naming it if that fails."""
+        listen = self.proxy.config.console.listen
+        try:
+            sock = socket.create_server(
+                (listen.host, listen.port),
+                family=socket.AF_INET6 if ":" in listen.host else socket.AF_INET,
+                backlog=128,
+            )
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError.at([(("console", "listen"), f"{listen}: {why.lower()}")]) from exc
+        try:
+            context = self._listening_context()
+        except (CertificateError, OSError, ssl.SSLError) as exc:
+            sock.close()
+            raise ConfigError.at([(("certificates", "server_cert"), describe_error(exc))]) from exc
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            http="h11",
+            ws="none",
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=5,
+            limit_concurrency=64,
+            ssl_context_factory=lambda _config, _default: context,
+        )
+        self._server = _EmbeddedServer(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise ConfigError.at([(("console", "listen"), "the console did not start")])
+            await asyncio.sleep(0.01)
+        host = f"[{listen.host}]" if ":" in listen.host else listen.host
+        self.log.emit(
+            "console_listening",
+            listen=f"{host}:{self.port}",
+            url=f"https://{host}:{self.port}/api/v1/",
+        )
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(Exception):
+            await self._task
+        self.log.emit("console_stopped")
+
+
+def _server_context(config: Config) -> ssl.SSLContext:
+    """The client leg's context without SNI: the proxy server certificate,
+    TLS 1.2 or later, the predefined profile's ciphers."""
+    store = load_certificates(config)
+    return TLSContextCache().client_leg_context(TLS_CLIENT_STANDARD_PROFILE, store, outgoing=False)
+
+
+async def start_console(
+    proxy: RunningProxy, config_path: Path | None, log: EventLog
+) -> Console | None:
+    """Start the console if ``[console] enabled``; the first administrator is
+    created (and its password printed to standard error) before it listens."""
+    if not proxy.config.console.enabled:
+        return None
+    console = Console(proxy, config_path, log)
+    console.ensure_first_admin(lambda line: print(line, file=sys.stderr, flush=True))
+    await console.start()
+    return console
+
+
+__all__ = ["Console", "RunningProxy", "start_console"]
