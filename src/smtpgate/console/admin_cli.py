@@ -1,7 +1,8 @@
 """``smtpgate admin``: the console and API accounts in ``state_dir/admins.json``.
 
 Each change is also recorded in ``state_dir/audit.jsonl`` (who: the
-operating-system user who ran the command). Passwords are read from the
+operating-system user who ran the command, ``cli:<login>``, as
+versions name it). Passwords are read from the
 terminal (twice, hidden) or, with ``--password-stdin``, from the first line
 of standard input; tokens are printed once and stored only as a digest.
 """
@@ -16,8 +17,7 @@ from typing import Annotated
 
 import typer
 
-from smtpgate.config.errors import ConfigError
-from smtpgate.config.loader import default_config, load_config
+from smtpgate.commands.common import ConfigOption, command_user, load
 from smtpgate.console.admins import AdminError, AdminStore, Role, check_password
 from smtpgate.console.audit import AuditLog
 
@@ -25,9 +25,6 @@ admin_app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Console and API users and tokens."
 )
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML configuration file.")
-]
 PasswordStdin = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from standard input.")
 ]
@@ -37,14 +34,7 @@ RoleOption = Annotated[
 
 
 def _state_dir(config: Path | None) -> Path:
-    try:
-        cfg = load_config(config) if config is not None else default_config()
-    except ConfigError as exc:
-        where = f"{config}: " if config else ""
-        for key, reason in exc.errors:
-            typer.echo(f"error: {where}{key}: {reason}" if key else f"error: {reason}", err=True)
-        raise typer.Exit(1) from exc
-    return cfg.gateway.state_dir
+    return load(config).gateway.state_dir
 
 
 def _fail(exc: AdminError) -> typer.Exit:
@@ -67,7 +57,7 @@ def _password(from_stdin: bool) -> str:
 
 def _audit(state_dir: Path, action: str, target: str, **details: str) -> None:
     AuditLog(state_dir).record(
-        who=getpass.getuser(),
+        who=command_user(),
         via="command",
         address="local",
         action=action,

@@ -18,7 +18,6 @@ import ssl
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 import uvicorn
 
@@ -29,6 +28,7 @@ from smtpgate.console.admins import AdminError, AdminStore, Role, new_password
 from smtpgate.console.api import create_app
 from smtpgate.console.audit import AuditLog
 from smtpgate.console.auth import Authenticator
+from smtpgate.console.backend import Backend, RunningProxy
 from smtpgate.console.throttle import LoginThrottle
 from smtpgate.logs import EventLog, describe_error
 from smtpgate.proxy.runtime import load_certificates
@@ -37,14 +37,6 @@ from smtpgate.tls.contexts import TLSContextCache
 
 #: The first administrator's name, when serve creates one.
 FIRST_ADMIN = "admin"
-
-
-class RunningProxy(Protocol):
-    """What the console needs of the running gateway: its configuration and its reload."""
-
-    config: Config
-
-    def reload(self) -> None: ...
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -73,7 +65,7 @@ class Console:
         self.admins = AdminStore(state_dir)
         self.audit = AuditLog(state_dir, log)
         self.authenticator = Authenticator(self.admins, log, throttle or LoginThrottle())
-        self.app = create_app(self.authenticator, console=self)
+        self.app = create_app(self.authenticator, Backend(proxy, config_path, self.audit))
         self._tls_for: Config | None = None
         self._tls: ssl.SSLContext | None = None
         self._server: _EmbeddedServer | None = None
