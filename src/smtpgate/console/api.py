@@ -17,6 +17,7 @@ proxy (``applied`` says whether the reload took it).
 
 from __future__ import annotations
 
+import tomllib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Header, Path, Query, Request, Response
@@ -614,8 +615,12 @@ def upload_server_certificate(
     def edit(document: ConfigDocument) -> dict[str, Any]:
         state_dir = document.config.gateway.state_dir
         cert, key = store_pair(state_dir, "server", body.certificate, body.key)
-        document.set_value("certificates.server_cert", str(cert))
-        document.set_value("certificates.server_key", str(key))
+        # Both keys in one edit: each alone is invalid (both set or both empty). The
+        # model sets one key per edit, so the table is set whole, as the file has it.
+        table = tomllib.loads(document.text()).get("certificates", {})
+        document.set_value(
+            "certificates", {**table, "server_cert": str(cert), "server_key": str(key)}
+        )
         return {"server": describe_file(cert)}
 
     return _change(request, response, account, if_match, "certificates.upload", "server", edit)
