@@ -192,7 +192,7 @@ def test_versions_diff_and_rollback(console: ConsoleUnderTest) -> None:
             (2, "api:admin from 127.0.0.1"),
         ]
         diff = client.get("/api/v1/versions/2/diff")
-        assert '+sender = "x.example"' in diff.text.splitlines()
+        assert '+sender = "x.example"' in diff.json()["diff"].splitlines()
         back = client.post(
             "/api/v1/versions/1/rollback", headers={"If-Match": added.headers["ETag"]}
         )

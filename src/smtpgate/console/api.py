@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from smtpgate.config.editing import (
@@ -39,18 +39,47 @@ from smtpgate.config.editing import (
 )
 from smtpgate.config.errors import format_loc
 from smtpgate.console.auth import Authenticator, Changer, Reader, client_address
-from smtpgate.console.backend import Backend, Saved
+from smtpgate.console.backend import Backend, PreconditionRequired, Saved, parse_if_match
 from smtpgate.console.certificates import UploadError, check_pair, describe_file, store_pair
 from smtpgate.explain import rules_test
 from smtpgate.tls.certificates import CertificateError, CertificateStore
 
 API_PREFIX = "/api/v1"
 IfMatch = Annotated[
-    str | None, Header(description="The ETag of the configuration this change is based on.")
+    str,
+    Header(
+        min_length=1,
+        description="The ETag of the configuration this change is based on (428 without).",
+    ),
 ]
 ETAG_HEADERS = {"ETag": {"description": "Version of the configuration (content hash)."}}
 
-router = APIRouter(prefix=API_PREFIX)
+
+class ErrorItem(BaseModel):
+    key: str = Field(description="Key path, 1-based positions (policies[1].listen); may be empty.")
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    errors: list[ErrorItem] = []
+
+
+def _error(text: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": text}
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("No credentials, or wrong ones"),
+    403: _error("The auditor role asked for a change, or the object is predefined"),
+    404: _error("No such policy, action, profile, rule, section or version"),
+    409: _error("Stale If-Match, a name taken, or an object still in use"),
+    422: _error("The change would make a configuration the schema rejects"),
+    428: _error("A change without If-Match"),
+    429: _error("Too many failed logins: wait Retry-After seconds"),
+}
+
+router = APIRouter(prefix=API_PREFIX, responses=ERRORS)
 
 
 # --- bodies (shapes only: the editing model checks the values) -----------------------------
@@ -228,7 +257,7 @@ def add_policy(
     request: Request,
     response: Response,
     account: Changer,
-    if_match: IfMatch = None,
+    if_match: IfMatch,
     fields: Annotated[dict[str, Any], Body(description="Keys of [[policies]].")] = {},  # noqa: B006
 ) -> dict[str, Any]:
     def edit(document: ConfigDocument) -> dict[str, Any]:
@@ -246,7 +275,7 @@ def change_policy(
     response: Response,
     account: Changer,
     name: PolicyName,
-    if_match: IfMatch = None,
+    if_match: IfMatch,
     values: Annotated[dict[str, Any], Body()] = {},  # noqa: B006
 ) -> dict[str, Any]:
     def edit(document: ConfigDocument) -> dict[str, Any]:
@@ -262,7 +291,7 @@ def remove_policy(
     response: Response,
     account: Changer,
     name: PolicyName,
-    if_match: IfMatch = None,
+    if_match: IfMatch,
 ) -> dict[str, Any]:
     return _change(
         request,
@@ -298,7 +327,7 @@ def change_action(
     response: Response,
     account: Changer,
     name: ActionName,
-    if_match: IfMatch = None,
+    if_match: IfMatch,
     values: Annotated[dict[str, Any], Body()] = {},  # noqa: B006
 ) -> dict[str, Any]:
     def edit(document: ConfigDocument) -> dict[str, Any]:
@@ -327,7 +356,7 @@ def change_profile(
     response: Response,
     account: Changer,
     name: ProfileName,
-    if_match: IfMatch = None,
+    if_match: IfMatch,
     values: Annotated[dict[str, Any], Body()] = {},  # noqa: B006
 ) -> dict[str, Any]:
     def edit(document: ConfigDocument) -> dict[str, Any]:
@@ -347,7 +376,7 @@ def _object_routes(kind: Kind, segment: str, word: str) -> None:
         response: Response,
         account: Changer,
         name: Annotated[str, Path()],
-        if_match: IfMatch = None,
+        if_match: IfMatch,
         body: CloneName | None = None,
     ) -> dict[str, Any]:
         def edit(document: ConfigDocument) -> dict[str, Any]:
@@ -363,7 +392,7 @@ def _object_routes(kind: Kind, segment: str, word: str) -> None:
         account: Changer,
         name: Annotated[str, Path()],
         body: NewName,
-        if_match: IfMatch = None,
+        if_match: IfMatch,
     ) -> dict[str, Any]:
         def edit(document: ConfigDocument) -> dict[str, Any]:
             changed = document.rename(kind, name, body.name)
@@ -377,7 +406,7 @@ def _object_routes(kind: Kind, segment: str, word: str) -> None:
         response: Response,
         account: Changer,
         name: Annotated[str, Path()],
-        if_match: IfMatch = None,
+        if_match: IfMatch,
     ) -> dict[str, Any]:
         return _change(
             request,
@@ -418,7 +447,7 @@ def add_rule(
     account: Changer,
     action: ActionName,
     body: NewRule,
-    if_match: IfMatch = None,
+    if_match: IfMatch,
 ) -> dict[str, Any]:
     fields = _fields(body)
     position = fields.pop("position", None)
@@ -438,7 +467,7 @@ def change_rule(
     action: ActionName,
     ref: RuleRefPath,
     body: RuleFields,
-    if_match: IfMatch = None,
+    if_match: IfMatch,
 ) -> dict[str, Any]:
     def edit(document: ConfigDocument) -> dict[str, Any]:
         at = document.set_rule(action, _rule_ref(ref), _fields(body))
@@ -454,7 +483,7 @@ def remove_rule(
     account: Changer,
     action: ActionName,
     ref: RuleRefPath,
-    if_match: IfMatch = None,
+    if_match: IfMatch,
 ) -> dict[str, Any]:
     return _change(
         request,
@@ -475,7 +504,7 @@ def move_rule(
     action: ActionName,
     ref: RuleRefPath,
     body: Move,
-    if_match: IfMatch = None,
+    if_match: IfMatch,
 ) -> dict[str, Any]:
     def edit(document: ConfigDocument) -> dict[str, Any]:
         return _rule(document, action, document.move_rule(action, _rule_ref(ref), body.position))
@@ -493,7 +522,7 @@ def _switch_route(enabled: bool) -> None:
         account: Changer,
         action: ActionName,
         ref: RuleRefPath,
-        if_match: IfMatch = None,
+        if_match: IfMatch,
     ) -> dict[str, Any]:
         def edit(document: ConfigDocument) -> dict[str, Any]:
             flip = document.enable_rule if enabled else document.disable_rule
@@ -549,7 +578,7 @@ def change_section(
     response: Response,
     account: Changer,
     section: Annotated[str, Path()],
-    if_match: IfMatch = None,
+    if_match: IfMatch,
     values: Annotated[dict[str, Any], Body()] = {},  # noqa: B006
 ) -> dict[str, Any]:
     if section not in SECTIONS:
@@ -583,8 +612,7 @@ def list_certificates(request: Request, response: Response, _: Reader) -> dict[s
 @router.get(
     "/certificates/ca.pem",
     summary="The proxy CA certificate (PEM), for clients to trust",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {"application/x-pem-file": {}}}},
+    responses={200: {"content": {"application/x-pem-file": {"schema": {"type": "string"}}}}},
 )
 def download_ca(request: Request, _: Reader) -> Response:
     config = _backend(request).proxy.config
@@ -605,7 +633,7 @@ def upload_server_certificate(
     response: Response,
     account: Changer,
     body: CertificateUpload,
-    if_match: IfMatch = None,
+    if_match: IfMatch,
 ) -> dict[str, Any]:
     try:
         check_pair(body.certificate, body.key)
@@ -648,16 +676,16 @@ def get_version(
 @router.get(
     "/versions/{version}/diff",
     summary="What a version changed (unified diff), or its difference from the file now",
-    response_class=PlainTextResponse,
 )
 def diff_version(
     request: Request,
     _: Reader,
     version: Annotated[int, Path(ge=1)],
     against_current: Annotated[bool, Query()] = False,
-) -> str:
+) -> dict[str, Any]:
     store = _backend(request).versions_store()
-    return store.diff(version, against_current=against_current)
+    diff = store.diff(version, against_current=against_current)
+    return {"version": version, "against_current": against_current, "diff": diff}
 
 
 @router.post("/versions/{version}/rollback", summary="Make a version current again (a new version)")
@@ -666,7 +694,7 @@ def rollback(
     response: Response,
     account: Changer,
     version: Annotated[int, Path(ge=1)],
-    if_match: IfMatch = None,
+    if_match: IfMatch,
 ) -> dict[str, Any]:
     saved = _backend(request).rollback(
         version, if_match, account=account, address=client_address(request)
@@ -692,6 +720,11 @@ async def _edit_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _request_error(_request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's shape errors in the model's form: ``body.position: ...``."""
     assert isinstance(exc, RequestValidationError)
+    if any(tuple(e["loc"]) == ("header", "if-match") for e in exc.errors()):
+        try:
+            parse_if_match(None)
+        except PreconditionRequired as missing:
+            return JSONResponse(_error_body(missing), status_code=missing.status)
     errors = [(format_loc(tuple(e["loc"])), str(e["msg"])) for e in exc.errors()]
     return JSONResponse(_error_body(Invalid(errors)), status_code=422)
 

@@ -48,12 +48,42 @@ class Authenticator:
         bearer: HTTPAuthorizationCredentials | None,
     ) -> Account:
         if basic is not None:
-            keys: list[ThrottleKey] = [("user", basic.username), ("address", address)]
-            user = basic.username
-        elif bearer is not None:
-            keys, user = [("address", address)], ""
-        else:
-            raise _unauthorized("credentials required")
+            return await self._password(address, basic)
+        if bearer is not None:
+            return self._token(address, bearer.credentials)
+        raise _unauthorized("credentials required")
+
+    async def _password(self, address: str, basic: HTTPBasicCredentials) -> Account:
+        keys: list[ThrottleKey] = [("user", basic.username), ("address", address)]
+        self._refuse_while_locked(keys, basic.username, address)
+        try:
+            async with self._checks:
+                account = await asyncio.to_thread(
+                    self.admins.verify_password, basic.username, basic.password
+                )
+        except AdminError as exc:
+            raise HTTPException(500, str(exc)) from exc
+        if account is None:
+            self._failed(keys, basic.username, address, "basic")
+            raise _unauthorized("wrong user name or password")
+        self.throttle.succeeded(("user", basic.username))
+        return account
+
+    def _token(self, address: str, token: str) -> Account:
+        """A right token is taken even from a locked address: it proves no guessing,
+        and checking it costs a hash. A wrong one counts against the address."""
+        try:
+            account = self.admins.verify_token(token)
+        except AdminError as exc:
+            raise HTTPException(500, str(exc)) from exc
+        if account is not None:
+            return account
+        keys: list[ThrottleKey] = [("address", address)]
+        self._refuse_while_locked(keys, "", address)
+        self._failed(keys, "", address, "token")
+        raise _unauthorized("unknown token")
+
+    def _refuse_while_locked(self, keys: list[ThrottleKey], user: str, address: str) -> None:
         wait = self.throttle.retry_after(keys)
         if wait:
             self.log.emit("login_blocked", user=user, address=address, retry_after=wait)
@@ -62,26 +92,10 @@ class Authenticator:
                 f"too many failed logins; try again in {wait} s",
                 headers={"Retry-After": str(wait)},
             )
-        try:
-            if basic is not None:
-                async with self._checks:
-                    account = await asyncio.to_thread(
-                        self.admins.verify_password, basic.username, basic.password
-                    )
-            else:
-                assert bearer is not None
-                account = self.admins.verify_token(bearer.credentials)
-        except AdminError as exc:
-            raise HTTPException(500, str(exc)) from exc
-        if account is None:
-            self.throttle.failed(keys)
-            self.log.emit(
-                "login_failed", user=user, address=address, method="basic" if basic else "token"
-            )
-            raise _unauthorized("wrong user name or password" if basic else "unknown token")
-        if basic is not None:
-            self.throttle.succeeded(("user", basic.username))
-        return account
+
+    def _failed(self, keys: list[ThrottleKey], user: str, address: str, method: str) -> None:
+        self.throttle.failed(keys)
+        self.log.emit("login_failed", user=user, address=address, method=method)
 
 
 def _unauthorized(reason: str) -> HTTPException:
