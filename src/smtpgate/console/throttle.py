@@ -50,6 +50,10 @@ class LoginThrottle:
         self._clock = clock
         self._failures: OrderedDict[ThrottleKey, _Failures] = OrderedDict()
 
+    def __len__(self) -> int:
+        """How many user names and addresses are remembered."""
+        return len(self._failures)
+
     def retry_after(self, keys: Iterable[ThrottleKey]) -> int:
         """Whole seconds until an attempt with ``keys`` is looked at; 0: now."""
         now = self._clock()
