@@ -127,8 +127,9 @@ class Console:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Listen on ``[console] listen``; a ConfigError naming it if that fails."""
+    async def start(self, announce: Callable[[str], None]) -> None:
+        """Listen on ``[console] listen``; a ConfigError naming it if that fails.
+        The first administrator is made once the address is ours (:meth:`ensure_first_admin`)."""
         listen = self.proxy.config.console.listen
         try:
             sock = socket.create_server(
@@ -145,6 +146,11 @@ class Console:
             sock.close()
             raise ConfigError.at([(("certificates", "server_cert"), describe_error(exc))]) from exc
         self.port = sock.getsockname()[1]
+        try:
+            self.ensure_first_admin(announce)
+        except ConfigError:
+            sock.close()
+            raise
         config = uvicorn.Config(
             self.app,
             log_config=None,
@@ -196,8 +202,7 @@ async def start_console(
     if not proxy.config.console.enabled:
         return None
     console = Console(proxy, config_path, log)
-    console.ensure_first_admin(lambda line: print(line, file=sys.stderr, flush=True))
-    await console.start()
+    await console.start(lambda line: print(line, file=sys.stderr, flush=True))
     return console
 
 
