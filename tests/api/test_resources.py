@@ -288,3 +288,58 @@ def test_a_certificate_upload_is_checked_then_used_by_the_console(
         pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
     ):
         client.get("/api/v1/whoami")
+
+
+def test_sections_policies_and_action_settings_by_key(console: ConsoleUnderTest) -> None:
+    with console.admin() as client:
+        tag = etag(client, "/api/v1/sections/gateway")
+        gateway = client.patch(
+            "/api/v1/sections/gateway", json={"keep_versions": 5}, headers={"If-Match": tag}
+        )
+        assert gateway.status_code == 200, gateway.text
+        assert gateway.json()["keep_versions"] == 5
+        tag = gateway.headers["ETag"]
+        settings = client.patch(
+            f"/api/v1/actions/{ACTION}",
+            json={"general.max_recipients": 7, "esmtp.enabled": "yes"},
+            headers={"If-Match": tag},
+        )
+        # One bad key: nothing of the PATCH is written.
+        assert settings.status_code == 422
+        assert settings.json()["errors"][0]["key"] == "proxy_actions[1].esmtp.enabled"
+        assert client.get(f"/api/v1/actions/{ACTION}").headers["ETag"] == tag
+        settings = client.patch(
+            f"/api/v1/actions/{ACTION}",
+            json={"general.max_recipients": 7},
+            headers={"If-Match": tag},
+        )
+        assert settings.json()["settings"]["general"]["max_recipients"] == 7
+        policy = client.patch(
+            "/api/v1/policies/interop",
+            json={"proxy_protocol": True},
+            headers={"If-Match": settings.headers["ETag"]},
+        )
+        assert (policy.json()["position"], policy.json()["proxy_protocol"]) == (1, True)
+        versions = client.get("/api/v1/versions")
+    # The ETag is the version id the commands show.
+    listed = subprocess.run(
+        [
+            smtpgate_binary(),
+            "config",
+            "versions",
+            "--json",
+            "--config",
+            str(console.gate.config_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert versions.headers["ETag"] == f'"{json.loads(listed.stdout)["current_etag"]}"'
+    assert [r["action"] for r in console.gate.records("audit") if r["via"] == "api"] == [
+        "sections.set",
+        "actions.set",
+        "policies.set",
+    ]
