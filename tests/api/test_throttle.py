@@ -53,3 +53,14 @@ def test_keys_are_forgotten_and_bounded() -> None:
     throttle.failed([("user", "a")])
     throttle.failed([("user", "b")])
     assert len(throttle) == 2
+
+
+def test_a_lock_is_reported_once() -> None:
+    clock = Clock()
+    throttle = LoginThrottle(clock=clock)
+    for _ in range(3):
+        throttle.failed([USER])
+    assert [throttle.first_refusal([USER]) for _ in range(3)] == [True, False, False]
+    clock.now += 1
+    throttle.failed([USER])  # a new failure, a new lock
+    assert throttle.first_refusal([USER]) is True

@@ -86,7 +86,8 @@ class Authenticator:
     def _refuse_while_locked(self, keys: list[ThrottleKey], user: str, address: str) -> None:
         wait = self.throttle.retry_after(keys)
         if wait:
-            self.log.emit("login_blocked", user=user, address=address, retry_after=wait)
+            if self.throttle.first_refusal(keys):
+                self.log.emit("login_blocked", user=user, address=address, retry_after=wait)
             raise HTTPException(
                 429,
                 f"too many failed logins; try again in {wait} s",

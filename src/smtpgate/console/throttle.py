@@ -29,6 +29,8 @@ class _Failures:
     count: int
     last: float
     locked_until: float
+    #: A refusal during the current lock was already reported (logged once per lock).
+    reported: bool = False
 
 
 class LoginThrottle:
@@ -64,6 +66,17 @@ class LoginThrottle:
                 wait = max(wait, entry.locked_until - now)
         return math.ceil(wait) if wait > 0 else 0
 
+    def first_refusal(self, keys: Iterable[ThrottleKey]) -> bool:
+        """Whether this is the first refused attempt of the current lock of ``keys``
+        (so that a flood of attempts is logged once per lock, not once per attempt)."""
+        first = False
+        for key in keys:
+            entry = self._failures.get(key)
+            if entry is not None and entry.locked_until > self._clock() and not entry.reported:
+                entry.reported = True
+                first = True
+        return first
+
     def failed(self, keys: Iterable[ThrottleKey]) -> None:
         now = self._clock()
         self._forget_old(now)
@@ -71,6 +84,7 @@ class LoginThrottle:
             entry = self._failures.pop(key, None) or _Failures(0, now, now)
             entry.count += 1
             entry.last = now
+            entry.reported = False
             over = entry.count - self.free_failures
             if over >= 0:
                 entry.locked_until = now + min(self.first_lock * 2 ** min(over, 32), self.ceiling)
