@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.api.conftest import ConsoleUnderTest
+from tests.api.helpers import ConsoleUnderTest
 
 WHOAMI = "/api/v1/whoami"
 

@@ -6,7 +6,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from tests.api.conftest import console_config
+from tests.api.helpers import console_config
 from tests.peers import free_port
 from tests.peers.smtpgate_proc import smtpgate_binary, toml_dumps
 

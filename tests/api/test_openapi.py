@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 
-from tests.api.conftest import ConsoleUnderTest, start_console
+from tests.api.helpers import ConsoleUnderTest, start_console
 from tests.peers.upstream import AiosmtpdUpstream
 
 #: Per operation: enough to meet each documented error, bounded so the test takes seconds.

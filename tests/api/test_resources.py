@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trustme
 
-from tests.api.conftest import ConsoleUnderTest
+from tests.api.helpers import ConsoleUnderTest
 from tests.peers.smtpgate_proc import ACTION, smtpgate_binary
 from tests.peers.upstream import AiosmtpdUpstream
 
