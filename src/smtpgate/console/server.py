@@ -59,7 +59,6 @@ class Console:
         throttle: LoginThrottle | None = None,
     ) -> None:
         self.proxy = proxy
-        self.config_path = config_path
         self.log = log
         state_dir = proxy.config.gateway.state_dir
         self.admins = AdminStore(state_dir)
@@ -75,7 +74,7 @@ class Console:
     # -- the first administrator -----------------------------------------------------------
 
     def ensure_first_admin(self, announce: Callable[[str], None]) -> None:
-        """With no account at all, create ``admin`` with a random password and
+        """With no user (tokens do not count), create ``admin`` with a random password and
         hand the password to ``announce`` (standard error), nowhere else."""
         if self.admins.users():
             return
