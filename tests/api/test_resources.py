@@ -37,6 +37,9 @@ def test_auditor_reads_but_every_change_is_403(console: ConsoleUnderTest) -> Non
         with client:
             tag = etag(client)
             assert client.get("/api/v1/profiles").status_code == 200
+            # The rule tester changes nothing: auditors may use it.
+            query = {"sender": "a@x.example", "recipients": ["b@y.example"], "action": ACTION}
+            assert client.post("/api/v1/rules/test", json=query).status_code == 200
             reply = client.post(RULES, json={"sender": "x.example"}, headers={"If-Match": tag})
             assert reply.status_code == 403
             assert reply.json()["detail"].endswith("has the auditor role: read only")
