@@ -1,4 +1,4 @@
-"""Shared helpers for the config tests (a unique module name: tests/ dirs are not packages)."""
+"""Shared helpers for the config tests."""
 
 from __future__ import annotations
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from config_testkit import BASE, error_paths, errors_of, load
-
 from smtpgate.config import export_format1, format1_losses, load_config
+from tests.config.config_testkit import BASE, error_paths, errors_of, load
 
 SAMPLE = Path(__file__).with_name("spec_sample.toml")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from config_testkit import BASE, error_paths, errors_of, load
 
 from smtpgate.config import (
     Config,
@@ -18,6 +17,7 @@ from smtpgate.config import (
     load_config,
 )
 from smtpgate.policy import RecipientEncryption, SenderEncryption
+from tests.config.config_testkit import BASE, error_paths, errors_of, load
 
 SAMPLE = Path(__file__).with_name("spec_sample.toml")
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from config_testkit import error_paths, errors_of, load
 
 from smtpgate.config import PREDEFINED_ACTIONS, PREDEFINED_PROFILES, clone_name
+from tests.config.config_testkit import error_paths, errors_of, load
 
 
 def test_predefined_profiles() -> None:

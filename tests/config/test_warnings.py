@@ -4,10 +4,10 @@ and ``serve`` logs), with key paths as users count (1-based)."""
 from __future__ import annotations
 
 import pytest
-from config_testkit import load
 
 from smtpgate.config.warnings import config_warnings, covers
 from smtpgate.policy.patterns import DomainPattern
+from tests.config.config_testkit import load
 
 POLICY = """
 [[policies]]

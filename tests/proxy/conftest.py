@@ -8,7 +8,6 @@ shared by the session (RSA key generation is slow).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ from typing import Any
 import pytest
 import trustme
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers import (
+from tests.proxy.helpers import (
     AiosmtpdUpstream,
     GatewayHarness,
     LoopThread,

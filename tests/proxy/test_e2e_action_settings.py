@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import (
+
+from tests.proxy.helpers import (
     AiosmtpdUpstream,
     RawClient,
     RawUpstream,

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import (
+
+from tests.proxy.helpers import (
     TIMEOUT,
     AiosmtpdUpstream,
     GatewayHarness,

@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import (
+
+from tests.peers.ocsp import GOOD, REVOKED, Leaf, OCSPResponder, closed_port_url, reach_directly
+from tests.proxy.helpers import (
     AiosmtpdUpstream,
     GatewayHarness,
     RawClient,
@@ -20,8 +22,6 @@ from helpers import (
     rule,
     smtplib_send,
 )
-
-from tests.peers.ocsp import GOOD, REVOKED, Leaf, OCSPResponder, closed_port_url, reach_directly
 
 Make = Callable[..., AiosmtpdUpstream]
 SENDER = "a@sender.example"

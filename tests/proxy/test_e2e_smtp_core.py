@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import TIMEOUT, RawClient, RawUpstream
 
 from smtpgate.proxy.session import _token
+from tests.proxy.helpers import TIMEOUT, RawClient, RawUpstream
 
 MakeRaw = Callable[..., RawUpstream]
 

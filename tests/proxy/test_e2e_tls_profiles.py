@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import trustme
-from helpers import (
+
+from tests.proxy.helpers import (
     AiosmtpdUpstream,
     GatewayHarness,
     RawClient,

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers import (
+
+from tests.proxy.helpers import (
     AiosmtpdUpstream,
     GatewayHarness,
     RawClient,

@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 from smtpgate.tls import CertificateStore, TLSContextCache
 

@@ -12,7 +12,6 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from tls_testkit import client_context, handshake
 
 from smtpgate.tls import (
     CertificateError,
@@ -21,6 +20,7 @@ from smtpgate.tls import (
     TLSProfileSettings,
     issuing,
 )
+from tests.tls.tls_testkit import client_context, handshake
 
 
 def _load(state: Path, hostname: str = "mx.example.test", **kw: object) -> CertificateStore:

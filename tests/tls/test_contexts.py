@@ -6,7 +6,6 @@ import ssl
 from pathlib import Path
 
 import pytest
-from tls_testkit import client_context, handshake
 
 from smtpgate.tls import (
     CertificateStore,
@@ -14,6 +13,7 @@ from smtpgate.tls import (
     TLSProfileError,
     TLSProfileSettings,
 )
+from tests.tls.tls_testkit import client_context, handshake
 
 V = ssl.TLSVersion
 # The test peers use TLS 1.0/1.1 on purpose.

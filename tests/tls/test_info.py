@@ -3,9 +3,8 @@ from __future__ import annotations
 import contextlib
 import ssl
 
-from tls_testkit import client_context
-
 from smtpgate.tls import describe_tls, starts_with_tls_handshake
+from tests.tls.tls_testkit import client_context
 
 
 def test_client_hello_prefix_detection() -> None:

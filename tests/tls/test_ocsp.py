@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from tls_testkit import server_context, tls_connection
 
 from smtpgate.tls import (
     TLSContextCache,
@@ -25,6 +24,7 @@ from smtpgate.tls import (
 )
 from tests.peers.ocsp import OCSPResponder as Responder
 from tests.peers.ocsp import closed_port_url, reach_directly
+from tests.tls.tls_testkit import server_context, tls_connection
 
 ECKey = ec.EllipticCurvePrivateKey
 

@@ -6,9 +6,9 @@ import ipaddress
 from pathlib import Path
 
 from cryptography import x509
-from tls_testkit import client_context, handshake
 
 from smtpgate.tls import CertificateStore, TLSContextCache, TLSProfileSettings
+from tests.tls.tls_testkit import client_context, handshake
 
 PROFILE = TLSProfileSettings(name="sni")
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import trustme
 from cryptography.hazmat.primitives.asymmetric import ec
-from tls_testkit import handshake, server_context, tls_connection
 
 from smtpgate.tls import (
     CertificateError,
@@ -21,6 +20,7 @@ from smtpgate.tls import (
     issuing,
     verify_peer_certificate,
 )
+from tests.tls.tls_testkit import handshake, server_context, tls_connection
 
 
 @pytest.fixture(scope="module")

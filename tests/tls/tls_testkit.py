@@ -1,5 +1,4 @@
-"""Loopback TLS plumbing for the tls tests (unique module name on purpose:
-test folders have no __init__.py, so basenames share one namespace)."""
+"""Loopback TLS plumbing for the tls tests."""
 
 from __future__ import annotations
 
