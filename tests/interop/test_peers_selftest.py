@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.smtp import Reply
 from tests.peers import PeerMissing, free_port, require_binary
 from tests.peers.certs import LeafFiles, TestPKI
 from tests.peers.haproxy import HAProxy
@@ -93,10 +94,15 @@ def test_swaks_transcript_parser() -> None:
  ~> QUIT
 <~  221 2.0.0 Bye
 """
-    replies, version, cipher = parse_transcript(transcript)
+    replies, encrypted, version, cipher = parse_transcript(transcript)
     assert (version, cipher) == ("TLSv1.3", "TLS_AES_256_GCM_SHA384")
-    rcpt = [r for r in replies if r.after.startswith("RCPT")]
-    assert rcpt[0].code == 451 and rcpt[0].tls and "4.7.5" in rcpt[0].text
+    rcpt = [
+        (r, tls) for r, tls in zip(replies, encrypted, strict=True) if r.command.startswith("RCPT")
+    ]
+    assert rcpt[0] == (
+        Reply(451, (b"4.7.5 Upstream does not offer STARTTLS",), "RCPT TO:<b@receiver.test>"),
+        True,
+    )
 
 
 # -- swaks -> Postfix -------------------------------------------------------------
@@ -109,7 +115,7 @@ def test_swaks_starttls_to_postfix_receiver_is_delivered(
     res = run_swaks(rcv.port, tls="starttls", to="bob@receiver.test")
     assert res.returncode == 0, res
     assert res.end_of_data is not None and res.end_of_data.code == 250, res
-    assert res.end_of_data.tls
+    assert res.inside_tls(res.end_of_data)
     msgs = rcv.wait_delivered(1)
     assert msgs[0]["Delivered-To"] == "bob@receiver.test"
     assert "smtpgate interop (swaks)" in msgs[0]["Subject"]

@@ -16,9 +16,11 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 
+from smtpgate.smtp import Reply
+
 from . import PeerMissing, require_binary
 
-__all__ = ["Reply", "SwaksResult", "require_swaks_tls", "run_swaks"]
+__all__ = ["SwaksResult", "require_swaks_tls", "run_swaks"]
 
 SWAKS = "swaks"
 
@@ -56,36 +58,36 @@ def require_swaks_tls(swaks: str) -> None:
     )
 
 
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    text: str  # the last line's text
-    after: str  # the command this answers ("" for the banner, "EHLO vm", ...)
-    tls: bool  # received inside TLS
-
-
 @dataclass
 class SwaksResult:
     returncode: int
     transcript: str
     stderr: str
+    #: Each reply with all its lines; ``command`` is the command line it answers
+    #: (``""`` for the banner, ``"EHLO vm"``, ``"."`` for the end of data).
     replies: list[Reply] = field(default_factory=list)
+    #: Per reply: it came inside TLS (``<~``).
+    encrypted: list[bool] = field(default_factory=list)
     tls_version: str | None = None
     tls_cipher: str | None = None
 
     @property
     def last_code(self) -> int | None:
         """The code of the last reply before QUIT's (or of the last reply at all)."""
-        codes = [r for r in self.replies if not r.after.upper().startswith("QUIT")]
+        codes = [r for r in self.replies if not r.command.upper().startswith("QUIT")]
         return codes[-1].code if codes else None
 
     def reply_to(self, verb: str) -> Reply | None:
         """The (last) reply to the command starting with ``verb`` ("MAIL", "RCPT", "DATA", ".")."""
         found = None
         for r in self.replies:
-            if r.after.upper().startswith(verb.upper()):
+            if r.command.upper().startswith(verb.upper()):
                 found = r
         return found
+
+    def inside_tls(self, reply: Reply) -> bool:
+        """``reply`` (one of :attr:`replies`) came inside TLS."""
+        return any(r is reply and tls for r, tls in zip(self.replies, self.encrypted, strict=True))
 
     @property
     def end_of_data(self) -> Reply | None:
@@ -96,8 +98,11 @@ class SwaksResult:
         return f"swaks exit {self.returncode}\n{self.transcript}\n{self.stderr}"
 
 
-def parse_transcript(text: str) -> tuple[list[Reply], str | None, str | None]:
+def parse_transcript(text: str) -> tuple[list[Reply], list[bool], str | None, str | None]:
+    """(replies, came inside TLS per reply, TLS version, TLS cipher) of a swaks transcript."""
     replies: list[Reply] = []
+    encrypted: list[bool] = []
+    lines: list[bytes] = []
     last_cmd = ""
     in_data = False
     tls_version = tls_cipher = None
@@ -108,10 +113,11 @@ def parse_transcript(text: str) -> tuple[list[Reply], str | None, str | None]:
             continue
         m = _REPLY.match(line)
         if m:
+            lines.append(m["text"].encode())
             if m["sep"] == " ":
-                replies.append(
-                    Reply(int(m["code"]), m["text"], last_cmd, tls=m["dir"].endswith("~"))
-                )
+                replies.append(Reply(int(m["code"]), tuple(lines), last_cmd))
+                encrypted.append(m["dir"].endswith("~"))
+                lines = []
             continue
         m = _CMD.match(line)
         if m:
@@ -125,7 +131,7 @@ def parse_transcript(text: str) -> tuple[list[Reply], str | None, str | None]:
             if cmd.upper() == "DATA":
                 in_data = True
                 # The 354 answers DATA; the message lines follow it.
-    return replies, tls_version, tls_cipher
+    return replies, encrypted, tls_version, tls_cipher
 
 
 def run_swaks(
@@ -181,5 +187,4 @@ def run_swaks(
         stdin=subprocess.DEVNULL,
         check=False,
     )
-    replies, version, cipher = parse_transcript(proc.stdout)
-    return SwaksResult(proc.returncode, proc.stdout, proc.stderr, replies, version, cipher)
+    return SwaksResult(proc.returncode, proc.stdout, proc.stderr, *parse_transcript(proc.stdout))

@@ -37,6 +37,7 @@ from cryptography import x509
 from smtpgate.config.loader import parse_config
 from smtpgate.logs import EventLog
 from smtpgate.proxy.gateway import Gateway
+from smtpgate.smtp import Reply
 from tests.peers import free_port as free_port  # re-exported for the tests
 from tests.peers.smtpgate_proc import rule as rule  # re-exported for the tests
 from tests.peers.smtpgate_proc import toml_dumps
@@ -470,19 +471,6 @@ class RawUpstream:
 # --- a client for exact bytes ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    lines: list[str]
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}"
-
-
 class RawClient:
     def __init__(self, port: int, *, implicit_tls: ssl.SSLContext | None = None) -> None:
         sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
@@ -490,29 +478,29 @@ class RawClient:
             sock = implicit_tls.wrap_socket(sock)
         self.sock = sock
         self._buf = b""
-        self.greeting = self.reply()
+        self.greeting = self.reply("greeting")
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def reply(self) -> Reply:
-        lines: list[str] = []
+    def reply(self, command: str = "") -> Reply:
+        """The next reply; ``command`` names what it answers."""
+        lines: list[bytes] = []
         while True:
             while b"\r\n" not in self._buf:
                 data = self.sock.recv(65536)
                 if not data:
                     raise ConnectionError(f"connection closed after {lines!r}")
                 self._buf += data
-            raw, _, self._buf = self._buf.partition(b"\r\n")
-            line = raw.decode("utf-8", "replace")
+            line, _, self._buf = self._buf.partition(b"\r\n")
             lines.append(line[4:])
-            if line[3:4] != "-":
-                return Reply(int(line[:3]), lines)
+            if line[3:4] != b"-":
+                return Reply(int(line[:3]), tuple(lines), command)
 
     def cmd(self, line: str | bytes) -> Reply:
         data = line.encode("utf-8") if isinstance(line, str) else line
         self.send(data + b"\r\n")
-        return self.reply()
+        return self.reply(data.split(b" ", 1)[0].decode("ascii", "replace").upper())
 
     def ehlo(self, name: str = "client.test") -> Reply:
         return self.cmd(f"EHLO {name}")

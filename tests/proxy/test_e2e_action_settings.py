@@ -51,7 +51,7 @@ def test_max_message_size_is_advertised_and_enforced(
     upstream: RawUpstream = make_raw_upstream()
     gate = make_gate(upstream.port, general={"max_message_size": 4000})
     with RawClient(gate.port) as client:
-        assert "SIZE 4000" in client.ehlo().lines
+        assert b"SIZE 4000" in client.ehlo().lines
         # Declared too big: refused at MAIL.
         assert client.cmd("MAIL FROM:<a@sender.example> SIZE=4001").code == 552
         # Undeclared and too big: refused at the end of data, nothing delivered.
@@ -77,24 +77,29 @@ def test_max_message_size_is_advertised_and_enforced(
 def test_esmtp_keywords_are_filtered(make_gate: Any, make_upstream: Make) -> None:
     gate = make_gate(make_upstream().port, esmtp={"keywords": ["8BITMIME", "SIZE"]})
     with RawClient(gate.port) as client:
-        assert client.ehlo().lines == ["mx.example.test", "8BITMIME", "SIZE 25000000", "STARTTLS"]
+        assert client.ehlo().lines == (
+            b"mx.example.test",
+            b"8BITMIME",
+            b"SIZE 25000000",
+            b"STARTTLS",
+        )
         client.starttls(insecure_client_context())
-        assert client.ehlo().lines == ["mx.example.test", "8BITMIME", "SIZE 25000000"]
+        assert client.ehlo().lines == (b"mx.example.test", b"8BITMIME", b"SIZE 25000000")
 
 
 def test_default_esmtp_keywords(make_gate: Any, make_upstream: Make) -> None:
     gate = make_gate(make_upstream().port)
     with RawClient(gate.port) as client:
         lines = client.ehlo().lines
-    assert lines[0] == "mx.example.test"
+    assert lines[0] == b"mx.example.test"
     assert set(lines[1:]) == {
-        "8BITMIME",
-        "PIPELINING",
-        "SIZE 25000000",
-        "SMTPUTF8",
-        "DSN",
-        "ENHANCEDSTATUSCODES",
-        "STARTTLS",
+        b"8BITMIME",
+        b"PIPELINING",
+        b"SIZE 25000000",
+        b"SMTPUTF8",
+        b"DSN",
+        b"ENHANCEDSTATUSCODES",
+        b"STARTTLS",
     }
 
 
@@ -106,7 +111,7 @@ def test_dsn_parameters_do_not_break_delivery_to_an_upstream_without_dsn(
     upstream = make_upstream()
     gate = make_gate(upstream.port)
     with RawClient(gate.port) as client:
-        assert "DSN" in client.ehlo().lines
+        assert b"DSN" in client.ehlo().lines
         assert client.cmd("MAIL FROM:<a@sender.example> RET=HDRS ENVID=abc123").code == 250
         answer = client.cmd(
             "RCPT TO:<b@rcpt.example> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b@rcpt.example"

@@ -39,11 +39,11 @@ def test_starttls_advertised_on_plain_listener_until_encrypted(
     gate = make_gate(upstream.port)
     with RawClient(gate.port) as client:
         assert client.greeting.code == 220
-        assert "STARTTLS" in client.ehlo().lines
+        assert b"STARTTLS" in client.ehlo().lines
         tls = client.starttls(insecure_client_context())
         assert tls.version() == "TLSv1.3"
         after = client.ehlo()
-        assert after.code == 250 and "STARTTLS" not in after.lines
+        assert after.code == 250 and b"STARTTLS" not in after.lines
         assert str(client.cmd("STARTTLS")).startswith("503 ")
     starttls = gate.wait_record("starttls")[0]
     assert starttls["client_tls"] == "TLSv1.3"
@@ -56,7 +56,7 @@ def test_starttls_not_advertised_on_implicit_tls_listener(
     with RawClient(gate.port, implicit_tls=insecure_client_context()) as client:
         assert client.greeting.code == 220
         ehlo = client.ehlo()
-        assert ehlo.code == 250 and "STARTTLS" not in ehlo.lines
+        assert ehlo.code == 250 and b"STARTTLS" not in ehlo.lines
         assert client.cmd("STARTTLS").code == 503
     assert gate.wait_record("session_start")[0]["client_tls"] == "TLSv1.3"
 
@@ -81,8 +81,8 @@ def test_starttls_disabled_is_not_advertised(make_gate: Any, upstream: AiosmtpdU
     gate = make_gate(upstream.port, starttls={"enabled": False})
     with RawClient(gate.port) as client:
         ehlo = client.ehlo()
-        assert ehlo.code == 250 and "STARTTLS" not in ehlo.lines
-        assert "PIPELINING" in ehlo.lines  # ESMTP itself still works
+        assert ehlo.code == 250 and b"STARTTLS" not in ehlo.lines
+        assert b"PIPELINING" in ehlo.lines  # ESMTP itself still works
         assert client.cmd("STARTTLS").code == 502
 
 
@@ -102,7 +102,7 @@ def test_starttls_not_advertised_when_every_rule_says_sender_none(
     gate = make_gate(upstream.port, rules=rules)
     with RawClient(gate.port) as client:
         ehlo = client.ehlo()
-        assert ehlo.code == 250 and "STARTTLS" not in ehlo.lines
+        assert ehlo.code == 250 and b"STARTTLS" not in ehlo.lines
         assert client.cmd("STARTTLS").code == 502
 
 
@@ -117,7 +117,7 @@ def test_starttls_advertised_when_one_rule_is_not_none(
         ],
     )
     with RawClient(gate.port) as client:
-        assert "STARTTLS" in client.ehlo().lines
+        assert b"STARTTLS" in client.ehlo().lines
 
 
 # --- sender encryption ---------------------------------------------------------------------

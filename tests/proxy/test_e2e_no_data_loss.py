@@ -71,7 +71,10 @@ def test_multiline_final_reply_is_relayed_verbatim(
     gate = make_gate(upstream.port)
     with open_transaction(gate) as client:
         answer = client.cmd(b"Subject: s\r\n\r\nbody\r\n.")
-    assert (answer.code, answer.lines) == (452, ["4.2.2 Mailbox full", "4.2.2 Try again tomorrow"])
+    assert (answer.code, answer.lines) == (
+        452,
+        (b"4.2.2 Mailbox full", b"4.2.2 Try again tomorrow"),
+    )
     assert gate.transaction()["outcome"] == "tempfail"
 
 
@@ -335,13 +338,13 @@ def test_commands_pipelined_after_starttls_are_discarded(
     upstream = make_upstream()
     gate = make_gate(upstream.port)
     with RawClient(gate.port) as client:
-        assert "STARTTLS" in client.ehlo().lines
+        assert b"STARTTLS" in client.ehlo().lines
         client.send(b"STARTTLS\r\n" + injected)
         assert client.reply().code == 220
         client.sock = insecure_client_context().wrap_socket(client.sock)
         # Inside TLS the first reply must be the EHLO's, not an answer to the injection.
         ehlo = client.ehlo()
-        assert ehlo.code == 250 and ehlo.lines[0] == "mx.example.test"
+        assert ehlo.code == 250 and ehlo.lines[0] == b"mx.example.test"
         assert str(client.cmd("NOOP")) == "250 2.0.0 Ok"
         assert client.pending() == b""
         # An injected MAIL did not open a transaction.
@@ -377,7 +380,7 @@ def test_pipelined_commands_get_ordered_replies(make_gate: Any, make_upstream: M
     upstream = make_upstream()
     gate = make_gate(upstream.port)
     with RawClient(gate.port) as client:
-        assert "PIPELINING" in client.ehlo().lines
+        assert b"PIPELINING" in client.ehlo().lines
         client.send(
             b"MAIL FROM:<a@sender.example>\r\n"
             b"RCPT TO:<one@rcpt.example>\r\n"

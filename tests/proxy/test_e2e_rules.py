@@ -87,7 +87,7 @@ def test_default_applies_when_no_rule_matches(
         ],
     )
     with RawClient(gate.port) as client:
-        assert "STARTTLS" in client.ehlo().lines  # the default wants sender encryption
+        assert b"STARTTLS" in client.ehlo().lines  # the default wants sender encryption
     record = send(gate, "a@sender.example", "b@rcpt.example", 1)
     assert record["rule"] == "default"
     assert (record["client_tls"], record["upstream_tls"], record["outcome"]) == (
@@ -157,7 +157,7 @@ def test_idna_u_label_and_a_label_are_the_same_domain(
     with RawClient(gate.port) as client:
         assert client.ehlo().code == 250
         client.starttls(insecure_client_context())
-        assert "SMTPUTF8" in client.ehlo().lines
+        assert b"SMTPUTF8" in client.ehlo().lines
         # A-label, upper-case A-label, and the U-label under SMTPUTF8, in one transaction.
         assert client.cmd("MAIL FROM:<a@sender.example> SMTPUTF8").code == 250
         assert client.cmd("RCPT TO:<one@xn--bcher-kva.example>").code == 250

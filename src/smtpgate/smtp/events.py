@@ -110,6 +110,10 @@ class Reply:
     def text(self) -> str:
         return " / ".join(line.decode("utf-8", "replace") for line in self.lines)
 
+    def __str__(self) -> str:
+        """``code text``, as logs show a reply (``upstream_reply``)."""
+        return f"{self.code} {self.text}"
+
 
 Event = (
     Hello
