@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.peers.smtpgate_proc import SmtpgateProcess, toml_dumps
+from smtpgate.config import toml_writer
+from tests.peers.smtpgate_proc import SmtpgateProcess
 from tests.peers.upstream import AiosmtpdUpstream
 
 
@@ -41,7 +42,7 @@ def send(gate: SmtpgateProcess, subject: str) -> None:
 
 def sighup(gate: SmtpgateProcess, config: dict[str, Any]) -> None:
     gate.config = config
-    gate.text = toml_dumps(config)
+    gate.text = toml_writer.dumps(config)
     gate.config_file.write_text(gate.text)
     assert gate.proc is not None
     gate.proc.send_signal(signal.SIGHUP)

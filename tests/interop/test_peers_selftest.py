@@ -20,13 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from smtpgate.config import toml_writer
 from smtpgate.smtp import Reply
 from tests.peers import PeerMissing, free_port, require_binary
 from tests.peers.certs import LeafFiles, TestPKI
 from tests.peers.haproxy import HAProxy
 from tests.peers.openssl import s_client
 from tests.peers.postfix import PostfixInstance, build_message
-from tests.peers.smtpgate_proc import SmtpgateProcess, toml_dumps
+from tests.peers.smtpgate_proc import SmtpgateProcess
 from tests.peers.swaks import SWAKS, parse_transcript, require_swaks_tls, run_swaks
 from tests.peers.upstream import AiosmtpdUpstream
 
@@ -65,7 +66,7 @@ def test_toml_writer_round_trips_the_spec_shape(tmp_path: Path) -> None:
             }
         ],
     }
-    text = toml_dumps(config)
+    text = toml_writer.dumps(config)
     assert tomllib.loads(text) == config
     gate = SmtpgateProcess(tmp_path / "gate", config)
     parsed = tomllib.loads(gate.text)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -23,9 +22,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from smtpgate.config import toml_writer
+
 from . import PeerMissing, free_port, tail
 
-__all__ = ["SmtpgateProcess", "gate_config", "rule", "smtpgate_binary", "toml_dumps"]
+__all__ = ["SmtpgateProcess", "gate_config", "rule", "smtpgate_binary"]
 
 Record = dict[str, Any]
 
@@ -39,62 +40,6 @@ def smtpgate_binary() -> str:
     if found is None:
         raise PeerMissing("the smtpgate console script is not installed: run `make venv`")
     return found
-
-
-# -- a small TOML writer (tomllib only reads) --------------------------------
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _key(k: str) -> str:
-    return k if _BARE_KEY.match(k) else json.dumps(k)
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # JSON string escapes are valid TOML basic strings
-    if isinstance(v, Path):
-        return json.dumps(str(v))
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, Mapping):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def _is_table_array(v: Any) -> bool:
-    return isinstance(v, list | tuple) and bool(v) and all(isinstance(x, Mapping) for x in v)
-
-
-def _emit(path: list[str], table: Mapping[str, Any], out: list[str], header: str | None) -> None:
-    scalars = [
-        (k, v) for k, v in table.items() if not isinstance(v, Mapping) and not _is_table_array(v)
-    ]
-    if header is not None:
-        out.append("")
-        out.append(header)
-    for k, v in scalars:
-        out.append(f"{_key(k)} = {_value(v)}")
-    for k, v in table.items():
-        sub = [*path, _key(k)]
-        if isinstance(v, Mapping):
-            _emit(sub, v, out, "[" + ".".join(sub) + "]")
-        elif _is_table_array(v):
-            for item in v:
-                _emit(sub, item, out, "[[" + ".".join(sub) + "]]")
-
-
-def toml_dumps(data: Mapping[str, Any]) -> str:
-    """Serialise nested dicts/lists to TOML (tables, arrays of tables, scalars)."""
-    out: list[str] = []
-    _emit([], data, out, None)
-    text = "\n".join(out).lstrip("\n") + "\n"
-    tomllib.loads(text)  # never hand the proxy a file we did not mean
-    return text
 
 
 # -- the process --------------------------------------------------------------
@@ -123,7 +68,7 @@ class SmtpgateProcess:
             self.text = config
         else:
             self.config = self._complete(config)
-            self.text = toml_dumps(self.config)
+            self.text = toml_writer.dumps(self.config)
         log_cfg = self.config.get("logging", {})
         if log_cfg.get("file"):
             self.log_file = self.config_file.parent / log_cfg["file"]

@@ -34,13 +34,13 @@ from typing import Any, TypeVar
 import uvloop
 from cryptography import x509
 
+from smtpgate.config import toml_writer
 from smtpgate.config.loader import parse_config
 from smtpgate.logs import EventLog
 from smtpgate.proxy.gateway import Gateway
 from smtpgate.smtp import Reply
 from tests.peers import free_port as free_port  # re-exported for the tests
 from tests.peers.smtpgate_proc import rule as rule  # re-exported for the tests
-from tests.peers.smtpgate_proc import toml_dumps
 from tests.peers.upstream import AiosmtpdUpstream as PeerUpstream
 
 T = TypeVar("T")
@@ -93,7 +93,7 @@ def config_toml(
     if esmtp:
         action["esmtp"] = dict(esmtp)
     action["starttls"] = starttls_table
-    config: dict[str, Any] = {"gateway": {"hostname": HOSTNAME, "state_dir": state_dir}}
+    config: dict[str, Any] = {"gateway": {"hostname": HOSTNAME, "state_dir": str(state_dir)}}
     if logging:
         config["logging"] = dict(logging)
     if certs:
@@ -111,7 +111,7 @@ def config_toml(
         {"name": "T", "min_version": "1.2", "pfs": "allowed", **(profile or {})}
     ]
     config["proxy_actions"] = [action]
-    return toml_dumps(config)
+    return toml_writer.dumps(config)
 
 
 # --- event loop in a thread, and the gateway on it --------------------------------------

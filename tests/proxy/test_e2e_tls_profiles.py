@@ -169,7 +169,7 @@ def test_client_leg_certificate_is_chosen_by_sni(
     cert, key = sni_files
     gate = make_gate(
         make_upstream().port,
-        sni=[{"names": ["mx2.example.test"], "cert": cert, "key": key}],
+        sni=[{"names": ["mx2.example.test"], "cert": str(cert), "key": str(key)}],
         policy={"implicit_tls": implicit},
     )
 
