@@ -14,6 +14,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from smtpgate.reserved_port import ReservedPort
+
 SMTPGATE = str(Path(sys.executable).with_name("smtpgate"))
 
 
@@ -103,14 +105,15 @@ def test_check_names_the_key_path_and_exits_1(tmp_path: Path) -> None:
 
 
 def test_serve_with_bad_config_listens_on_nothing(tmp_path: Path) -> None:
-    listen = free_port()
-    path = write_config(tmp_path, listen=listen)
-    path.write_text(path.read_text().replace('recipient_encryption = "none"', "x = 1"))
-    result = run("serve", "--config", str(path), timeout=20)
-    assert result.returncode == 1
-    assert "proxy_actions[1].starttls.rules[2].x" in result.stderr
-    with socket.socket() as sock:
-        assert sock.connect_ex(("127.0.0.1", listen)) != 0
+    with ReservedPort() as reserved:  # nobody else listens there meanwhile
+        listen = reserved.port
+        path = write_config(tmp_path, listen=listen)
+        path.write_text(path.read_text().replace('recipient_encryption = "none"', "x = 1"))
+        result = run("serve", "--config", str(path), timeout=20)
+        assert result.returncode == 1
+        assert "proxy_actions[1].starttls.rules[2].x" in result.stderr
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", listen)) != 0
 
 
 def test_rules_test_reports_rule_and_both_legs(tmp_path: Path) -> None:
@@ -163,12 +166,14 @@ def _records(log: Path) -> list[dict[str, object]]:
 
 
 def test_serve_sighup_reloads_and_sigterm_lets_a_session_finish(tmp_path: Path) -> None:
-    listen = free_port()
+    reserved = ReservedPort()
+    listen = reserved.port
     path = write_config(tmp_path, listen=listen)
     log = tmp_path / "smtpgate.log"
     proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(path)], stderr=subprocess.PIPE)
     try:
         _wait_for(lambda: any(r["event"] == "listening" for r in _records(log)))
+        reserved.release()
         client = smtplib.SMTP("127.0.0.1", listen, timeout=10)
         assert client.ehlo()[0] == 250
         # SIGHUP with the envelope switch turned on: new sessions see it, this one keeps going.

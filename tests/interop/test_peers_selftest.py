@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from smtpgate.config import toml_writer
+from smtpgate.reserved_port import ReservedPort
 from smtpgate.smtp import Reply
-from tests.peers import PeerMissing, free_port, require_binary
+from tests.peers import PeerMissing, accepts_connections, require_binary
 from tests.peers.certs import LeafFiles, TestPKI
 from tests.peers.haproxy import HAProxy
 from tests.peers.openssl import s_client
@@ -309,10 +310,22 @@ def test_haproxy_passes_the_original_client_address(
     assert msg.peer[0] == "127.0.0.1"  # HAProxy's own connection
 
 
-def test_free_port_is_bindable() -> None:
-    port = free_port()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+def test_a_reserved_port_is_taken_by_its_server_and_by_nobody_else() -> None:
+    with ReservedPort() as reserved:
+        with socket.socket() as plain, pytest.raises(OSError, match="in use"):
+            plain.bind(("127.0.0.1", reserved.port))  # another program's bind
+        others = []
+        for _ in range(200):  # the kernel's own picks skip a bound port
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                others.append(probe.getsockname()[1])
+        assert reserved.port not in others
+        assert not accepts_connections(reserved.port)  # the reservation does not listen
+        with (
+            socket.create_server(("127.0.0.1", reserved.port)) as server,  # SO_REUSEADDR
+            socket.create_connection(("127.0.0.1", reserved.port), timeout=5),
+        ):
+            server.accept()[0].close()
 
 
 def test_a_missing_peer_fails_with_a_clear_message() -> None:

@@ -23,7 +23,9 @@ import shutil
 import socket
 from pathlib import Path
 
-__all__ = ["PeerMissing", "free_port", "require_binary", "tail"]
+from smtpgate.reserved_port import ReservedPort
+
+__all__ = ["PeerMissing", "ReservedPort", "accepts_connections", "require_binary", "tail"]
 
 
 class PeerMissing(AssertionError):
@@ -46,17 +48,11 @@ def require_binary(path_or_name: str, package: str) -> str:
     return found
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bind to port 0, read it, close).
-
-    There is a small race between closing and the peer binding the port; it is
-    harmless on a test machine, and callers that start a peer fail loudly if the
-    port is taken.
-    """
+def accepts_connections(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on ``host:port`` (a held :class:`ReservedPort` does not)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        s.settimeout(2)
+        return s.connect_ex((host, port)) == 0
 
 
 def tail(text: str, lines: int = 40) -> str:

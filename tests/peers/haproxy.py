@@ -9,14 +9,12 @@ traffic: the frontend port can no longer be bound.
 
 from __future__ import annotations
 
-import errno
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-from . import free_port, require_binary, tail
+from . import ReservedPort, accepts_connections, require_binary, tail
 
 __all__ = ["HAProxy"]
 
@@ -39,15 +37,6 @@ backend smtp_out
 """
 
 
-def _listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as exc:
-            return exc.errno == errno.EADDRINUSE
-        return False
-
-
 class HAProxy:
     def __init__(self, workdir: Path, target_port: int, *, version: int = 1) -> None:
         if version not in (1, 2):
@@ -56,7 +45,9 @@ class HAProxy:
         self.workdir = Path(workdir)
         self.target_port = target_port
         self.version = version
-        self.port = free_port()
+        #: Held until HAProxy listens (see :class:`ReservedPort`).
+        self._reserved: ReservedPort | None = ReservedPort()
+        self.port = self._reserved.port
         self.proc: subprocess.Popen[bytes] | None = None
         self.config_file = self.workdir / f"haproxy-{self.port}.cfg"
         self.log_file = self.workdir / f"haproxy-{self.port}.log"
@@ -88,7 +79,8 @@ class HAProxy:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            if _listening(self.port):
+            if accepts_connections(self.port):
+                self._release_port()
                 return self
             time.sleep(0.05)
         self.stop()
@@ -97,7 +89,13 @@ class HAProxy:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
+    def _release_port(self) -> None:
+        if self._reserved is not None:
+            self._reserved.release()
+            self._reserved = None
+
     def stop(self) -> None:
+        self._release_port()
         if self.proc is None:
             return
         if self.proc.poll() is None:

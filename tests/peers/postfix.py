@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import PeerMissing, free_port, require_binary, tail
+from . import PeerMissing, ReservedPort, require_binary, tail
 from .certs import LeafFiles
 
 __all__ = [
@@ -164,7 +164,12 @@ class PostfixInstance:
         self.name = name
         self.artifacts = Path(artifacts)
         self.hostname = hostname or f"{name}.postfix.test"
-        self.port = port or free_port()
+        #: Held until smtpd listens (see :class:`ReservedPort`).
+        self._reserved: ReservedPort | None = None
+        if port is None:
+            self._reserved = ReservedPort()
+            port = self._reserved.port
+        self.port = port
         self.relayhost = relayhost
         self.smtp_tls_security_level = smtp_tls_security_level
         self.smtp_tls_ca_file = smtp_tls_ca_file
@@ -325,6 +330,7 @@ class PostfixInstance:
                 )
             self.master_pid = self._read_pid()
             self._wait_listening()
+            self._release_port()
         except BaseException:
             self.stop()
             raise
@@ -364,8 +370,14 @@ class PostfixInstance:
             return False
         return state != "Z"
 
+    def _release_port(self) -> None:
+        if self._reserved is not None:
+            self._reserved.release()
+            self._reserved = None
+
     def stop(self) -> None:
         """Stop the master by PID, save the log and config, remove the runtime dir."""
+        self._release_port()
         if self.runtime is None:
             return
         pid = self.master_pid

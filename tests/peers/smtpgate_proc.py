@@ -1,11 +1,12 @@
 """smtpgate itself as a subprocess: ``smtpgate serve --config <tmp>/smtpgate.toml``.
 
 ``SmtpgateProcess`` writes the TOML of SPEC.md section 5 from a Python dict (or
-takes the text as is), fills in what every test needs (free loopback ports for
-policies without ``listen``, ``state_dir`` and a JSON log file in the test's
-directory), starts the proxy, waits (bounded) until a ``"listening"`` record
-appeared for every policy, and reads the JSON log records back. It is stopped
-with SIGTERM by PID (SIGKILL after a bound), as SPEC.md section 6 describes.
+takes the text as is), fills in what every test needs (a loopback port for each
+policy without ``listen``, held until smtpgate listens on it; ``state_dir`` and a
+JSON log file in the test's directory), starts the proxy, waits (bounded) until
+a ``"listening"`` record appeared for every policy, and reads the JSON log
+records back. It is stopped with SIGTERM by PID (SIGKILL after a bound), as
+SPEC.md section 6 describes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from smtpgate.config import toml_writer
 
-from . import PeerMissing, free_port, tail
+from . import PeerMissing, ReservedPort, tail
 
 __all__ = ["SmtpgateProcess", "gate_config", "rule", "smtpgate_binary"]
 
@@ -50,7 +51,8 @@ class SmtpgateProcess:
 
     ``config`` is a dict in the shape of SPEC.md section 5 (``[gateway]``,
     ``[logging]``, ``[[policies]]``, ...) or TOML text. For a dict, policies
-    without ``listen`` get ``127.0.0.1:<free port>``, ``gateway.state_dir`` and
+    without ``listen`` get ``127.0.0.1:<a reserved port>`` (:class:`ReservedPort`),
+    ``gateway.state_dir`` and
     ``logging`` default to ``workdir/state`` and ``workdir/smtpgate.log.jsonl``.
     """
 
@@ -63,6 +65,8 @@ class SmtpgateProcess:
         self.stdout_file = self.workdir / "smtpgate.stdout"
         self.stderr_file = self.workdir / "smtpgate.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Ports picked for policies without ``listen``, held until smtpgate listens.
+        self._reserved: list[ReservedPort] = []
         if isinstance(config, str):
             self.config: dict[str, Any] = tomllib.loads(config)
             self.text = config
@@ -85,7 +89,10 @@ class SmtpgateProcess:
         log.setdefault("format", "json")
         log.setdefault("file", str(self.log_file))
         for pol in cfg.get("policies", []):
-            pol.setdefault("listen", f"127.0.0.1:{free_port()}")
+            if "listen" not in pol:
+                reserved = ReservedPort()
+                self._reserved.append(reserved)
+                pol["listen"] = f"127.0.0.1:{reserved.port}"
         return cfg
 
     def state_file(self, name: str) -> Path:
@@ -132,6 +139,7 @@ class SmtpgateProcess:
             while True:
                 seen = {r.get("policy") for r in self.records("listening")}
                 if wanted <= seen:
+                    self._release_ports()
                     return self
                 if self.proc.poll() is not None:
                     raise AssertionError(
@@ -148,8 +156,14 @@ class SmtpgateProcess:
             self.stop()
             raise
 
+    def _release_ports(self) -> None:
+        for reserved in self._reserved:
+            reserved.release()
+        self._reserved.clear()
+
     def stop(self, timeout: float = 15) -> int | None:
         """SIGTERM by PID, wait (bounded), then SIGKILL; returns the exit code."""
+        self._release_ports()
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None

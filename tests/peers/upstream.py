@@ -27,7 +27,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from . import free_port
+from . import ReservedPort
 
 __all__ = ["AiosmtpdUpstream", "ReceivedMessage"]
 
@@ -129,7 +129,12 @@ class AiosmtpdUpstream:
         smtputf8: bool = False,
         port: int | None = None,
     ) -> None:
-        self.port = port or free_port()
+        #: Held until the server listens (see :class:`ReservedPort`).
+        self._reserved: ReservedPort | None = None
+        if port is None:
+            self._reserved = ReservedPort()
+            port = self._reserved.port
+        self.port = port
         self.handler = _Handler(data_reply=data_reply, data_delay=data_delay)
         kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
         if starttls is not None:
@@ -174,10 +179,19 @@ class AiosmtpdUpstream:
         )
 
     def start(self) -> AiosmtpdUpstream:
-        self.controller.start()
+        try:
+            self.controller.start()
+        finally:
+            self._release_port()
         return self
 
+    def _release_port(self) -> None:
+        if self._reserved is not None:
+            self._reserved.release()
+            self._reserved = None
+
     def stop(self) -> None:
+        self._release_port()
         self.controller.stop(no_assert=True)
 
     def __enter__(self) -> AiosmtpdUpstream:

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import trustme
 
+from smtpgate.reserved_port import ReservedPort
+from tests.peers.scripted_upstream import ScriptedUpstream
 from tests.proxy.helpers import (
     AiosmtpdUpstream,
     GatewayHarness,
     LoopThread,
-    RawUpstream,
     config_toml,
-    free_port,
 )
 
 
@@ -95,14 +95,15 @@ def make_gate(
 
     def make(upstream_port: int, **kwargs: Any) -> GatewayHarness:
         profile = {"ca_file": str(ca_file), **kwargs.pop("profile", {})}
-        text = config_toml(
-            state_dir=kwargs.pop("state_dir", state_dir),
-            listen_port=free_port(),
-            upstream_port=upstream_port,
-            profile=profile,
-            **kwargs,
-        )
-        gate = GatewayHarness(text, tmp_path, loop)
+        with ReservedPort() as listen:  # held until the gateway listens on it
+            text = config_toml(
+                state_dir=kwargs.pop("state_dir", state_dir),
+                listen_port=listen.port,
+                upstream_port=upstream_port,
+                profile=profile,
+                **kwargs,
+            )
+            gate = GatewayHarness(text, tmp_path, loop)
         started.append(gate)
         return gate
 
@@ -126,14 +127,17 @@ def make_upstream() -> Iterator[Callable[..., AiosmtpdUpstream]]:
 
 
 @pytest.fixture
-def make_raw_upstream() -> Iterator[Callable[..., RawUpstream]]:
-    started: list[RawUpstream] = []
+def make_scripted_upstream(loop: LoopThread) -> Iterator[Callable[..., ScriptedUpstream]]:
+    """``make_scripted_upstream(dot_reply=b"452 ...", ...)`` -> a listening
+    :class:`ScriptedUpstream` on the test's loop thread."""
+    started: list[ScriptedUpstream] = []
 
-    def make(**kwargs: Any) -> RawUpstream:
-        upstream = RawUpstream(**kwargs)
+    def make(**kwargs: Any) -> ScriptedUpstream:
+        upstream = ScriptedUpstream(**kwargs)
+        loop.run(upstream.start())
         started.append(upstream)
         return upstream
 
     yield make
     for upstream in started:
-        upstream.stop()
+        loop.run(upstream.stop())

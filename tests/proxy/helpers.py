@@ -8,9 +8,9 @@ checks (``C: EHLO x`` / ``S: 250-...``):
 - :class:`GatewayHarness`: an in-process :class:`smtpgate.proxy.gateway.Gateway`
   with its JSON event log in memory
 - :class:`AiosmtpdUpstream`: a recording aiosmtpd server (clear, STARTTLS or implicit TLS)
-- :class:`RawUpstream`: a hand-written SMTP server that can misbehave on purpose
-  (answers 4xx/5xx to the final dot, drops mid-DATA, never answers, sends
-  garbage, breaks the TLS handshake) and records the exact bytes it received
+
+The scripted upstream that misbehaves on purpose is :mod:`tests.peers.scripted_upstream`
+(fixture ``make_scripted_upstream``, on the same loop thread).
 - :class:`RawClient`: a socket client for exact bytes (pipelining, injection, smuggling)
 """
 
@@ -22,12 +22,10 @@ import io
 import json
 import os
 import socket
-import socketserver
 import ssl
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +37,6 @@ from smtpgate.config.loader import parse_config
 from smtpgate.logs import EventLog
 from smtpgate.proxy.gateway import Gateway
 from smtpgate.smtp import Reply
-from tests.peers import free_port as free_port  # re-exported for the tests
 from tests.peers.smtpgate_proc import rule as rule  # re-exported for the tests
 from tests.peers.upstream import AiosmtpdUpstream as PeerUpstream
 
@@ -256,216 +253,6 @@ class AiosmtpdUpstream(PeerUpstream):
     ) -> None:
         super().__init__(data_reply=data_reply, smtputf8=smtputf8, **kwargs)
         self.start()
-
-
-# --- a misbehaving upstream ---------------------------------------------------------------
-
-
-@dataclass
-class RawMessage:
-    mail_from: bytes
-    rcpt_tos: list[bytes]
-    wire: bytes  # DATA bytes as received, still dot-stuffed, without the final ".\r\n"
-
-
-class RawUpstream:
-    """A small SMTP server with knobs for misbehaviour; records raw bytes.
-
-    ``greeting``: the 220 line, or ``None`` to never say anything.
-    ``dot_reply``: bytes sent for the final dot (default 250); ``None``: never answer.
-    ``drop_after_body_bytes``: close the connection once this many body bytes arrived.
-    ``starttls``: advertise STARTTLS, answer 220, then send garbage instead of a handshake.
-    ``starttls_refusal``: with ``starttls``, answer STARTTLS with these bytes and go on in clear.
-    ``after_starttls``: what is sent after the 220 instead of a handshake, before closing
-    (``b""``: close at once, so the handshake meets the end of the stream and nothing else).
-    ``rcpt_failure``: ``(n, "drop")`` closes the connection instead of answering the n-th
-    RCPT of a connection; ``(n, "close")`` answers it 250, then closes.
-    ``rcpt_replies``: ``{"text": b"550 ...\r\n"}`` answers a RCPT containing ``text`` so.
-    ``messages_per_connection``: after this many messages on a connection, the next
-    MAIL gets ``421 4.7.0`` and the connection is closed (Exim's
-    ``smtp_accept_max_per_connection``).
-    Out-of-sequence commands get 503, as from a real server.
-    """
-
-    def __init__(
-        self,
-        *,
-        greeting: bytes | None = b"220 raw.upstream.test ESMTP\r\n",
-        ehlo_keywords: Iterable[str] = ("PIPELINING", "8BITMIME"),
-        starttls: bool = False,
-        starttls_refusal: bytes | None = None,
-        after_starttls: bytes = b"this is not a TLS ServerHello\r\n" * 4,
-        dot_reply: bytes | None = b"250 2.0.0 Ok queued\r\n",
-        drop_after_body_bytes: int | None = None,
-        rcpt_failure: tuple[int, str] | None = None,
-        rcpt_replies: Mapping[str, bytes] | None = None,
-        messages_per_connection: int | None = None,
-    ) -> None:
-        self.greeting = greeting
-        self.ehlo_keywords = list(ehlo_keywords)
-        self.starttls = starttls
-        self.starttls_refusal = starttls_refusal
-        self.after_starttls = after_starttls
-        self.dot_reply = dot_reply
-        self.drop_after_body_bytes = drop_after_body_bytes
-        self.rcpt_failure = rcpt_failure
-        self.rcpt_replies = dict(rcpt_replies or {})
-        self.messages_per_connection = messages_per_connection
-        self.messages: list[RawMessage] = []
-        #: Command lines (outside DATA) of every connection, in arrival order.
-        self.commands: list[bytes] = []
-        self.transcripts: list[bytearray] = []
-        self.connections = 0
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                outer._serve(self.request)
-
-        class Server(socketserver.ThreadingTCPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    @property
-    def mail_commands(self) -> int:
-        with self.lock:
-            return sum(c.upper().startswith(b"MAIL FROM:") for c in self.commands)
-
-    def _serve(self, sock: socket.socket) -> None:
-        sock.settimeout(15)
-        transcript = bytearray()
-        with self.lock:
-            self.connections += 1
-            self.transcripts.append(transcript)
-        buf = b""
-
-        def read_line() -> bytes | None:
-            nonlocal buf
-            while b"\n" not in buf:
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    return None
-                if not data:
-                    return None
-                with self.lock:
-                    transcript.extend(data)
-                buf += data
-            line, _, buf = buf.partition(b"\n")
-            return line + b"\n"
-
-        def send(data: bytes) -> None:
-            with contextlib.suppress(OSError):
-                sock.sendall(data)
-
-        try:
-            if self.greeting is None:
-                while read_line() is not None:
-                    pass
-                return
-            send(self.greeting)
-            mail_from, rcpts, in_mail, rcpt_count, delivered = b"", [], False, 0, 0
-            while True:
-                line = read_line()
-                if line is None:
-                    return
-                with self.lock:
-                    self.commands.append(line.rstrip(b"\r\n"))
-                verb = line[:4].upper()
-                if verb == b"EHLO":
-                    keywords = [*self.ehlo_keywords, *(["STARTTLS"] if self.starttls else [])]
-                    lines = ["raw.upstream.test", *keywords]
-                    text = "".join(
-                        f"250{'-' if i < len(lines) - 1 else ' '}{w}\r\n"
-                        for i, w in enumerate(lines)
-                    )
-                    send(text.encode())
-                elif verb == b"HELO":
-                    send(b"250 raw.upstream.test\r\n")
-                elif verb == b"STAR" and self.starttls and self.starttls_refusal is not None:
-                    send(self.starttls_refusal)
-                elif verb == b"STAR" and self.starttls:
-                    send(b"220 2.0.0 Go ahead\r\n")
-                    send(self.after_starttls)
-                    # Half-close, then read what comes: closing with the ClientHello
-                    # unread would make the kernel send RST instead of FIN, by timing.
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_WR)
-                    while read_line() is not None:
-                        pass
-                    return
-                elif verb == b"MAIL" and delivered == self.messages_per_connection:
-                    send(b"421 4.7.0 Too many messages on one connection, closing\r\n")
-                    sock.shutdown(socket.SHUT_RDWR)
-                    return
-                elif verb == b"MAIL":
-                    mail_from, rcpts, in_mail = line[10:].strip(), [], True
-                    send(b"250 2.1.0 Ok\r\n")
-                elif verb == b"RCPT" and not in_mail:
-                    send(b"503 5.5.1 Need MAIL command\r\n")
-                elif verb == b"RCPT":
-                    rcpt_count += 1
-                    failure = self.rcpt_failure
-                    if failure is not None and failure[0] == rcpt_count:
-                        if failure[1] == "close":
-                            send(b"250 2.1.5 Ok\r\n")
-                        sock.shutdown(socket.SHUT_RDWR)
-                        return
-                    special = [r for k, r in self.rcpt_replies.items() if k.encode() in line]
-                    if special:
-                        send(special[0])
-                        continue
-                    rcpts.append(line[8:].strip())
-                    send(b"250 2.1.5 Ok\r\n")
-                elif verb == b"DATA" and not rcpts:
-                    send(b"503 5.5.1 Need RCPT command\r\n")
-                elif verb == b"DATA":
-                    send(b"354 Go ahead\r\n")
-                    body = bytearray()
-                    while True:
-                        data_line = read_line()
-                        if data_line is None:
-                            return  # connection lost mid-DATA: nothing delivered
-                        if data_line == b".\r\n":
-                            break
-                        body += data_line
-                        limit = self.drop_after_body_bytes
-                        if limit is not None and len(body) >= limit:
-                            sock.shutdown(socket.SHUT_RDWR)
-                            return
-                    if self.dot_reply is None:
-                        while read_line() is not None:
-                            pass
-                        return
-                    if self.dot_reply.startswith(b"250"):
-                        delivered += 1
-                        with self.lock:
-                            self.messages.append(RawMessage(mail_from, rcpts, bytes(body)))
-                    mail_from, rcpts, in_mail = b"", [], False
-                    send(self.dot_reply)
-                elif verb == b"RSET":
-                    mail_from, rcpts, in_mail = b"", [], False
-                    send(b"250 2.0.0 Ok\r\n")
-                elif verb == b"NOOP":
-                    send(b"250 2.0.0 Ok\r\n")
-                elif verb == b"QUIT":
-                    send(b"221 2.0.0 Bye\r\n")
-                    return
-                else:
-                    send(b"500 5.5.2 What?\r\n")
-        finally:
-            with contextlib.suppress(OSError):
-                sock.close()
 
 
 # --- a client for exact bytes ---------------------------------------------------------------

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from tests.peers.scripted_upstream import ScriptedUpstream
 from tests.proxy.helpers import (
     AiosmtpdUpstream,
     RawClient,
-    RawUpstream,
     insecure_client_context,
 )
 
@@ -46,9 +46,9 @@ def test_max_recipients_gets_452_past_the_limit(make_gate: Any, make_upstream: M
 
 
 def test_max_message_size_is_advertised_and_enforced(
-    make_gate: Any, make_raw_upstream: Any
+    make_gate: Any, make_scripted_upstream: Any
 ) -> None:
-    upstream: RawUpstream = make_raw_upstream()
+    upstream: ScriptedUpstream = make_scripted_upstream()
     gate = make_gate(upstream.port, general={"max_message_size": 4000})
     with RawClient(gate.port) as client:
         assert b"SIZE 4000" in client.ehlo().lines
@@ -172,9 +172,11 @@ def test_received_header_off(make_gate: Any, make_upstream: Make) -> None:
 
 
 def test_dsn_parameters_are_relayed_to_an_upstream_with_dsn(
-    make_gate: Any, make_raw_upstream: Any
+    make_gate: Any, make_scripted_upstream: Any
 ) -> None:
-    upstream: RawUpstream = make_raw_upstream(ehlo_keywords=["PIPELINING", "8BITMIME", "DSN"])
+    upstream: ScriptedUpstream = make_scripted_upstream(
+        ehlo_keywords=["PIPELINING", "8BITMIME", "DSN"]
+    )
     gate = make_gate(upstream.port)
     with RawClient(gate.port) as client:
         client.ehlo()

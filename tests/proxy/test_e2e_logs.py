@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from tests.peers.scripted_upstream import ScriptedUpstream
 from tests.proxy.helpers import (
     TIMEOUT,
     AiosmtpdUpstream,
     GatewayHarness,
     RawClient,
-    RawUpstream,
     insecure_client_context,
     message,
     rule,
@@ -242,10 +242,10 @@ def test_rejections_always_give_a_reason(
 
 
 def test_tls_failures_give_a_reason_also_when_the_error_has_no_text(
-    make_gate: Any, make_raw_upstream: Callable[..., RawUpstream]
+    make_gate: Any, make_scripted_upstream: Callable[..., ScriptedUpstream]
 ) -> None:
     # The upstream answers 220 to STARTTLS and closes: the error has no text.
-    upstream = make_raw_upstream(starttls=True, after_starttls=b"")
+    upstream = make_scripted_upstream(after_starttls=b"")
     gate = make_gate(upstream.port, rules=[rule(recipient="*", recipient_encryption="required")])
     with RawClient(gate.port) as client:
         client.ehlo()
@@ -266,24 +266,24 @@ def test_tls_failures_give_a_reason_also_when_the_error_has_no_text(
     ("upstream_kwargs", "fallback"),
     [
         (
-            {"starttls": True, "after_starttls": b""},
+            {"after_starttls": b""},
             "TLS handshake failed: connection closed by the peer",
         ),
         (
-            {"starttls": True, "starttls_refusal": b"454 4.7.0 TLS not available\r\n"},
+            {"starttls_reply": b"454 4.7.0 TLS not available\r\n"},
             "STARTTLS refused: 454 4.7.0 TLS not available",
         ),
-        ({"starttls": False}, "upstream does not offer STARTTLS"),
+        ({}, "upstream does not offer STARTTLS"),
     ],
     ids=["handshake-failed", "starttls-refused", "not-offered"],
 )
 def test_preferred_leg_in_clear_records_why_it_fell_back(
     make_gate: Any,
-    make_raw_upstream: Callable[..., RawUpstream],
+    make_scripted_upstream: Callable[..., ScriptedUpstream],
     upstream_kwargs: dict[str, Any],
     fallback: str,
 ) -> None:
-    upstream = make_raw_upstream(**upstream_kwargs)
+    upstream = make_scripted_upstream(**upstream_kwargs)
     gate = make_gate(upstream.port, rules=[rule(recipient_encryption="preferred")])
     answers = send_raw(gate.port, "a@sender.example", ["b@rcpt.example"], TRACED)
     assert answers[-1] == "250 2.0.0 Ok queued"

@@ -10,18 +10,18 @@ from typing import Any
 
 import pytest
 
+from tests.peers.scripted_upstream import ScriptedUpstream
 from tests.proxy.helpers import (
     TIMEOUT,
     AiosmtpdUpstream,
     GatewayHarness,
     RawClient,
-    RawUpstream,
     insecure_client_context,
     rule,
     server_context,
 )
 
-MakeRaw = Callable[..., RawUpstream]
+MakeRaw = Callable[..., ScriptedUpstream]
 Make = Callable[..., AiosmtpdUpstream]
 FAST = {"command_timeout": "2s", "data_timeout": "2s"}
 
@@ -63,9 +63,9 @@ def test_final_reply_is_relayed_verbatim(
 
 
 def test_multiline_final_reply_is_relayed_verbatim(
-    make_gate: Any, make_raw_upstream: MakeRaw
+    make_gate: Any, make_scripted_upstream: MakeRaw
 ) -> None:
-    upstream = make_raw_upstream(
+    upstream = make_scripted_upstream(
         dot_reply=b"452-4.2.2 Mailbox full\r\n452 4.2.2 Try again tomorrow\r\n"
     )
     gate = make_gate(upstream.port)
@@ -92,8 +92,8 @@ def test_smtplib_sees_upstream_tempfail_as_tempfail(make_gate: Any, make_upstrea
 # --- upstream failures during the transaction ------------------------------------------------
 
 
-def test_upstream_drops_mid_data_gives_4xx(make_gate: Any, make_raw_upstream: MakeRaw) -> None:
-    upstream = make_raw_upstream(drop_after_body_bytes=1000)
+def test_upstream_drops_mid_data_gives_4xx(make_gate: Any, make_scripted_upstream: MakeRaw) -> None:
+    upstream = make_scripted_upstream(drop_after_body_bytes=1000)
     gate = make_gate(upstream.port)
     with open_transaction(gate) as client:
         client.send(b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n")
@@ -106,8 +106,10 @@ def test_upstream_drops_mid_data_gives_4xx(make_gate: Any, make_raw_upstream: Ma
     assert (record["outcome"], record["reply"]) == ("tempfail", answer.code)
 
 
-def test_upstream_drops_before_data_gives_4xx(make_gate: Any, make_raw_upstream: MakeRaw) -> None:
-    upstream = make_raw_upstream(drop_after_body_bytes=0)
+def test_upstream_drops_before_data_gives_4xx(
+    make_gate: Any, make_scripted_upstream: MakeRaw
+) -> None:
+    upstream = make_scripted_upstream(drop_after_body_bytes=0)
     gate = make_gate(upstream.port)
     with open_transaction(gate) as client:
         # The raw upstream hangs up as soon as the first body line arrives.
@@ -118,10 +120,10 @@ def test_upstream_drops_before_data_gives_4xx(make_gate: Any, make_raw_upstream:
 
 @pytest.mark.parametrize("how", ["drop", "close"])
 def test_upstream_lost_mid_transaction_never_delivers_a_partial_envelope(
-    make_gate: Any, make_raw_upstream: MakeRaw, how: str
+    make_gate: Any, make_scripted_upstream: MakeRaw, how: str
 ) -> None:
     """Recipients accepted on a lost upstream connection cannot move to a new one."""
-    upstream = make_raw_upstream(rcpt_failure=(2, how))
+    upstream = make_scripted_upstream(rcpt_failure=(2, how))
     gate = make_gate(upstream.port)
     with RawClient(gate.port) as client:
         client.ehlo()
@@ -148,8 +150,10 @@ def test_upstream_lost_mid_transaction_never_delivers_a_partial_envelope(
         assert upstream.messages == []
 
 
-def test_upstream_never_answers_the_final_dot(make_gate: Any, make_raw_upstream: MakeRaw) -> None:
-    upstream = make_raw_upstream(dot_reply=None)
+def test_upstream_never_answers_the_final_dot(
+    make_gate: Any, make_scripted_upstream: MakeRaw
+) -> None:
+    upstream = make_scripted_upstream(dot_reply=None)
     gate = make_gate(upstream.port, general=FAST)
     with open_transaction(gate) as client:
         answer = client.cmd(b"Subject: s\r\n\r\nbody\r\n.")
@@ -172,8 +176,8 @@ def test_upstream_timeout_over_tls_is_a_tempfail_logged_with_its_tls(
     assert (record["upstream_tls"], record["upstream_verify"]) == ("TLSv1.3", "ok")
 
 
-def test_upstream_never_greets(make_gate: Any, make_raw_upstream: MakeRaw) -> None:
-    upstream = make_raw_upstream(greeting=None)
+def test_upstream_never_greets(make_gate: Any, make_scripted_upstream: MakeRaw) -> None:
+    upstream = make_scripted_upstream(greeting=None)
     gate = make_gate(upstream.port, general=FAST)
     with RawClient(gate.port) as client:
         client.ehlo()
@@ -185,12 +189,14 @@ def test_upstream_never_greets(make_gate: Any, make_raw_upstream: MakeRaw) -> No
 
 
 @pytest.mark.parametrize("where", ["greeting", "final-dot"])
-def test_upstream_sends_garbage(make_gate: Any, make_raw_upstream: MakeRaw, where: str) -> None:
+def test_upstream_sends_garbage(
+    make_gate: Any, make_scripted_upstream: MakeRaw, where: str
+) -> None:
     garbage = b"\x16\x03\x01 HTTP/1.1 400 Bad Request\r\n"
     if where == "greeting":
-        upstream = make_raw_upstream(greeting=garbage)
+        upstream = make_scripted_upstream(greeting=garbage)
     else:
-        upstream = make_raw_upstream(dot_reply=garbage)
+        upstream = make_scripted_upstream(dot_reply=garbage)
     gate = make_gate(upstream.port, general=FAST)
     with RawClient(gate.port) as client:
         client.ehlo()
@@ -210,9 +216,9 @@ def test_upstream_sends_garbage(make_gate: Any, make_raw_upstream: MakeRaw, wher
 
 
 def test_client_disconnect_before_final_dot_delivers_nothing(
-    make_gate: Any, make_raw_upstream: MakeRaw
+    make_gate: Any, make_scripted_upstream: MakeRaw
 ) -> None:
-    upstream = make_raw_upstream()
+    upstream = make_scripted_upstream()
     gate = make_gate(upstream.port)
     client = open_transaction(gate)
     client.send(b"Subject: partial\r\n\r\n" + b"line\r\n" * 500)
@@ -298,9 +304,9 @@ def test_bare_newline_reject_blocks_smuggling(
 
 @pytest.mark.parametrize("separator", SMUGGLING_SEPARATORS, ids=repr)
 def test_bare_newline_normalize_never_makes_a_second_message(
-    make_gate: Any, make_raw_upstream: MakeRaw, separator: bytes
+    make_gate: Any, make_scripted_upstream: MakeRaw, separator: bytes
 ) -> None:
-    upstream = make_raw_upstream()
+    upstream = make_scripted_upstream()
     gate = make_gate(upstream.port, general={"bare_newline": "normalize", "received_header": False})
     with open_transaction(gate) as client:
         client.send(smuggling_body(separator))
@@ -358,9 +364,9 @@ def test_commands_pipelined_after_starttls_are_discarded(
 
 @pytest.mark.parametrize("received_header", [False, True])
 def test_dot_stuffing_preserved_end_to_end(
-    make_gate: Any, make_raw_upstream: MakeRaw, received_header: bool
+    make_gate: Any, make_scripted_upstream: MakeRaw, received_header: bool
 ) -> None:
-    upstream = make_raw_upstream()
+    upstream = make_scripted_upstream()
     gate = make_gate(upstream.port, general={"received_header": received_header})
     lines = [b".first line starts with a dot", b"..two dots", b".", b"...", b"plain", b". x"]
     content = b"\r\n".join(lines * 3000) + b"\r\n"  # large: dots cross read boundaries
@@ -396,11 +402,11 @@ def test_pipelined_commands_get_ordered_replies(make_gate: Any, make_upstream: M
 
 
 def test_pipelined_batches_with_refusals_keep_both_legs_in_step(
-    make_gate: Any, make_raw_upstream: MakeRaw
+    make_gate: Any, make_scripted_upstream: MakeRaw
 ) -> None:
     """Refusals by the rules (530) and by the upstream (550) inside pipelined batches,
     including a DATA that has no recipient left."""
-    upstream = make_raw_upstream(rcpt_replies={"bad": b"550 5.1.1 No such user\r\n"})
+    upstream = make_scripted_upstream(rcpt_replies={"bad": b"550 5.1.1 No such user\r\n"})
     gate = make_gate(
         upstream.port, rules=[rule(recipient="secure.example", sender_encryption="required")]
     )

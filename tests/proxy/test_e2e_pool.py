@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from helpers import RawUpstream, rule, smtplib_send, wait_until
+from tests.peers.scripted_upstream import ScriptedUpstream
+from tests.proxy.helpers import rule, smtplib_send, wait_until
 
-MakeRaw = Callable[..., RawUpstream]
+MakeRaw = Callable[..., ScriptedUpstream]
 RULES = [rule(recipient_encryption="none")]
 
 
@@ -17,8 +18,10 @@ def send(port: int, n: int) -> dict[str, tuple[int, bytes]]:
     return smtplib_send(port, "a@sender.example", [f"b{n}@rcpt.example"], starttls=False)
 
 
-def test_the_next_session_reuses_the_parked_leg(make_gate: Any, make_raw_upstream: MakeRaw) -> None:
-    upstream = make_raw_upstream()
+def test_the_next_session_reuses_the_parked_leg(
+    make_gate: Any, make_scripted_upstream: MakeRaw
+) -> None:
+    upstream = make_scripted_upstream()
     gate = make_gate(upstream.port, rules=RULES)
     for n in range(3):
         assert send(gate.port, n) == {}
@@ -28,11 +31,11 @@ def test_the_next_session_reuses_the_parked_leg(make_gate: Any, make_raw_upstrea
 
 
 def test_a_leg_the_upstream_closed_while_parked_is_replaced_once(
-    make_gate: Any, make_raw_upstream: MakeRaw
+    make_gate: Any, make_scripted_upstream: MakeRaw
 ) -> None:
     """The upstream takes one message per connection and answers the next MAIL with
     421 and closes: the second session's recipient goes out on a new connection."""
-    upstream = make_raw_upstream(messages_per_connection=1)
+    upstream = make_scripted_upstream(messages_per_connection=1)
     gate = make_gate(upstream.port, rules=RULES)
     assert send(gate.port, 1) == {}
     assert send(gate.port, 2) == {}

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from smtpgate.proxy.session import _token
-from tests.proxy.helpers import TIMEOUT, RawClient, RawUpstream
+from tests.peers.scripted_upstream import ScriptedUpstream
+from tests.proxy.helpers import TIMEOUT, RawClient
 
-MakeRaw = Callable[..., RawUpstream]
+MakeRaw = Callable[..., ScriptedUpstream]
 
 
 def open_transaction(port: int, ehlo: str = "client.test") -> RawClient:
@@ -33,9 +34,9 @@ def open_transaction(port: int, ehlo: str = "client.test") -> RawClient:
 
 @pytest.mark.parametrize(("length", "legal"), [(998, True), (999, False)])
 def test_dot_line_at_the_limit_is_relayed_stuffed(
-    make_gate: Any, make_raw_upstream: MakeRaw, length: int, legal: bool
+    make_gate: Any, make_scripted_upstream: MakeRaw, length: int, legal: bool
 ) -> None:
-    upstream = make_raw_upstream()
+    upstream = make_scripted_upstream()
     gate = make_gate(upstream.port)
     line = b"." + b"d" * (length - 1)  # the content line, CRLF not counted
     with open_transaction(gate.port) as client:
@@ -57,13 +58,13 @@ def test_dot_line_at_the_limit_is_relayed_stuffed(
 
 
 def test_a_client_that_does_not_read_its_replies_is_not_read_either(
-    make_gate: Any, make_raw_upstream: MakeRaw
+    make_gate: Any, make_scripted_upstream: MakeRaw
 ) -> None:
     """Pipelined EHLOs, no reply read: once the proxy's write buffer is over its high-water
     mark it stops reading, so the client's sends block within a bound (kernel buffers plus
     smtpgate's 256 KiB read limit); without back-pressure it would read on forever,
     queueing every reply in memory. Then the client reads: every reply is there."""
-    gate = make_gate(make_raw_upstream().port)
+    gate = make_gate(make_scripted_upstream().port)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # Small kernel buffers on our side keep the bound tight and the test fast.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
@@ -105,12 +106,12 @@ def test_a_client_that_does_not_read_its_replies_is_not_read_either(
 
 
 def test_a_client_that_never_takes_its_replies_is_cut_after_command_timeout(
-    make_gate: Any, make_raw_upstream: MakeRaw
+    make_gate: Any, make_scripted_upstream: MakeRaw
 ) -> None:
     """The proxy does not wait forever for a client to read: after command_timeout of not
     taking replies the session ends (no "421 4.4.2 Timeout", which is for a client that
     sends nothing, and would be queued behind what this one is not reading)."""
-    gate = make_gate(make_raw_upstream().port, general={"command_timeout": "1s"})
+    gate = make_gate(make_scripted_upstream().port, general={"command_timeout": "1s"})
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
@@ -143,9 +144,9 @@ def test_a_client_that_never_takes_its_replies_is_cut_after_command_timeout(
 
 
 def test_hostile_ehlo_names_are_refused_and_never_reach_the_upstream(
-    make_gate: Any, make_raw_upstream: MakeRaw
+    make_gate: Any, make_scripted_upstream: MakeRaw
 ) -> None:
-    upstream = make_raw_upstream()
+    upstream = make_scripted_upstream()
     gate = make_gate(upstream.port)
     with RawClient(gate.port) as client:
         assert str(client.cmd(b"EHLO x\r.\rMAIL")) == "501 5.5.4 Syntax: EHLO hostname"
@@ -183,9 +184,9 @@ def test_received_header_tokens_are_header_safe_whatever_they_hold() -> None:
     "sender", ["<a@sender.example>", "<ü@sender.example>"], ids=["ascii", "utf8"]
 )
 def test_smtputf8_envelope_is_refused_for_an_upstream_without_smtputf8(
-    make_gate: Any, make_raw_upstream: MakeRaw, sender: str
+    make_gate: Any, make_scripted_upstream: MakeRaw, sender: str
 ) -> None:
-    upstream = make_raw_upstream(ehlo_keywords=("PIPELINING", "8BITMIME"))
+    upstream = make_scripted_upstream(ehlo_keywords=("PIPELINING", "8BITMIME"))
     gate = make_gate(upstream.port)
     with RawClient(gate.port) as client:
         assert client.ehlo().code == 250
@@ -208,9 +209,9 @@ def test_smtputf8_envelope_is_refused_for_an_upstream_without_smtputf8(
 
 
 def test_smtputf8_envelope_is_relayed_to_an_upstream_with_smtputf8(
-    make_gate: Any, make_raw_upstream: MakeRaw
+    make_gate: Any, make_scripted_upstream: MakeRaw
 ) -> None:
-    upstream = make_raw_upstream(ehlo_keywords=("PIPELINING", "8BITMIME", "SMTPUTF8"))
+    upstream = make_scripted_upstream(ehlo_keywords=("PIPELINING", "8BITMIME", "SMTPUTF8"))
     gate = make_gate(upstream.port)
     with RawClient(gate.port) as client:
         assert client.ehlo().code == 250
@@ -221,11 +222,11 @@ def test_smtputf8_envelope_is_relayed_to_an_upstream_with_smtputf8(
 
 
 def test_parameters_the_upstream_does_not_offer_are_left_out_and_logged(
-    make_gate: Any, make_raw_upstream: MakeRaw
+    make_gate: Any, make_scripted_upstream: MakeRaw
 ) -> None:
     # An upstream without DSN and without 8BITMIME: the DSN parameters are left out
     # (RFC 3461 4), BODY=8BITMIME too and the body is relayed as it is (docs/proxy.md).
-    upstream = make_raw_upstream(ehlo_keywords=("PIPELINING", "SIZE 1000000"))
+    upstream = make_scripted_upstream(ehlo_keywords=("PIPELINING", "SIZE 1000000"))
     gate = make_gate(upstream.port)
     with RawClient(gate.port) as client:
         assert client.ehlo().code == 250

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from tests.peers.scripted_upstream import NOT_A_HANDSHAKE, ScriptedUpstream
 from tests.proxy.helpers import (
     AiosmtpdUpstream,
     GatewayHarness,
     RawClient,
-    RawUpstream,
     insecure_client_context,
     rule,
     server_context,
@@ -83,9 +83,9 @@ def test_required_fails_when_upstream_offers_no_starttls(
 
 
 def test_required_fails_when_handshake_fails(
-    make_gate: Any, make_raw_upstream: Callable[..., RawUpstream]
+    make_gate: Any, make_scripted_upstream: Callable[..., ScriptedUpstream]
 ) -> None:
-    upstream = make_raw_upstream(starttls=True)
+    upstream = make_scripted_upstream(after_starttls=NOT_A_HANDSHAKE)
     gate = make_gate(upstream.port, rules=[rule(recipient_encryption="required")])
     answer = one_rcpt(gate, starttls=True)
     assert_tempfail_tls(answer, gate, "handshake")
@@ -183,9 +183,9 @@ def test_preferred_delivers_in_clear_when_not_offered(make_gate: Any, make_upstr
 
 
 def test_preferred_handshake_failure_retries_in_clear_on_a_new_connection(
-    make_gate: Any, make_raw_upstream: Callable[..., RawUpstream]
+    make_gate: Any, make_scripted_upstream: Callable[..., ScriptedUpstream]
 ) -> None:
-    upstream = make_raw_upstream(starttls=True)
+    upstream = make_scripted_upstream(after_starttls=NOT_A_HANDSHAKE)
     gate = make_gate(upstream.port, rules=[rule(recipient_encryption="preferred")])
     assert smtplib_send(gate.port, "a@sender.example", ["b@rcpt.example"], starttls=False) == {}
     record = gate.transaction()

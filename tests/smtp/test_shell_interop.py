@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import smtplib
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +19,7 @@ from aiosmtpd.controller import Controller
 
 from smtpgate.proxy.mailsender import SendError, send_message
 from smtpgate.proxy.mailsink import MailSink
+from smtpgate.reserved_port import ReservedPort
 
 from .conftest import PKI
 
@@ -171,23 +171,19 @@ class _Collect:
         return "250 2.0.0 Message accepted for delivery"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_send_message_delivers_to_aiosmtpd_over_starttls(pki: PKI) -> None:
     handler = _Collect()
+    reserved = ReservedPort()
     controller = Controller(
         handler,
         hostname="127.0.0.1",
-        port=_free_port(),
+        port=reserved.port,
         tls_context=pki.server_context(),
         require_starttls=True,
         ready_timeout=10,
     )
-    await asyncio.to_thread(controller.start)
+    with reserved:  # held until aiosmtpd listens
+        await asyncio.to_thread(controller.start)
     try:
         body = BODY + b"x" * 990 + b"\r\n" + b".\r\n" * 3
         result = await send_message(

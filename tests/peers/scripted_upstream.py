@@ -1,0 +1,384 @@
+"""The project's one scripted upstream: a receiving SMTP server whose replies a test
+chooses, written independently of smtpgate's own SMTP core.
+
+It records what arrived byte for byte (each connection's transcript, every
+command line, each message as dot-stuffed on the wire) and can misbehave on
+purpose: a scripted greeting (or none), replies of the test's choosing to
+STARTTLS, RCPT, DATA and the final dot (or no answer at all), a hang-up at the
+n-th RCPT or after some body bytes, a STARTTLS that answers 220 and then sends
+no TLS. With a certificate it speaks real TLS (STARTTLS or implicit), as the
+proxy benchmark's receiving server does.
+
+It runs on an asyncio loop: the end-to-end tests start it on their
+:class:`tests.proxy.helpers.LoopThread` (fixture ``make_scripted_upstream``),
+``bench/sink.py`` in a process of its own. Each read is parsed whole and
+answered with one write. Out-of-sequence commands get 503, as from a real
+server. aiosmtpd (:mod:`tests.peers.upstream`) and Postfix stay the
+independent real peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from smtpgate.tls import describe_tls
+
+__all__ = ["ReceivedMessage", "ScriptedUpstream"]
+
+OK_QUEUED = b"250 2.0.0 Ok queued\r\n"
+NOT_A_HANDSHAKE = b"this is not a TLS ServerHello\r\n" * 4
+_END_OF_DATA = b"\r\n.\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    mail_from: bytes  # the MAIL FROM argument as sent: b"<a@b.example> BODY=8BITMIME"
+    rcpt_tos: list[bytes]  # the RCPT TO arguments of the accepted recipients
+    wire: bytes  # DATA bytes as received, still dot-stuffed, without the final ".\r\n"
+    tls_version: str  # "TLSv1.3", or "none"
+    cipher: str  # "TLS_AES_256_GCM_SHA384", or "none"
+
+    @property
+    def content(self) -> bytes:
+        """The message as the sender meant it: dot-unstuffed (RFC 5321 4.5.2)."""
+        return (b"\r\n" + self.wire).replace(b"\r\n.", b"\r\n")[2:]
+
+
+class ScriptedUpstream:
+    """A receiving SMTP server with scripted replies; ``await start()``, ``await stop()``.
+
+    ``greeting``: sent on connect (any bytes); ``None``: never say anything.
+    ``ehlo_keywords``: the EHLO keywords; STARTTLS is added while it is offered.
+    ``starttls_context``: offer STARTTLS and do it for real.
+    ``implicit_tls_context``: TLS from the first byte.
+    ``starttls_reply``: offer STARTTLS, answer it with these bytes and go on in clear.
+    ``after_starttls``: offer STARTTLS, answer 220, then send these bytes instead of a
+    handshake and close (``b""``: close at once, so the handshake meets the end of the
+    stream and nothing else).
+    ``rcpt_replies``: ``{"text": b"550 ...\\r\\n"}`` answers a RCPT line containing
+    ``text`` so (a 2xx reply accepts the recipient).
+    ``rcpt_failure``: ``(n, "drop")`` closes the connection instead of answering the
+    n-th RCPT of a connection; ``(n, "close")`` answers it 250, then closes.
+    ``data_reply``: the answer to DATA; only a 354 starts the body.
+    ``dot_reply``: the answer to the final dot (a 2xx stores the message); ``None``:
+    never answer.
+    ``drop_after_body_bytes``: close once this many body bytes arrived (0: at the first).
+    ``messages_per_connection``: after this many accepted messages on a connection, the
+    next MAIL gets ``421 4.7.0`` and the connection is closed (Exim's
+    ``smtp_accept_max_per_connection``).
+    ``keep_messages``: off, only :attr:`accepted` counts (the benchmark).
+    """
+
+    def __init__(
+        self,
+        *,
+        hostname: str = "raw.upstream.test",
+        greeting: bytes | None = b"220 raw.upstream.test ESMTP\r\n",
+        ehlo_keywords: Iterable[str] = ("PIPELINING", "8BITMIME"),
+        starttls_context: ssl.SSLContext | None = None,
+        implicit_tls_context: ssl.SSLContext | None = None,
+        starttls_reply: bytes | None = None,
+        after_starttls: bytes | None = None,
+        rcpt_replies: Mapping[str, bytes] | None = None,
+        rcpt_failure: tuple[int, str] | None = None,
+        data_reply: bytes = b"354 Go ahead\r\n",
+        dot_reply: bytes | None = OK_QUEUED,
+        drop_after_body_bytes: int | None = None,
+        messages_per_connection: int | None = None,
+        keep_messages: bool = True,
+        idle_timeout: float = 300.0,
+    ) -> None:
+        self.hostname = hostname
+        self.greeting = greeting
+        self.ehlo_keywords = list(ehlo_keywords)
+        self.starttls_context = starttls_context
+        self.implicit_tls_context = implicit_tls_context
+        self.starttls_reply = starttls_reply
+        self.after_starttls = after_starttls
+        self.rcpt_replies = {text.encode(): reply for text, reply in (rcpt_replies or {}).items()}
+        self.rcpt_failure = rcpt_failure
+        self.data_reply = data_reply
+        self.dot_reply = dot_reply
+        self.drop_after_body_bytes = drop_after_body_bytes
+        self.messages_per_connection = messages_per_connection
+        self.keep_messages = keep_messages
+        self.idle_timeout = idle_timeout
+        self.offers_starttls = (
+            starttls_context is not None or starttls_reply is not None or after_starttls is not None
+        )
+        self.messages: list[ReceivedMessage] = []
+        #: Messages answered 2xx (also counted when ``keep_messages`` is off).
+        self.accepted = 0
+        #: Command lines (outside DATA, without CRLF) of every connection, in arrival order.
+        self.commands: list[bytes] = []
+        #: Every byte each connection sent (after TLS: the decrypted bytes).
+        self.transcripts: list[bytearray] = []
+        self.connections = 0
+        #: The bound port, once :meth:`start` returned.
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    @property
+    def mail_commands(self) -> int:
+        return sum(c.upper().startswith(b"MAIL FROM:") for c in self.commands)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen (port 0: the kernel picks one, nothing to race for); returns the port."""
+        self._server = await asyncio.start_server(
+            self._connection, host, port, ssl=self.implicit_tls_context
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening and cut every open connection."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedMessage]:
+        """Wait until ``count`` messages were accepted; returns :attr:`messages`."""
+        if self.accepted < count:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append((count, waiter))
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter
+            finally:
+                self._waiters = [w for w in self._waiters if w[1] is not waiter]
+        return self.messages
+
+    # -- one connection -----------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        transcript = bytearray()
+        self.transcripts.append(transcript)
+        try:
+            await _Conversation(self, reader, writer, transcript).run()
+        except (TimeoutError, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+    def _store(self, message: ReceivedMessage) -> None:
+        self.accepted += 1
+        if self.keep_messages:
+            self.messages.append(message)
+        for count, waiter in self._waiters:
+            if self.accepted >= count and not waiter.done():
+                waiter.set_result(None)
+
+
+class _Hangup(Exception):
+    """The script says: close the connection now."""
+
+
+class _Conversation:
+    """One connection: reads, whole-buffer parsing, one write per read."""
+
+    def __init__(
+        self,
+        server: ScriptedUpstream,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        transcript: bytearray,
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.transcript = transcript
+        self.tls = server.implicit_tls_context is not None
+        self.mail_from = b""
+        self.rcpts: list[bytes] = []
+        self.in_mail = False
+        self.rcpt_count = 0
+        self.delivered = 0  # messages accepted on this connection
+
+    async def read(self) -> bytes:
+        async with asyncio.timeout(self.server.idle_timeout):
+            data = await self.reader.read(65536)
+        self.transcript.extend(data)
+        return data
+
+    async def listen_only(self) -> None:
+        """Say nothing more; read (and record) until the peer closes."""
+        while await self.read():
+            pass
+
+    async def run(self) -> None:
+        server = self.server
+        if server.greeting is None:
+            await self.listen_only()
+            return
+        self.writer.write(server.greeting)
+        buf = b""
+        body: bytearray | None = None  # inside DATA: what arrived of the body so far
+        while True:
+            data = await self.read()
+            if not data:
+                return
+            out: list[bytes] = []
+            searched = 0  # the terminator is not in body[:searched]
+            if body is not None:
+                searched = max(0, len(body) - 4)
+                body += data
+            else:
+                buf += data
+            try:
+                while True:
+                    if body is not None:
+                        end = _body_end(body, searched)
+                        arrived = len(body) if end < 0 else end
+                        limit = server.drop_after_body_bytes
+                        if limit is not None and arrived >= max(limit, 1):
+                            raise _Hangup
+                        if end < 0:
+                            break
+                        wire, buf = bytes(body[:end]), bytes(body[end + 3 :])
+                        body = None
+                        if server.dot_reply is None:
+                            self.writer.write(b"".join(out))
+                            await self.listen_only()
+                            return
+                        out.append(self.end_of_data(wire))
+                        continue
+                    line, found, rest = buf.partition(b"\n")
+                    if not found:
+                        break
+                    buf = rest
+                    answer = await self.command(line + b"\n", out)
+                    if answer is _DATA:
+                        body, buf, searched = bytearray(buf), b"", 0
+                    elif answer is _LISTEN:
+                        await self.listen_only()
+                        return
+                    elif answer is _QUIT:
+                        self.writer.write(b"".join(out))
+                        await self.writer.drain()
+                        return
+                    elif answer is _TLS:
+                        # Pipelined plaintext after STARTTLS is dropped, never executed.
+                        buf = b""
+                        await self.start_tls(out)
+                        out = []
+            except _Hangup:
+                self.writer.write(b"".join(out))
+                return
+            if out:
+                self.writer.write(b"".join(out))
+            await self.writer.drain()
+
+    async def start_tls(self, out: list[bytes]) -> None:
+        context = self.server.starttls_context
+        assert context is not None
+        self.writer.write(b"".join(out))
+        await self.writer.drain()
+        await self.writer.start_tls(context)
+        self.tls = True
+        self.mail_from, self.rcpts, self.in_mail = b"", [], False
+
+    async def command(self, line: bytes, out: list[bytes]) -> object:
+        server = self.server
+        server.commands.append(line.rstrip(b"\r\n"))
+        verb = line[:4].upper()
+        if verb == b"EHLO":
+            offer = server.offers_starttls and not self.tls
+            lines = [server.hostname, *server.ehlo_keywords, *(["STARTTLS"] * offer)]
+            last = len(lines) - 1
+            out.append(
+                "".join(
+                    f"250{' ' if i == last else '-'}{w}\r\n" for i, w in enumerate(lines)
+                ).encode()
+            )
+        elif verb == b"HELO":
+            out.append(f"250 {server.hostname}\r\n".encode())
+        elif verb == b"STAR" and server.offers_starttls and not self.tls:
+            if server.starttls_reply is not None:
+                out.append(server.starttls_reply)
+            elif server.after_starttls is not None:
+                out.append(b"220 2.0.0 Go ahead\r\n" + server.after_starttls)
+                self.writer.write(b"".join(out))
+                out.clear()
+                # Half-close, then read what comes: closing with the ClientHello unread
+                # would make the kernel send RST instead of FIN, by timing.
+                self.writer.write_eof()
+                return _LISTEN
+            else:
+                out.append(b"220 2.0.0 Ready to start TLS\r\n")
+                return _TLS
+        elif verb == b"MAIL" and self.delivered == server.messages_per_connection:
+            out.append(b"421 4.7.0 Too many messages on one connection, closing\r\n")
+            raise _Hangup
+        elif verb == b"MAIL":
+            self.mail_from, self.rcpts, self.in_mail = line[10:].strip(), [], True
+            out.append(b"250 2.1.0 Ok\r\n")
+        elif verb == b"RCPT" and not self.in_mail:
+            out.append(b"503 5.5.1 Need MAIL command\r\n")
+        elif verb == b"RCPT":
+            self.rcpt_count += 1
+            failure = server.rcpt_failure
+            if failure is not None and failure[0] == self.rcpt_count:
+                if failure[1] == "close":
+                    out.append(b"250 2.1.5 Ok\r\n")
+                raise _Hangup
+            reply = next(
+                (r for k, r in server.rcpt_replies.items() if k in line), b"250 2.1.5 Ok\r\n"
+            )
+            if reply.startswith(b"2"):
+                self.rcpts.append(line[8:].strip())
+            out.append(reply)
+        elif verb == b"DATA" and not self.rcpts:
+            out.append(b"503 5.5.1 Need RCPT command\r\n")
+        elif verb == b"DATA":
+            out.append(server.data_reply)
+            if server.data_reply.startswith(b"354"):
+                return _DATA
+        elif verb == b"RSET":
+            self.mail_from, self.rcpts, self.in_mail = b"", [], False
+            out.append(b"250 2.0.0 Ok\r\n")
+        elif verb == b"NOOP":
+            out.append(b"250 2.0.0 Ok\r\n")
+        elif verb == b"QUIT":
+            out.append(b"221 2.0.0 Bye\r\n")
+            return _QUIT
+        else:
+            out.append(b"500 5.5.2 What?\r\n")
+        return None
+
+    def end_of_data(self, wire: bytes) -> bytes:
+        server = self.server
+        reply = server.dot_reply
+        assert reply is not None
+        if reply.startswith(b"2"):
+            self.delivered += 1
+            version, cipher = describe_tls(self.writer.get_extra_info("ssl_object"))
+            server._store(ReceivedMessage(self.mail_from, self.rcpts, wire, version, cipher))
+        self.mail_from, self.rcpts, self.in_mail = b"", [], False
+        return reply
+
+
+_DATA, _LISTEN, _QUIT, _TLS = object(), object(), object(), object()
+
+
+def _body_end(body: bytearray, start: int) -> int:
+    """Where the final ``.`` line starts in ``body`` (the CRLF before it belongs to the
+    content), or -1; searched from ``start``. An empty body is the ``.`` line alone."""
+    if body[:3] == b".\r\n":
+        return 0
+    end = body.find(_END_OF_DATA, start)
+    return -1 if end < 0 else end + 2
