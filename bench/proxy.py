@@ -5,7 +5,9 @@ numbers on a shared 2-core machine mean little:
 
 - ``direct``: the load generator talks to the receiving server itself
   (STARTTLS, or implicit TLS); the receiving server's CPU per message is the
-  yardstick for "what one SMTP+TLS server side costs".
+  yardstick for "what one SMTP+TLS server side costs". The receiving server is
+  the project's scripted test upstream (``bench/sink.py``), the load generator
+  the sending peer of the tests (``tests/peers/mailsender.py``).
 - ``smtpgate``: the same load through the proxy (client leg and upstream leg
   encrypted, the upstream certificate verified against the proxy CA).
 - ``haproxy``: HAProxy in TCP mode terminating and re-originating TLS (implicit
@@ -30,9 +32,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from smtpgate.demo import free_port
-from smtpgate.proxy.mailsender import OutgoingMessage, send_messages
+from smtpgate.reserved_port import ReservedPort
 from smtpgate.tls.certificates import CertificateStore
+from tests.peers.mailsender import OutgoingMessage, send_messages
 
 HOST = "127.0.0.1"
 MESSAGE_SIZE = 10 * 1024
@@ -82,13 +84,15 @@ class Process:
         output: Path | None = None,
         cwd: Path | None = None,
     ) -> None:
+        #: The line that said the process is ready (``ready`` given), else "".
+        self.ready_line = ""
         sink = open(output, "w") if output else subprocess.PIPE  # noqa: SIM115
         self.proc = subprocess.Popen(
             args, stdout=sink, stderr=sink if output else subprocess.PIPE, text=True, cwd=cwd
         )
         if ready is not None:
             assert self.proc.stdout is not None and self.proc.stderr is not None
-            line = self.proc.stdout.readline()
+            line = self.ready_line = self.proc.stdout.readline()
             if ready not in line:
                 self.stop()
                 raise RuntimeError(f"{args[0]} did not start: {self.proc.stderr.read()}")
@@ -249,17 +253,17 @@ class Case:
 
 def _start_sink(store: CertificateStore, mode: str) -> tuple[Process, int]:
     cert, key = store.leaf_for("127.0.0.1")
-    port = free_port()
     sink = Process(
-        [sys.executable, "-m", "bench.sink", str(port), str(cert), str(key), mode],
+        [sys.executable, "-m", "bench.sink", str(cert), str(key), mode],
         ready="ready",
         cwd=Path(__file__).parent.parent,
     )
-    return sink, port
+    return sink, int(sink.ready_line.split()[1])  # "ready PORT": the port it bound
 
 
 def _start_smtpgate(tmp: Path, store: CertificateStore, ca: Path, mode: str, upstream: int):
-    listen = free_port()
+    reserved = ReservedPort(HOST)  # held until smtpgate listens on it
+    listen = reserved.port
     config = tmp / f"smtpgate-{mode}.toml"
     config.write_text(
         SMTPGATE_CONFIG.format(
@@ -271,10 +275,11 @@ def _start_smtpgate(tmp: Path, store: CertificateStore, ca: Path, mode: str, ups
             ca=ca,
         )
     )
-    gate = Process(
-        [str(Path(sys.executable).with_name("smtpgate")), "serve", "--config", str(config)]
-    )
-    _wait_port(listen)
+    with reserved:
+        gate = Process(
+            [str(Path(sys.executable).with_name("smtpgate")), "serve", "--config", str(config)]
+        )
+        _wait_port(listen)
     return gate, listen
 
 
@@ -283,14 +288,15 @@ def _start_haproxy(tmp: Path, store: CertificateStore, ca: Path, upstream: int):
     pem.write_bytes(
         Path(store.server_cert_path).read_bytes() + Path(store.server_key_path).read_bytes()
     )
-    port = free_port()
-    config = tmp / "haproxy.cfg"
-    config.write_text(HAPROXY_CONFIG.format(listen=port, pem=pem, upstream=upstream, ca=ca))
-    hap = Process(
-        [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(config)],
-        output=tmp / "haproxy.log",
-    )
-    _wait_port(port)
+    with ReservedPort(HOST) as reserved:  # held until HAProxy listens on it
+        port = reserved.port
+        config = tmp / "haproxy.cfg"
+        config.write_text(HAPROXY_CONFIG.format(listen=port, pem=pem, upstream=upstream, ca=ca))
+        hap = Process(
+            [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(config)],
+            output=tmp / "haproxy.log",
+        )
+        _wait_port(port)
     return hap, port
 
 

@@ -1,6 +1,9 @@
-"""A MailSink in its own process, as the benchmark's receiving server.
+"""The benchmark's receiving server: the project's scripted test upstream
+(:mod:`tests.peers.scripted_upstream`) in its own process, replies left as scripted
+by default, messages counted and not kept.
 
-``python -m bench.sink PORT CERT KEY {starttls,implicit}``; prints ``ready`` when listening.
+``python -m bench.sink CERT KEY {starttls,implicit}``; listens on a port the kernel
+picks and prints ``ready PORT`` once listening.
 """
 
 from __future__ import annotations
@@ -12,20 +15,25 @@ import sys
 
 import uvloop
 
-from smtpgate.proxy.mailsink import MailSink
+from tests.peers.scripted_upstream import ScriptedUpstream
+
+#: What a production MTA offers; the proxy adapts what it sends to these.
+KEYWORDS = ("PIPELINING", "SIZE 10485760", "8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES")
 
 
-async def main(port: int, cert: str, key: str, mode: str) -> None:
+async def main(cert: str, key: str, mode: str) -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    sink = MailSink(
-        "sink.bench.test",
+    sink = ScriptedUpstream(
+        hostname="sink.bench.test",
+        greeting=b"220 sink.bench.test ESMTP\r\n",
+        ehlo_keywords=KEYWORDS,
         starttls_context=context if mode == "starttls" else None,
         implicit_tls_context=context if mode == "implicit" else None,
         keep_messages=False,
     )
-    await sink.start("127.0.0.1", port)
-    print("ready", flush=True)
+    port = await sink.start("127.0.0.1", 0)
+    print(f"ready {port}", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
@@ -33,6 +41,6 @@ async def main(port: int, cert: str, key: str, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    port, cert, key, mode = sys.argv[1:5]
+    cert, key, mode = sys.argv[1:4]
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main(int(port), cert, key, mode))
+        runner.run(main(cert, key, mode))

@@ -12,7 +12,6 @@ import asyncio
 import io
 import json
 import smtplib
-import socket
 import ssl
 import tempfile
 import textwrap
@@ -22,16 +21,126 @@ from pathlib import Path
 from smtpgate.config.loader import load_config
 from smtpgate.logs import EventLog, render_text
 from smtpgate.proxy.gateway import Gateway
-from smtpgate.proxy.mailsink import MailSink
+from smtpgate.proxy.stream import Stream
+from smtpgate.reserved_port import ReservedPort
+from smtpgate.smtp import (
+    NEED_DATA,
+    PAUSED,
+    BodyEnd,
+    BodyInvalid,
+    ConnectionClosed,
+    DataRequested,
+    Hello,
+    MailFrom,
+    RcptTo,
+    Reset,
+    ServerConnection,
+    ServerLimits,
+    StartTLSRequested,
+)
+from smtpgate.tls import describe_tls
 from smtpgate.tls.certificates import CertificateStore
 
 HOST = "127.0.0.1"
+IDLE_SECONDS = 60.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    sender: str
+    recipients: list[str]
+    tls: str  # "TLSv1.3 TLS_AES_256_GCM_SHA384", or "clear"
+
+
+class ReceivingServer:
+    """The demo's upstream: accepts every message (STARTTLS offered) and keeps its envelope.
+
+    Built on the same SMTP core as the proxy; one task per connection feeds each read
+    to the core and writes the queued replies in one call. Bodies are not kept.
+    """
+
+    def __init__(self, hostname: str, starttls_context: ssl.SSLContext) -> None:
+        self.hostname = hostname
+        self.starttls_context = starttls_context
+        self.limits = ServerLimits()
+        self.messages: list[ReceivedMessage] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._streams: set[Stream] = set()
+
+    async def start(self) -> int:
+        """Listen on a port the kernel picks; returns it."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Stream(self._session), HOST, 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = []
+        for stream in list(self._streams):
+            stream.abort()
+            if stream.task is not None:
+                stream.task.cancel()
+                tasks.append(stream.task)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _session(self, stream: Stream) -> None:
+        self._streams.add(stream)
+        conn = ServerConnection(self.hostname, self.limits)
+        sender, recipients = "", list[str]()
+        conn.greet()
+        stream.write(conn.data_to_send())
+        try:
+            while data := await stream.read(timeout=IDLE_SECONDS):
+                conn.receive_data(data)
+                closing = switch = False
+                while (event := conn.next_event()) is not NEED_DATA:
+                    if event is PAUSED:
+                        switch = True
+                        break
+                    if isinstance(event, BodyEnd):
+                        version, cipher = describe_tls(stream.ssl_object)
+                        tls = f"{version} {cipher}" if version != "none" else "clear"
+                        self.messages.append(ReceivedMessage(sender, recipients, tls))
+                        conn.reply(250, "2.0.0 Ok: queued")
+                        recipients = []
+                    elif isinstance(event, RcptTo):
+                        recipients.append(str(event.recipient))
+                        conn.reply(250, "2.1.5 Ok")
+                    elif isinstance(event, MailFrom):
+                        sender, recipients = str(event.sender), []
+                        conn.reply(250, "2.1.0 Ok")
+                    elif isinstance(event, DataRequested):
+                        conn.accept_data()
+                    elif isinstance(event, Hello):
+                        recipients = []
+                        if event.esmtp:
+                            starttls = [] if conn.tls else ["STARTTLS"]
+                            conn.reply_ehlo(["PIPELINING", "8BITMIME", *starttls])
+                        else:
+                            conn.reply(250, self.hostname)
+                    elif isinstance(event, StartTLSRequested):
+                        conn.accept_starttls()
+                    elif isinstance(event, BodyInvalid | Reset):
+                        recipients = []
+                    elif isinstance(event, ConnectionClosed):
+                        closing = True
+                stream.write(conn.data_to_send())
+                if closing:
+                    return
+                if switch:
+                    await stream.start_tls(self.starttls_context, server_side=True)
+                    conn.tls_established()
+                await stream.drain()
+        except (TimeoutError, ConnectionError, ssl.SSLError):
+            return
+        finally:
+            stream.close()
+            self._streams.discard(stream)
 
 
 CONFIG = """\
@@ -142,9 +251,7 @@ async def run_demo(keep_state: Path | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="smtpgate-demo-") as tmp:
         base = keep_state or Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
-        listen, upstream_port = free_port(), free_port()
         config_path = base / "smtpgate.toml"
-        config_path.write_text(CONFIG.format(listen=listen, upstream=upstream_port))
         # The proxy CA must exist before the profile that trusts it is loaded.
         store = CertificateStore.load(
             base / "state",
@@ -158,13 +265,15 @@ async def run_demo(keep_state: Path | None = None) -> int:
         cert, key = store.leaf_for("localhost")
         sink_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         sink_tls.load_cert_chain(cert, key)
-        sink = MailSink(hostname="upstream.demo.test", starttls_context=sink_tls)
-        await sink.start(HOST, upstream_port)
-
+        sink = ReceivingServer("upstream.demo.test", sink_tls)
+        upstream_port = await sink.start()
         log_buffer = io.StringIO()
-        config = load_config(config_path)
-        gateway = Gateway(config, EventLog(log_buffer, fmt="json"))
-        await gateway.start()
+        with ReservedPort(HOST) as reserved:  # held until the proxy listens on it
+            listen = reserved.port
+            config_path.write_text(CONFIG.format(listen=listen, upstream=upstream_port))
+            config = load_config(config_path)
+            gateway = Gateway(config, EventLog(log_buffer, fmt="json"))
+            await gateway.start()
         print(f"smtpgate demo: proxy on {HOST}:{listen} -> upstream on {HOST}:{upstream_port}")
         print(f"\n{CONFIG_HEADING}\n")
         print(textwrap.indent(config_path.read_text().strip(), "    "))
@@ -196,7 +305,6 @@ async def run_demo(keep_state: Path | None = None) -> int:
                 print("  " + render_text(record))
         print(f"\nThe upstream received {len(sink.messages)} message(s):")
         for message in sink.messages:
-            leg = f"{message.tls_version} {message.cipher}" if message.cipher != "none" else "clear"
-            print(f"  {message.sender} -> {', '.join(message.recipients)} (in {leg})")
+            print(f"  {message.sender} -> {', '.join(message.recipients)} (in {message.tls})")
         expected = sum(1 for s in SAMPLES if s.starttls or s.sender != "alice@partner.example")
         return 0 if len(sink.messages) == expected else 1

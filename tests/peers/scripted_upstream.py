@@ -42,6 +42,15 @@ class ReceivedMessage:
     cipher: str  # "TLS_AES_256_GCM_SHA384", or "none"
 
     @property
+    def sender(self) -> str:
+        """The reverse-path without brackets and parameters ("" for the null sender)."""
+        return _address(self.mail_from)
+
+    @property
+    def recipients(self) -> list[str]:
+        return [_address(arg) for arg in self.rcpt_tos]
+
+    @property
     def content(self) -> bytes:
         """The message as the sender meant it: dot-unstuffed (RFC 5321 4.5.2)."""
         return (b"\r\n" + self.wire).replace(b"\r\n.", b"\r\n")[2:]
@@ -373,6 +382,10 @@ class _Conversation:
 
 
 _DATA, _LISTEN, _QUIT, _TLS = object(), object(), object(), object()
+
+
+def _address(argument: bytes) -> str:
+    return argument.partition(b">")[0].removeprefix(b"<").decode("utf-8", "replace")
 
 
 def _body_end(body: bytearray, start: int) -> int:

@@ -1,7 +1,9 @@
-"""The thin asyncio shell against real peers over real sockets on 127.0.0.1.
+"""The project's own test peers against real ones over real sockets on 127.0.0.1.
 
-- Python's smtplib and swaks deliver to MailSink (plain, STARTTLS, implicit TLS).
-- send_message (the client role) delivers to an aiosmtpd server that insists on STARTTLS.
+- Python's smtplib and swaks deliver to the scripted upstream (plain, STARTTLS,
+  implicit TLS): what the e2e tests and the benchmark rely on holds with real clients.
+- send_message (the sending peer, on the SMTP core's client role) delivers to an
+  aiosmtpd server that insists on STARTTLS.
 - STARTTLS injection over a real socket: ``STARTTLS\\r\\nRSET\\r\\n`` in one packet.
 """
 
@@ -17,9 +19,9 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from smtpgate.proxy.mailsender import SendError, send_message
-from smtpgate.proxy.mailsink import MailSink
 from smtpgate.reserved_port import ReservedPort
+from tests.peers.mailsender import SendError, send_message
+from tests.peers.scripted_upstream import ScriptedUpstream
 
 from .conftest import PKI
 
@@ -37,23 +39,32 @@ BODY = (
 )
 
 
+def _upstream(**tls: Any) -> ScriptedUpstream:
+    return ScriptedUpstream(
+        hostname="sink.test",
+        greeting=b"220 sink.test ESMTP\r\n",
+        ehlo_keywords=("PIPELINING", "SIZE 10485760", "8BITMIME"),
+        **tls,
+    )
+
+
 @pytest.fixture
-async def sink(pki: PKI) -> AsyncIterator[MailSink]:
-    sink = MailSink("sink.test", starttls_context=pki.server_context())
+async def sink(pki: PKI) -> AsyncIterator[ScriptedUpstream]:
+    sink = _upstream(starttls_context=pki.server_context())
     await sink.start()
     yield sink
     await sink.stop()
 
 
 @pytest.fixture
-async def tls_sink(pki: PKI) -> AsyncIterator[MailSink]:
-    sink = MailSink("sink.test", implicit_tls_context=pki.server_context())
+async def tls_sink(pki: PKI) -> AsyncIterator[ScriptedUpstream]:
+    sink = _upstream(implicit_tls_context=pki.server_context())
     await sink.start()
     yield sink
     await sink.stop()
 
 
-# -- smtplib -> MailSink ---------------------------------------------------------------------
+# -- smtplib -> the scripted upstream ------------------------------------------------------
 
 
 def _smtplib_send(port: int, mode: str, context: ssl.SSLContext | None) -> dict[str, Any]:
@@ -72,8 +83,8 @@ def _smtplib_send(port: int, mode: str, context: ssl.SSLContext | None) -> dict[
 
 
 @pytest.mark.parametrize("mode", ["plain", "starttls", "implicit"])
-async def test_smtplib_delivers_to_mailsink(
-    mode: str, sink: MailSink, tls_sink: MailSink, pki: PKI
+async def test_smtplib_delivers_to_scripted_upstream(
+    mode: str, sink: ScriptedUpstream, tls_sink: ScriptedUpstream, pki: PKI
 ) -> None:
     target = tls_sink if mode == "implicit" else sink
     refused = await asyncio.to_thread(_smtplib_send, target.port, mode, pki.client_context())
@@ -81,14 +92,14 @@ async def test_smtplib_delivers_to_mailsink(
     (message,) = await target.wait_for(1)
     assert message.sender == "alice@example.com"
     assert message.recipients == ["bob@example.org", "carol@example.org"]
-    assert message.data == BODY
+    assert message.content == BODY
     if mode == "plain":
         assert (message.tls_version, message.cipher) == ("none", "none")
     else:
         assert message.tls_version in ("TLSv1.2", "TLSv1.3") and message.cipher != "none"
 
 
-# -- swaks -> MailSink -----------------------------------------------------------------------
+# -- swaks -> the scripted upstream --------------------------------------------------------
 
 
 async def _swaks(*args: str) -> tuple[int, str]:
@@ -112,8 +123,8 @@ async def _swaks(*args: str) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("mode", "flag"), [("plain", None), ("starttls", "--tls"), ("implicit", "--tlsc")]
 )
-async def test_swaks_delivers_to_mailsink(
-    mode: str, flag: str | None, sink: MailSink, tls_sink: MailSink
+async def test_swaks_delivers_to_scripted_upstream(
+    mode: str, flag: str | None, sink: ScriptedUpstream, tls_sink: ScriptedUpstream
 ) -> None:
     target = tls_sink if mode == "implicit" else sink
     args = [
@@ -133,9 +144,9 @@ async def test_swaks_delivers_to_mailsink(
     (message,) = await target.wait_for(1)
     assert message.sender == "sender@example.com"
     assert message.recipients == ["rcpt1@example.org", "rcpt2@example.org"]
-    assert b"Subject: swaks interop\r\n" in message.data
-    assert b"\r\n\r\nhello from swaks\r\n.dotted line\r\nend\r\n" in message.data
-    assert message.data.count(b"\r\n") == message.data.count(b"\n")
+    assert b"Subject: swaks interop\r\n" in message.content
+    assert b"\r\n\r\nhello from swaks\r\n.dotted line\r\nend\r\n" in message.content
+    assert message.content.count(b"\r\n") == message.content.count(b"\n")
     if mode == "plain":
         assert message.tls_version == "none"
         assert "STARTTLS" in transcript  # offered, not used
@@ -145,7 +156,7 @@ async def test_swaks_delivers_to_mailsink(
 
 
 async def test_swaks_sees_refused_starttls(pki: PKI) -> None:
-    sink = MailSink(starttls_context=pki.server_context(), refuse_starttls=True)
+    sink = _upstream(starttls_reply=b"454 4.7.0 TLS not available\r\n")
     port = await sink.start()
     try:
         code, transcript = await _swaks(
@@ -237,7 +248,9 @@ async def _read_reply(reader: asyncio.StreamReader) -> bytes:
             return lines
 
 
-async def test_commands_pipelined_after_starttls_are_not_executed(sink: MailSink, pki: PKI) -> None:
+async def test_commands_pipelined_after_starttls_are_not_executed(
+    sink: ScriptedUpstream, pki: PKI
+) -> None:
     async with asyncio.timeout(20):
         reader, writer = await asyncio.open_connection("127.0.0.1", sink.port)
         assert (await _read_reply(reader)).startswith(b"220 sink.test")
@@ -256,4 +269,10 @@ async def test_commands_pipelined_after_starttls_are_not_executed(sink: MailSink
         assert await _read_reply(reader) == b"221 2.0.0 Bye\r\n"
         assert await reader.read() == b""
         writer.close()
-    assert sink.discarded_after_starttls == [b"RSET\r\n"]
+    assert sink.commands == [
+        b"EHLO attacker.test",
+        b"STARTTLS",
+        b"EHLO attacker.test",
+        b"NOOP",
+        b"QUIT",
+    ]

@@ -1,7 +1,8 @@
-"""A small SMTP client on the sans-IO core: sends messages, pipelining when offered.
+"""A small SMTP client on smtpgate's sans-IO core: sends messages, pipelining when offered.
 
-Used by tests and by the proxy benchmark. :func:`send_message` sends one
-message; :func:`send_messages` sends several over one connection. Replies are
+The load generator of the proxy benchmark (``bench/``) and a sending peer for
+tests. :func:`send_message` sends one message; :func:`send_messages` sends
+several over one connection. Replies are
 returned verbatim (:class:`~smtpgate.smtp.Reply`); transaction failures are
 results, not exceptions. Connection-level failures (bad greeting, required
 STARTTLS missing or refused, protocol errors, timeouts) raise.
@@ -15,7 +16,6 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from smtpgate.proxy.mailsink import tls_info
 from smtpgate.proxy.stream import Stream, open_stream
 from smtpgate.smtp import (
     NEED_DATA,
@@ -25,6 +25,7 @@ from smtpgate.smtp import (
     UpstreamProtocolError,
     canonicalize,
 )
+from smtpgate.tls import describe_tls
 
 #: Body bytes handed to the transport between two drains.
 _BODY_SLICE = 256 * 1024
@@ -150,7 +151,7 @@ async def send_messages(
                 raise SendError("STARTTLS not offered", ehlo)
         elif require_starttls and not client.tls:
             raise SendError("require_starttls needs a starttls context")
-        version, cipher = tls_info(stream)
+        version, cipher = describe_tls(stream.ssl_object)
         results = []
         for message in messages:
             result = await _transaction(session, message)
