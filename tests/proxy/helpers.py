@@ -45,6 +45,17 @@ T = TypeVar("T")
 TIMEOUT = 10.0
 HOSTNAME = "mx.example.test"
 
+# The replies the docs promise (docs/proxy.md, docs/configuration.md), as the
+# client sees them: tests compare whole replies, never "some 4xx".
+MUST_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
+UPSTREAM_TLS_UNAVAILABLE = "451 4.7.5 Cannot deliver encrypted as required, try later"
+OTHER_TRANSACTION = "452 4.5.3 Recipient needs another transaction, send it again separately"
+UPSTREAM_LOST = "451 4.4.2 Upstream connection lost, message not delivered, try later"
+UPSTREAM_UNAVAILABLE = "451 4.4.1 Upstream server unavailable, try later"
+NO_VALID_RECIPIENTS = "554 5.5.1 No valid recipients"
+TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+TLS_ALREADY_ACTIVE = "503 5.5.1 TLS already active"
+
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout

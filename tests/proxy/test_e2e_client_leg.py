@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 
 from tests.proxy.helpers import (
+    MUST_STARTTLS,
+    NO_VALID_RECIPIENTS,
     TIMEOUT,
+    TLS_ALREADY_ACTIVE,
     AiosmtpdUpstream,
     GatewayHarness,
     RawClient,
@@ -19,8 +22,6 @@ from tests.proxy.helpers import (
     server_context,
     smtplib_send,
 )
-
-MUST_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_starttls_advertised_on_plain_listener_until_encrypted(
         assert tls.version() == "TLSv1.3"
         after = client.ehlo()
         assert after.code == 250 and b"STARTTLS" not in after.lines
-        assert str(client.cmd("STARTTLS")).startswith("503 ")
+        assert str(client.cmd("STARTTLS")) == TLS_ALREADY_ACTIVE
     starttls = gate.wait_record("starttls")[0]
     assert starttls["client_tls"] == "TLSv1.3"
 
@@ -57,7 +58,7 @@ def test_starttls_not_advertised_on_implicit_tls_listener(
         assert client.greeting.code == 220
         ehlo = client.ehlo()
         assert ehlo.code == 250 and b"STARTTLS" not in ehlo.lines
-        assert client.cmd("STARTTLS").code == 503
+        assert str(client.cmd("STARTTLS")) == TLS_ALREADY_ACTIVE
     assert gate.wait_record("session_start")[0]["client_tls"] == "TLSv1.3"
 
 
@@ -175,8 +176,8 @@ def test_sender_required_switch_off_refuses_only_that_rcpt(
         assert client.cmd(b"Subject: s\r\n\r\nbody\r\n.").code == 250
         # A transaction that has only the protected recipient never takes a body in clear.
         assert client.cmd("MAIL FROM:<a@partner.example>").code == 250
-        assert client.cmd("RCPT TO:<x@secure.example>").code == 530
-        assert client.cmd("DATA").code == 554
+        assert str(client.cmd("RCPT TO:<x@secure.example>")) == MUST_STARTTLS
+        assert str(client.cmd("DATA")) == NO_VALID_RECIPIENTS
         assert client.cmd("QUIT").code == 221
     (received,) = upstream.messages
     assert received.rcpt_tos == ["y@other.example"]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.proxy.helpers import (
+    OTHER_TRANSACTION,
     AiosmtpdUpstream,
     GatewayHarness,
     RawClient,
@@ -164,7 +165,7 @@ def test_idna_u_label_and_a_label_are_the_same_domain(
         assert client.cmd("RCPT TO:<two@XN--BCHER-KVA.EXAMPLE>").code == 250
         assert client.cmd("RCPT TO:<drei@bücher.example>").code == 250
         # Same letters, different domain: rule 2 (none) -> another upstream mode.
-        assert client.cmd("RCPT TO:<vier@buecher.example>").code == 452
+        assert str(client.cmd("RCPT TO:<vier@buecher.example>")) == OTHER_TRANSACTION
         assert client.cmd("DATA").code == 354
         assert client.cmd(b"Subject: idna\r\n\r\nhi\r\n.").code == 250
         assert client.cmd("QUIT").code == 221
