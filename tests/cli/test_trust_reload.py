@@ -19,8 +19,9 @@ import pytest
 import trustme
 
 from tests.peers.certs import TestPKI
+from tests.peers.gate_config import gate_config, rule
 from tests.peers.ocsp import GOOD, OCSPResponder, reach_directly
-from tests.peers.smtpgate_proc import SmtpgateProcess, gate_config, rule
+from tests.peers.smtpgate_proc import SmtpgateProcess
 from tests.peers.upstream import AiosmtpdUpstream
 
 SENDER = "a@sender.example"
@@ -77,7 +78,9 @@ def test_sighup_with_a_replaced_ca_file_changes_the_logged_verdict(
     ca_file = tmp_path / "upstream-ca.pem"
     ca_file.write_bytes(pki.ca_file.read_bytes())
     config = gate_config(
-        upstream.port, rules=[rule(recipient_encryption="preferred")], ca_file=ca_file
+        upstream.port,
+        rules=[rule(recipient_encryption="preferred")],
+        profile={"ca_file": str(ca_file), "validate_certificates": False},
     )
     with SmtpgateProcess(tmp_path / "gate", config) as gate:
         _send(gate.port())
@@ -105,8 +108,7 @@ def test_sighup_with_a_replaced_ca_file_refuses_required(
     config = gate_config(
         upstream.port,
         rules=[rule(recipient_encryption="required")],
-        ca_file=ca_file,
-        validate_certificates=True,
+        profile={"ca_file": str(ca_file), "validate_certificates": True},
     )
     with SmtpgateProcess(tmp_path / "gate", config) as gate:
         _send(gate.port())
@@ -133,8 +135,8 @@ def test_two_policies_with_different_ca_files_log_their_own_verdicts(
     config = gate_config(
         upstream.port,
         rules=[rule(recipient_encryption="preferred")],
-        ca_file=pki.ca_file,
-        policy="trusting",
+        profile={"ca_file": str(pki.ca_file), "validate_certificates": False},
+        policy={"name": "trusting"},
     )
     profile = {**config["tls_profiles"][0], "name": "Other.Profile", "ca_file": str(other_ca)}
     action = {**config["proxy_actions"][0], "name": "Other.Action"}
@@ -166,7 +168,9 @@ def test_sighup_with_a_replaced_ca_file_changes_the_ocsp_issuer(
             ca_file = tmp_path / "ca.pem"
             ca_file.write_bytes(responder.ca_file.read_bytes())
             config = gate_config(
-                upstream.port, rules=[rule(recipient_encryption="required")], ca_file=ca_file
+                upstream.port,
+                rules=[rule(recipient_encryption="required")],
+                profile={"ca_file": str(ca_file), "validate_certificates": False},
             )
             config["tls_profiles"][0].update(ocsp=True, ocsp_allow_unavailable=True)
             with SmtpgateProcess(tmp_path / "gate", config) as gate:

@@ -15,8 +15,9 @@ from collections.abc import Callable
 import pytest
 
 from tests.peers.certs import LeafFiles, TestPKI
+from tests.peers.gate_config import gate_config
 from tests.peers.haproxy import HAProxy
-from tests.peers.smtpgate_proc import SmtpgateProcess, gate_config
+from tests.peers.smtpgate_proc import SmtpgateProcess
 from tests.peers.upstream import AiosmtpdUpstream
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
@@ -32,7 +33,14 @@ def test_smtpgate_logs_the_original_client_address(
     gate_cert: LeafFiles,
 ) -> None:
     up = start_upstream()
-    gate = start_gate(gate_config(up.port, server_cert=gate_cert, proxy_protocol=True))
+    gate = start_gate(
+        gate_config(
+            up.port,
+            server_cert=gate_cert,
+            policy={"proxy_protocol": True},
+            profile={"validate_certificates": False},
+        )
+    )
     hap = start_haproxy(gate.port(), version)
     with smtplib.SMTP("127.0.0.1", hap.port, timeout=20, source_address=("127.0.0.2", 0)) as smtp:
         host, port = smtp.sock.getsockname()[:2]  # type: ignore[union-attr]

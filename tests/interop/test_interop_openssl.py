@@ -20,8 +20,9 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from tests.peers.certs import LeafFiles, TestPKI
+from tests.peers.gate_config import gate_config
 from tests.peers.openssl import s_client
-from tests.peers.smtpgate_proc import SmtpgateProcess, gate_config
+from tests.peers.smtpgate_proc import SmtpgateProcess
 from tests.peers.upstream import AiosmtpdUpstream
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
@@ -39,7 +40,13 @@ def test_min_version_13_refuses_tls12_client(
     start_gate: StartGate, start_upstream: StartUpstream, gate_cert: LeafFiles, pki: TestPKI
 ) -> None:
     up = start_upstream()
-    gate = start_gate(gate_config(up.port, server_cert=gate_cert, min_version="1.3"))
+    gate = start_gate(
+        gate_config(
+            up.port,
+            server_cert=gate_cert,
+            profile={"min_version": "1.3", "validate_certificates": False},
+        )
+    )
     refused = s_client(gate.port(), tls1_2=True)
     assert not refused.ok, refused
     accepted = s_client(gate.port(), tls1_3=True, ca_file=pki.ca_file)
@@ -53,7 +60,13 @@ def test_pfs_required_refuses_rsa_key_exchange_and_accepts_ecdhe(
     start_gate: StartGate, start_upstream: StartUpstream, gate_cert: LeafFiles
 ) -> None:
     up = start_upstream()
-    gate = start_gate(gate_config(up.port, server_cert=gate_cert, pfs="required"))
+    gate = start_gate(
+        gate_config(
+            up.port,
+            server_cert=gate_cert,
+            profile={"pfs": "required", "validate_certificates": False},
+        )
+    )
     refused = s_client(gate.port(), tls1_2=True, cipher="AES128-GCM-SHA256")
     assert not refused.ok, refused
     accepted = s_client(gate.port(), tls1_2=True, cipher="ECDHE")
@@ -74,6 +87,7 @@ def test_client_leg_certificate_is_chosen_by_sni(
             up.port,
             server_cert=gate_cert,
             sni=[{"names": ["mx2.example.test"], "cert": str(mx2.cert), "key": str(mx2.key)}],
+            profile={"validate_certificates": False},
         )
     )
     with_sni = s_client(gate.port(), servername="mx2.example.test", ca_file=pki.ca_file)
@@ -92,7 +106,12 @@ def test_implicit_tls_listener(
     # tls_compliant_only: a profile without it serves a client that stays silent
     # for 2 s in clear (docs/proxy.md), which the check below would race.
     gate = start_gate(
-        gate_config(up.port, server_cert=gate_cert, implicit_tls=True, tls_compliant_only=True)
+        gate_config(
+            up.port,
+            server_cert=gate_cert,
+            policy={"implicit_tls": True},
+            profile={"tls_compliant_only": True, "validate_certificates": False},
+        )
     )
     r = s_client(gate.port(), starttls=False, ca_file=pki.ca_file, wait_for_close=True)
     assert r.ok and r.verify_code == 0, r

@@ -29,8 +29,9 @@ from typing import Any
 import pytest
 
 from tests.peers.certs import LeafFiles, TestPKI
+from tests.peers.gate_config import gate_config, rule
 from tests.peers.postfix import PostfixInstance
-from tests.peers.smtpgate_proc import SmtpgateProcess, gate_config, rule
+from tests.peers.smtpgate_proc import SmtpgateProcess
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
@@ -57,7 +58,8 @@ def chain(start_postfix: StartPostfix, start_gate: StartGate, gate_cert: LeafFil
         rcv = start_postfix(
             "rcv", smtpd_cert=receiver_cert, virtual_domains=("receiver.test", "other.test")
         )
-        gate = start_gate(gate_config(rcv.port, server_cert=gate_cert, **gate_kw))
+        profile = {"validate_certificates": False, **gate_kw.pop("profile", {})}
+        gate = start_gate(gate_config(rcv.port, server_cert=gate_cert, profile=profile, **gate_kw))
         snd = start_postfix(
             "snd",
             relayhost=f"[127.0.0.1]:{gate.port()}",
@@ -73,7 +75,11 @@ def chain(start_postfix: StartPostfix, start_gate: StartGate, gate_cert: LeafFil
 def test_postfix_to_postfix_through_smtpgate_tls_versions_agree(
     level: str, chain: Chain, pki: TestPKI, upstream_cert: LeafFiles
 ) -> None:
-    rcv, gate, snd = chain(level, upstream_cert, ca_file=pki.ca_file, validate_certificates=True)
+    rcv, gate, snd = chain(
+        level,
+        upstream_cert,
+        profile={"ca_file": str(pki.ca_file), "validate_certificates": True},
+    )
 
     mid = snd.submit("alice@sender.test", "bob@receiver.test", subject=f"via smtpgate ({level})")
     delivered = rcv.wait_delivered(1)

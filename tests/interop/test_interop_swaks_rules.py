@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.peers.gate_config import rule
 from tests.peers.relay import Relay
-from tests.peers.smtpgate_proc import rule
 from tests.peers.swaks import SwaksResult, run_swaks
 from tests.peers.upstream import AiosmtpdUpstream
 
@@ -79,7 +79,7 @@ def test_sender_required_over_starttls_is_delivered(relay: Relay) -> None:
 
 def test_sender_required_with_envelope_switch_gets_530_at_mail(relay: Relay) -> None:
     up, gate = relay(
-        require_tls_for_envelope=True,
+        starttls={"require_tls_for_envelope": True},
         rules=[rule("sender.test", "secure.test", sender_encryption="required")],
     )
     res = run_swaks(gate.port(), tls="plain", sender="alice@sender.test", to="carol@receiver.test")
@@ -100,8 +100,8 @@ def test_sender_required_with_envelope_switch_gets_530_at_mail(relay: Relay) -> 
 
 def test_implicit_tls_listener_counts_as_encrypted(relay: Relay) -> None:
     up, gate = relay(
-        implicit_tls=True,
-        require_tls_for_envelope=True,
+        policy={"implicit_tls": True},
+        starttls={"require_tls_for_envelope": True},
         rules=[rule("sender.test", sender_encryption="required")],
     )
     res = run_swaks(gate.port(), tls="implicit", sender="alice@sender.test")

@@ -8,6 +8,11 @@ test's temporary directory and stops it by its PID:
 - :mod:`tests.peers.openssl`: ``openssl s_client -starttls smtp``
 - :mod:`tests.peers.haproxy`: HAProxy in TCP mode sending PROXY headers
 - :mod:`tests.peers.upstream`: aiosmtpd receivers (with or without STARTTLS)
+- :mod:`tests.peers.scripted_upstream`: the project's own receiving server with
+  scripted replies and byte-exact records (e2e tests, benchmark)
+- :mod:`tests.peers.mailsender`: the project's sending peer on the SMTP core
+  (the benchmark's load generator)
+- :mod:`tests.peers.gate_config`: the one configuration builder of the tests
 - :mod:`tests.peers.certs`: a test CA and certificates via trustme
 - :mod:`tests.peers.smtpgate_proc`: the proxy itself as a subprocess
 - :mod:`tests.peers.relay`: smtpgate in front of an aiosmtpd upstream, the common setup

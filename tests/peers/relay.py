@@ -6,12 +6,13 @@ bound to its factories and certificates.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .certs import LeafFiles, TestPKI
-from .smtpgate_proc import SmtpgateProcess, gate_config
+from .gate_config import gate_config
+from .smtpgate_proc import SmtpgateProcess
 from .upstream import AiosmtpdUpstream
 
 __all__ = ["Relay"]
@@ -35,14 +36,24 @@ class Relay:
             return self.start_upstream(implicit=ctx, **kw)
         return self.start_upstream(starttls=ctx, **kw)
 
-    def gate(self, up: AiosmtpdUpstream, *, verify: bool = True, **kw: Any) -> SmtpgateProcess:
+    def gate(
+        self,
+        up: AiosmtpdUpstream,
+        *,
+        verify: bool = True,
+        policy: Mapping[str, Any] | None = None,
+        **kw: Any,
+    ) -> SmtpgateProcess:
         """``gate_config(**kw)`` towards ``up``; ``verify``: the upstream's certificate is
         validated against the test CA."""
-        if verify:
-            kw = {"ca_file": self.pki.ca_file, "validate_certificates": True, **kw}
+        trust = {"ca_file": str(self.pki.ca_file)} if verify else {}
         return self.start_gate(
             gate_config(
-                up.port, server_cert=self.gate_cert, upstream_implicit_tls=up.implicit_tls, **kw
+                up.port,
+                server_cert=self.gate_cert,
+                policy={"upstream_implicit_tls": up.implicit_tls, **(policy or {})},
+                profile={"validate_certificates": verify, **trust},
+                **kw,
             )
         )
 

@@ -27,7 +27,7 @@ from smtpgate.config import toml_writer
 
 from . import PeerMissing, ReservedPort, tail
 
-__all__ = ["SmtpgateProcess", "gate_config", "rule", "smtpgate_binary"]
+__all__ = ["SmtpgateProcess", "smtpgate_binary"]
 
 Record = dict[str, Any]
 
@@ -260,98 +260,3 @@ class SmtpgateProcess:
             f"stderr tail:\n{tail(self.stderr())}\n"
             f"log tail:\n{tail(records, 30)}"
         )
-
-
-# -- a configuration builder for the common interop shape ---------------------
-
-ACTION = "Interop.Action"
-PROFILE = "Interop.Profile"
-
-
-def rule(
-    sender: str = "*",
-    recipient: str = "*",
-    sender_encryption: str = "optional",
-    recipient_encryption: str = "preferred",
-    *,
-    enabled: bool = True,
-) -> dict[str, Any]:
-    """One encryption rule (SPEC.md section 2), every field spelled out."""
-    return {
-        "enabled": enabled,
-        "sender": sender,
-        "recipient": recipient,
-        "sender_encryption": sender_encryption,
-        "recipient_encryption": recipient_encryption,
-    }
-
-
-def gate_config(
-    upstream_port: int,
-    *,
-    rules: list[dict[str, Any]] | None = None,
-    require_tls_for_envelope: bool = False,
-    implicit_tls: bool = False,
-    upstream_implicit_tls: bool = False,
-    proxy_protocol: bool = False,
-    direction: str = "incoming",
-    server_cert: Any = None,
-    sni: list[dict[str, Any]] | None = None,
-    min_version: str = "1.2",
-    pfs: str = "allowed",
-    validate_certificates: bool = False,
-    ca_file: Path | str | None = None,
-    tls_compliant_only: bool = False,
-    policy: str = "interop",
-    hostname: str = "mx.example.test",
-) -> dict[str, Any]:
-    """One policy -> one custom proxy action -> one custom TLS profile.
-
-    ``server_cert`` is a :class:`tests.peers.certs.LeafFiles` for the client
-    leg (else smtpgate generates one in ``state_dir``). ``ca_file`` adds trust
-    anchors for the upstream (the test CA of the receivers).
-    """
-    cfg: dict[str, Any] = {"gateway": {"hostname": hostname}}
-    certs: dict[str, Any] = {}
-    if server_cert is not None:
-        certs["server_cert"] = str(server_cert.cert)
-        certs["server_key"] = str(server_cert.key)
-    if sni:
-        certs["sni"] = sni
-    if certs:
-        cfg["certificates"] = certs
-    cfg["console"] = {"enabled": False}
-    cfg["policies"] = [
-        {
-            "name": policy,
-            "implicit_tls": implicit_tls,
-            "upstream": f"127.0.0.1:{upstream_port}",
-            "upstream_implicit_tls": upstream_implicit_tls,
-            "proxy_action": ACTION,
-            "proxy_protocol": proxy_protocol,
-        }
-    ]
-    profile: dict[str, Any] = {
-        "name": PROFILE,
-        "min_version": min_version,
-        "pfs": pfs,
-        "validate_certificates": validate_certificates,
-        "ca_file": str(ca_file) if ca_file else "",
-        "ocsp": False,
-        "tls_compliant_only": tls_compliant_only,
-    }
-    cfg["tls_profiles"] = [profile]
-    cfg["proxy_actions"] = [
-        {
-            "name": ACTION,
-            "direction": direction,
-            "esmtp": {"enabled": True},
-            "starttls": {
-                "enabled": True,
-                "tls_profile": PROFILE,
-                "require_tls_for_envelope": require_tls_for_envelope,
-                "rules": list(rules or []),
-            },
-        }
-    ]
-    return cfg

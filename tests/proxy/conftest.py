@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 import trustme
 
+from smtpgate.config import toml_writer
 from smtpgate.reserved_port import ReservedPort
+from tests.peers.gate_config import gate_config
 from tests.peers.scripted_upstream import ScriptedUpstream
 from tests.proxy.helpers import (
     AiosmtpdUpstream,
     GatewayHarness,
     LoopThread,
-    config_toml,
 )
 
 
@@ -88,22 +89,27 @@ def make_gate(
 ) -> Iterator[GateFactory]:
     """``make_gate(upstream_port, rules=[...], profile={...}, ...)`` -> a started gateway.
 
-    Keyword arguments go to :func:`helpers.config_toml`; the profile trusts the
-    upstream CA unless ``profile`` says otherwise.
+    Keyword arguments go to :func:`tests.peers.gate_config.gate_config`; the profile
+    trusts the upstream CA unless ``profile`` says otherwise; command and data
+    timeouts are 8 s unless ``general`` says otherwise.
     """
     started: list[GatewayHarness] = []
 
     def make(upstream_port: int, **kwargs: Any) -> GatewayHarness:
-        profile = {"ca_file": str(ca_file), **kwargs.pop("profile", {})}
         with ReservedPort() as listen:  # held until the gateway listens on it
-            text = config_toml(
-                state_dir=kwargs.pop("state_dir", state_dir),
-                listen_port=listen.port,
-                upstream_port=upstream_port,
-                profile=profile,
+            config = gate_config(
+                upstream_port,
+                gateway={"state_dir": str(kwargs.pop("state_dir", state_dir))},
+                policy={"listen": f"127.0.0.1:{listen.port}", **kwargs.pop("policy", {})},
+                profile={"ca_file": str(ca_file), **kwargs.pop("profile", {})},
+                general={
+                    "command_timeout": "8s",
+                    "data_timeout": "8s",
+                    **kwargs.pop("general", {}),
+                },
                 **kwargs,
             )
-            gate = GatewayHarness(text, tmp_path, loop)
+            gate = GatewayHarness(toml_writer.dumps(config), tmp_path, loop)
         started.append(gate)
         return gate
 

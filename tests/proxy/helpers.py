@@ -25,25 +25,23 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import uvloop
 from cryptography import x509
 
-from smtpgate.config import toml_writer
 from smtpgate.config.loader import parse_config
 from smtpgate.logs import EventLog
 from smtpgate.proxy.gateway import Gateway
 from smtpgate.smtp import Reply
-from tests.peers.smtpgate_proc import rule as rule  # re-exported for the tests
+from tests.peers.gate_config import rule as rule  # re-exported for the tests
 from tests.peers.upstream import AiosmtpdUpstream as PeerUpstream
 
 T = TypeVar("T")
 
 TIMEOUT = 10.0
-HOSTNAME = "mx.example.test"
 
 # The replies the docs promise (docs/proxy.md, docs/configuration.md), as the
 # client sees them: tests compare whole replies, never "some 4xx".
@@ -64,62 +62,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = 
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-
-
-# --- TOML for the gateway ---------------------------------------------------------------
-
-
-def config_toml(
-    *,
-    state_dir: Path,
-    listen_port: int,
-    upstream_port: int,
-    upstream_host: str = "127.0.0.1",
-    rules: Sequence[Mapping[str, Any]] = (),
-    profile: Mapping[str, Any] | None = None,
-    general: Mapping[str, Any] | None = None,
-    esmtp: Mapping[str, Any] | None = None,
-    starttls: Mapping[str, Any] | None = None,
-    policy: Mapping[str, Any] | None = None,
-    direction: str = "incoming",
-    certificates: Mapping[str, Any] | None = None,
-    sni: Sequence[Mapping[str, Any]] = (),
-    logging: Mapping[str, Any] | None = None,
-) -> str:
-    """One policy ``p`` -> action ``A`` -> profile ``T``, with test-friendly timeouts."""
-    certs: dict[str, Any] = dict(certificates or {})
-    if sni:
-        certs["sni"] = list(sni)
-    starttls_table: dict[str, Any] = {"tls_profile": "T", **(starttls or {})}
-    if rules:
-        starttls_table["rules"] = list(rules)
-    action: dict[str, Any] = {
-        "name": "A",
-        "direction": direction,
-        "general": {"command_timeout": "8s", "data_timeout": "8s", **(general or {})},
-    }
-    if esmtp:
-        action["esmtp"] = dict(esmtp)
-    action["starttls"] = starttls_table
-    config: dict[str, Any] = {"gateway": {"hostname": HOSTNAME, "state_dir": str(state_dir)}}
-    if logging:
-        config["logging"] = dict(logging)
-    if certs:
-        config["certificates"] = certs
-    config["policies"] = [
-        {
-            "name": "p",
-            "listen": f"127.0.0.1:{listen_port}",
-            "upstream": f"{upstream_host}:{upstream_port}",
-            "proxy_action": "A",
-            **(policy or {}),
-        }
-    ]
-    config["tls_profiles"] = [
-        {"name": "T", "min_version": "1.2", "pfs": "allowed", **(profile or {})}
-    ]
-    config["proxy_actions"] = [action]
-    return toml_writer.dumps(config)
 
 
 # --- event loop in a thread, and the gateway on it --------------------------------------
