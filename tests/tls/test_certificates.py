@@ -17,10 +17,9 @@ from smtpgate.tls import (
     CertificateError,
     CertificateStore,
     TLSContextCache,
-    TLSProfileSettings,
     issuing,
 )
-from tests.tls.tls_testkit import client_context, handshake
+from tests.tls.tls_testkit import client_context, handshake, tls_profile
 
 
 def _load(state: Path, hostname: str = "mx.example.test", **kw: object) -> CertificateStore:
@@ -181,7 +180,7 @@ def test_user_supplied_server_cert_is_presented(tmp_path: Path, user_ca: trustme
     assert not (tmp_path / "state/tls/server.pem").exists()
     ca_file = tmp_path / "user-ca.pem"
     user_ca.cert_pem.write_to_path(str(ca_file))
-    server = TLSContextCache().client_leg_context(TLSProfileSettings(), store, outgoing=False)
+    server = TLSContextCache().client_leg_context(tls_profile(), store, outgoing=False)
     assert handshake(server, client_context(ca_file), "smtp.corp.test").ok
 
 
@@ -193,7 +192,7 @@ def test_user_supplied_ca_issues_the_leaves(tmp_path: Path, user_ca: trustme.CA)
     assert not (tmp_path / "state/tls/ca.pem").exists()
     assert store.ca_pem() == ca_cert.read_bytes()
     server = TLSContextCache().client_leg_context_for_upstream(
-        TLSProfileSettings(), store, "up.example.test"
+        tls_profile(), store, "up.example.test"
     )
     assert handshake(server, client_context(ca_cert), "up.example.test").ok
 

@@ -11,9 +11,8 @@ from smtpgate.tls import (
     CertificateStore,
     TLSContextCache,
     TLSProfileError,
-    TLSProfileSettings,
 )
-from tests.tls.tls_testkit import client_context, handshake
+from tests.tls.tls_testkit import client_context, handshake, tls_profile
 
 V = ssl.TLSVersion
 # The test peers use TLS 1.0/1.1 on purpose.
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:Deprecation
 
 
 def _server(cache: TLSContextCache, store: CertificateStore, **fields: object) -> ssl.SSLContext:
-    return cache.client_leg_context(TLSProfileSettings(**fields), store, outgoing=False)  # type: ignore[arg-type]
+    return cache.client_leg_context(tls_profile(**fields), store, outgoing=False)
 
 
 def test_min_13_refuses_tls12_only_client(
@@ -120,7 +119,7 @@ def test_pfs_none_with_min_13_is_a_profile_error(
 def test_hardening_options_on_every_context(
     cache: TLSContextCache, store: CertificateStore
 ) -> None:
-    profile = TLSProfileSettings()
+    profile = tls_profile()
     contexts = [
         cache.client_leg_context(profile, store, outgoing=False),
         cache.client_leg_context(profile, store, outgoing=True),
@@ -136,13 +135,13 @@ def test_hardening_options_on_every_context(
 def test_contexts_are_cached_per_profile_and_cleared(
     cache: TLSContextCache, store: CertificateStore
 ) -> None:
-    profile = TLSProfileSettings(name="A")
+    profile = tls_profile(name="A")
     first = cache.client_leg_context(profile, store, outgoing=False)
     # An equal profile object (e.g. re-read config) hits the same context.
-    assert cache.client_leg_context(TLSProfileSettings(name="A"), store, outgoing=False) is first
+    assert cache.client_leg_context(tls_profile(name="A"), store, outgoing=False) is first
     assert cache.client_leg_context(profile, store, outgoing=True) is not first
     # Same name, changed field: never the stale context.
-    changed = TLSProfileSettings(name="A", min_version="1.3")
+    changed = tls_profile(name="A", min_version="1.3")
     assert cache.client_leg_context(changed, store, outgoing=False) is not first
     up = cache.upstream_leg_context(profile, verify=False)
     assert cache.upstream_leg_context(profile, verify=False) is up
@@ -157,7 +156,7 @@ def test_contexts_are_cached_per_profile_and_cleared(
 
 def test_outgoing_host_contexts_are_bounded(store: CertificateStore) -> None:
     cache = TLSContextCache(max_upstream_hosts=2)
-    profile = TLSProfileSettings()
+    profile = tls_profile()
     a = cache.client_leg_context_for_upstream(profile, store, "a.example.test")
     cache.client_leg_context_for_upstream(profile, store, "b.example.test")
     assert cache.client_leg_context_for_upstream(profile, store, "a.example.test") is a

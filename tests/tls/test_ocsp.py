@@ -14,7 +14,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from smtpgate.tls import (
     TLSContextCache,
-    TLSProfileSettings,
     TrustAnchors,
     VerificationResult,
     check_ocsp,
@@ -24,7 +23,7 @@ from smtpgate.tls import (
 )
 from tests.peers.ocsp import OCSPResponder as Responder
 from tests.peers.ocsp import closed_port_url, reach_directly
-from tests.tls.tls_testkit import server_context, tls_connection
+from tests.tls.tls_testkit import server_context, tls_connection, tls_profile
 
 ECKey = ec.EllipticCurvePrivateKey
 
@@ -148,7 +147,7 @@ async def test_upstream_check_with_ocsp(
     (tmp_path / "ca.pem").write_bytes(issuing.cert_pem(normal.ca))
     (tmp_path / "c.pem").write_bytes(issuing.cert_pem(cert))
     (tmp_path / "k.pem").write_bytes(issuing.key_pem(key))
-    profile = TLSProfileSettings(
+    profile = tls_profile(
         name=f"ocsp-{verify}", ca_file=tmp_path / "ca.pem", ocsp=True, ocsp_allow_unavailable=False
     )
     client = TLSContextCache().upstream_leg_context(profile, verify=verify)
@@ -164,7 +163,7 @@ async def test_no_ocsp_query_for_a_failed_certificate(normal: Responder, tmp_pat
     cert, key = _issue(normal, ocsp.OCSPCertStatus.GOOD)
     (tmp_path / "c.pem").write_bytes(issuing.cert_pem(cert))
     (tmp_path / "k.pem").write_bytes(issuing.key_pem(key))
-    profile = TLSProfileSettings(name="no-ca", ocsp=True)  # test CA unknown
+    profile = tls_profile(name="no-ca", ocsp=True)  # test CA unknown
     client = TLSContextCache().upstream_leg_context(profile, verify=False)
     before = normal.hits()
     server = server_context(tmp_path / "c.pem", tmp_path / "k.pem")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from smtpgate.tls import CertificateStore, TLSContextCache, TLSProfileSettings
+from smtpgate.tls import CertificateStore, TLSContextCache
+from tests.tls.tls_testkit import tls_profile
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 pytestmark = pytest.mark.skipif(not Path(OPENSSL).exists(), reason="openssl CLI not installed")
@@ -64,7 +65,7 @@ def s_client(port: int, *args: str) -> subprocess.CompletedProcess[str]:
 def test_min_13_profile_refuses_openssl_tls12(
     cache: TLSContextCache, store: CertificateStore, proxy_ca_file: Path
 ) -> None:
-    ctx = cache.client_leg_context(TLSProfileSettings(min_version="1.3"), store, outgoing=False)
+    ctx = cache.client_leg_context(tls_profile(min_version="1.3"), store, outgoing=False)
     with serving(ctx) as port:
         refused = s_client(port, "-tls1_2")
     assert refused.returncode != 0
@@ -87,7 +88,7 @@ def test_min_13_profile_refuses_openssl_tls12(
 def test_pfs_required_refuses_openssl_static_rsa(
     cache: TLSContextCache, store: CertificateStore
 ) -> None:
-    ctx = cache.client_leg_context(TLSProfileSettings(pfs="required"), store, outgoing=False)
+    ctx = cache.client_leg_context(tls_profile(pfs="required"), store, outgoing=False)
     with serving(ctx) as port:
         refused = s_client(port, "-tls1_2", "-cipher", "AES128-GCM-SHA256")
     assert refused.returncode != 0

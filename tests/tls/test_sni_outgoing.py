@@ -7,10 +7,10 @@ from pathlib import Path
 
 from cryptography import x509
 
-from smtpgate.tls import CertificateStore, TLSContextCache, TLSProfileSettings
-from tests.tls.tls_testkit import client_context, handshake
+from smtpgate.tls import CertificateStore, TLSContextCache
+from tests.tls.tls_testkit import client_context, handshake, tls_profile
 
-PROFILE = TLSProfileSettings(name="sni")
+PROFILE = tls_profile(name="sni")
 
 
 def _names(der: bytes | None) -> list[str]:

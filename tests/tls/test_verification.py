@@ -10,17 +10,17 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from smtpgate.config.schema import TLSProfile
 from smtpgate.tls import (
     CertificateError,
     TLSContextCache,
-    TLSProfileSettings,
     TrustAnchors,
     UpstreamVerifier,
     describe_tls,
     issuing,
     verify_peer_certificate,
 )
-from tests.tls.tls_testkit import handshake, server_context, tls_connection
+from tests.tls.tls_testkit import handshake, server_context, tls_connection, tls_profile
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +35,14 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     return d / "ca.pem", d / "cert.pem", d / "key.pem"
 
 
-def _profile(ca_file: Path | None) -> TLSProfileSettings:
-    return TLSProfileSettings(name="up", ca_file=ca_file)
+def _profile(ca_file: Path | None) -> TLSProfile:
+    return tls_profile(name="up", ca_file=ca_file)
 
 
 def _opportunistic(
     cache: TLSContextCache,
     upstream: tuple[Path, Path, Path],
-    profile: TLSProfileSettings,
+    profile: TLSProfile,
     host: str,
 ) -> str:
     _, cert, key = upstream
@@ -130,16 +130,14 @@ def test_upstream_profile_limits_apply(
     cache: TLSContextCache, upstream: tuple[Path, Path, Path]
 ) -> None:
     _, cert, key = upstream
-    strict = cache.upstream_leg_context(
-        TLSProfileSettings(name="s", min_version="1.3"), verify=False
-    )
+    strict = cache.upstream_leg_context(tls_profile(name="s", min_version="1.3"), verify=False)
     old_server = server_context(cert, key, maximum=ssl.TLSVersion.TLSv1_2)
     assert not handshake(old_server, strict, "mx.upstream.test").ok
-    pfs = cache.upstream_leg_context(TLSProfileSettings(name="p", pfs="required"), verify=False)
+    pfs = cache.upstream_leg_context(tls_profile(name="p", pfs="required"), verify=False)
     static_only = server_context(cert, key, maximum=ssl.TLSVersion.TLSv1_2)
     static_only.set_ciphers("kRSA")
     assert not handshake(static_only, pfs, "mx.upstream.test").ok
-    allowed = cache.upstream_leg_context(TLSProfileSettings(name="a"), verify=False)
+    allowed = cache.upstream_leg_context(tls_profile(name="a"), verify=False)
     assert handshake(static_only, allowed, "mx.upstream.test").cipher == "AES256-GCM-SHA384"
 
 
@@ -186,7 +184,7 @@ def test_verifiers_keep_their_own_verdicts(
     trustme.CA().cert_pem.write_to_path(str(other_ca))
     trust = TrustAnchors()
     trusting = UpstreamVerifier(_profile(ca_file), trust)
-    other = UpstreamVerifier(TLSProfileSettings(name="other", ca_file=other_ca), trust)
+    other = UpstreamVerifier(tls_profile(name="other", ca_file=other_ca), trust)
     client = cache.upstream_leg_context(_profile(None), verify=False)
     for _ in range(2):  # the second round answers from what each remembered
         with tls_connection(server_context(cert, key), client, "mx.upstream.test") as (tls, _):

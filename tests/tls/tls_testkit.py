@@ -9,6 +9,9 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from smtpgate.config.schema import TLSProfile
 
 TIMEOUT = 10.0
 
@@ -127,3 +130,8 @@ def server_context(
     if maximum is not None:
         ctx.maximum_version = maximum
     return ctx
+
+
+def tls_profile(name: str = "TLS-Test", **fields: Any) -> TLSProfile:
+    """A TLS profile as the configuration makes it: its fields and defaults (SPEC.md 3)."""
+    return TLSProfile(name=name, **fields)

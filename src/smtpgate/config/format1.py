@@ -23,7 +23,10 @@ from smtpgate.config.toml_writer import dumps
 FORMAT1_TLS_KEYS = ("min_version", "pfs", "validate_certificates", "ca_file")
 """The TLS settings a format 1 ``[proxy_actions.starttls]`` table carried."""
 
-_PROFILE_ONLY_FIELDS = ("ocsp", "ocsp_allow_unavailable", "tls_compliant_only")
+_PROFILE_ONLY_FIELDS = tuple(
+    field for field in TLSProfile.model_fields if field not in ("name", *FORMAT1_TLS_KEYS)
+)
+"""What a format 2 profile has and format 1 could not say."""
 _TLS_SUFFIX = ".TLS"
 
 

@@ -11,7 +11,6 @@ from smtpgate.tls.info import describe_tls, starts_with_tls_handshake
 from smtpgate.tls.profile import (
     TLSProfileError,
     TLSProfileLike,
-    TLSProfileSettings,
     check_profile,
 )
 from smtpgate.tls.trust import TrustAnchors
@@ -31,7 +30,6 @@ __all__ = [
     "TLSContextCache",
     "TLSProfileError",
     "TLSProfileLike",
-    "TLSProfileSettings",
     "TrustAnchors",
     "UpstreamVerifier",
     "VerificationResult",

@@ -1,13 +1,13 @@
 """The TLS profile as the tls package sees it (SPEC.md section 3).
 
-The config package owns the real (pydantic) profile objects; this package only
-reads them through :class:`TLSProfileLike`, so ``smtpgate.tls`` never imports
-``smtpgate.config`` and the dependency points one way.
+The config package owns the profile objects, their fields and defaults
+(``smtpgate.config.schema.TLSProfile``); this package only reads them through
+:class:`TLSProfileLike`, so ``smtpgate.tls`` never imports ``smtpgate.config``
+and the dependency points one way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -40,21 +40,12 @@ class TLSProfileLike(Protocol):
     def tls_compliant_only(self) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
-class TLSProfileSettings:
-    """A plain implementation of :class:`TLSProfileLike` (tests, embedding)."""
+#: The profile's fields, in the order :class:`TLSProfileLike` declares them.
+PROFILE_FIELDS: tuple[str, ...] = tuple(
+    name for name, member in vars(TLSProfileLike).items() if isinstance(member, property)
+)
 
-    name: str = "TLS-Test"
-    min_version: MinVersion = "1.2"
-    pfs: PFSMode = "allowed"
-    validate_certificates: bool = True
-    ca_file: Path | None = None
-    ocsp: bool = False
-    ocsp_allow_unavailable: bool = True
-    tls_compliant_only: bool = False
-
-
-ProfileKey = tuple[str, str, str, bool, str, bool, bool, bool]
+ProfileKey = tuple[object, ...]
 
 
 def profile_key(profile: TLSProfileLike) -> ProfileKey:
@@ -64,16 +55,7 @@ def profile_key(profile: TLSProfileLike) -> ProfileKey:
     unhashable, and a reloaded profile with new values must not hit an old
     context even if the caller forgot to clear the cache.
     """
-    return (
-        profile.name,
-        profile.min_version,
-        profile.pfs,
-        profile.validate_certificates,
-        "" if profile.ca_file is None else str(profile.ca_file),
-        profile.ocsp,
-        profile.ocsp_allow_unavailable,
-        profile.tls_compliant_only,
-    )
+    return tuple(getattr(profile, name) for name in PROFILE_FIELDS)
 
 
 def pfs_contradiction(min_version: MinVersion, pfs: PFSMode) -> str | None:
