@@ -14,11 +14,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.peers.certs import LeafFiles, TestPKI
-from tests.peers.gate_config import gate_config
+from tests.peers.certs import TestPKI
 from tests.peers.haproxy import HAProxy
-from tests.peers.smtpgate_proc import SmtpgateProcess
-from tests.peers.upstream import AiosmtpdUpstream
+from tests.peers.relay import Relay
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
@@ -26,21 +24,11 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 @pytest.mark.parametrize("version", [1, 2])
 def test_smtpgate_logs_the_original_client_address(
     version: int,
-    start_gate: Callable[..., SmtpgateProcess],
-    start_upstream: Callable[..., AiosmtpdUpstream],
+    relay: Relay,
     start_haproxy: Callable[..., HAProxy],
     pki: TestPKI,
-    gate_cert: LeafFiles,
 ) -> None:
-    up = start_upstream()
-    gate = start_gate(
-        gate_config(
-            up.port,
-            server_cert=gate_cert,
-            policy={"proxy_protocol": True},
-            profile={"validate_certificates": False},
-        )
-    )
+    up, gate = relay(None, verify=False, policy={"proxy_protocol": True})
     hap = start_haproxy(gate.port(), version)
     with smtplib.SMTP("127.0.0.1", hap.port, timeout=20, source_address=("127.0.0.2", 0)) as smtp:
         host, port = smtp.sock.getsockname()[:2]  # type: ignore[union-attr]

@@ -12,23 +12,17 @@ SNI, and an implicit-TLS listener speaks TLS from the first byte.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from tests.peers.certs import LeafFiles, TestPKI
-from tests.peers.gate_config import gate_config
+from tests.peers.certs import TestPKI
 from tests.peers.openssl import s_client
-from tests.peers.smtpgate_proc import SmtpgateProcess
-from tests.peers.upstream import AiosmtpdUpstream
+from tests.peers.relay import Relay
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
-
-StartGate = Callable[..., SmtpgateProcess]
-StartUpstream = Callable[..., AiosmtpdUpstream]
 
 
 def _ou(cert: Path) -> str:
@@ -36,17 +30,8 @@ def _ou(cert: Path) -> str:
     return str(leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value)
 
 
-def test_min_version_13_refuses_tls12_client(
-    start_gate: StartGate, start_upstream: StartUpstream, gate_cert: LeafFiles, pki: TestPKI
-) -> None:
-    up = start_upstream()
-    gate = start_gate(
-        gate_config(
-            up.port,
-            server_cert=gate_cert,
-            profile={"min_version": "1.3", "validate_certificates": False},
-        )
-    )
+def test_min_version_13_refuses_tls12_client(relay: Relay, pki: TestPKI) -> None:
+    _, gate = relay(None, verify=False, profile={"min_version": "1.3"})
     refused = s_client(gate.port(), tls1_2=True)
     assert not refused.ok, refused
     accepted = s_client(gate.port(), tls1_3=True, ca_file=pki.ca_file)
@@ -56,17 +41,8 @@ def test_min_version_13_refuses_tls12_client(
     assert s_client(gate.port()).version == "TLSv1.3"
 
 
-def test_pfs_required_refuses_rsa_key_exchange_and_accepts_ecdhe(
-    start_gate: StartGate, start_upstream: StartUpstream, gate_cert: LeafFiles
-) -> None:
-    up = start_upstream()
-    gate = start_gate(
-        gate_config(
-            up.port,
-            server_cert=gate_cert,
-            profile={"pfs": "required", "validate_certificates": False},
-        )
-    )
+def test_pfs_required_refuses_rsa_key_exchange_and_accepts_ecdhe(relay: Relay) -> None:
+    _, gate = relay(None, verify=False, profile={"pfs": "required"})
     refused = s_client(gate.port(), tls1_2=True, cipher="AES128-GCM-SHA256")
     assert not refused.ok, refused
     accepted = s_client(gate.port(), tls1_2=True, cipher="ECDHE")
@@ -74,44 +50,27 @@ def test_pfs_required_refuses_rsa_key_exchange_and_accepts_ecdhe(
     assert accepted.cipher is not None and accepted.cipher.startswith("ECDHE-"), accepted
 
 
-def test_client_leg_certificate_is_chosen_by_sni(
-    start_gate: StartGate,
-    start_upstream: StartUpstream,
-    gate_cert: LeafFiles,
-    pki: TestPKI,
-) -> None:
+def test_client_leg_certificate_is_chosen_by_sni(relay: Relay, pki: TestPKI) -> None:
     mx2 = pki.issue("mx2.example.test", stem="mx2")
-    up = start_upstream()
-    gate = start_gate(
-        gate_config(
-            up.port,
-            server_cert=gate_cert,
-            sni=[{"names": ["mx2.example.test"], "cert": str(mx2.cert), "key": str(mx2.key)}],
-            profile={"validate_certificates": False},
-        )
+    _, gate = relay(
+        None,
+        verify=False,
+        sni=[{"names": ["mx2.example.test"], "cert": str(mx2.cert), "key": str(mx2.key)}],
     )
     with_sni = s_client(gate.port(), servername="mx2.example.test", ca_file=pki.ca_file)
     assert with_sni.ok and with_sni.verify_code == 0, with_sni
     assert _ou(mx2.cert) in with_sni.output
     default = s_client(gate.port(), servername="unknown.example.test")
     assert default.ok, default
-    assert _ou(gate_cert.cert) in default.output
+    assert _ou(relay.gate_cert.cert) in default.output
     assert _ou(mx2.cert) not in default.output
 
 
-def test_implicit_tls_listener(
-    start_gate: StartGate, start_upstream: StartUpstream, gate_cert: LeafFiles, pki: TestPKI
-) -> None:
-    up = start_upstream()
+def test_implicit_tls_listener(relay: Relay, pki: TestPKI) -> None:
     # tls_compliant_only: a profile without it serves a client that stays silent
     # for 2 s in clear (docs/proxy.md), which the check below would race.
-    gate = start_gate(
-        gate_config(
-            up.port,
-            server_cert=gate_cert,
-            policy={"implicit_tls": True},
-            profile={"tls_compliant_only": True, "validate_certificates": False},
-        )
+    _, gate = relay(
+        None, verify=False, policy={"implicit_tls": True}, profile={"tls_compliant_only": True}
     )
     r = s_client(gate.port(), starttls=False, ca_file=pki.ca_file, wait_for_close=True)
     assert r.ok and r.verify_code == 0, r

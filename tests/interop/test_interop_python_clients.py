@@ -124,9 +124,7 @@ def test_ca_export_signs_outgoing_client_leg_certificates(
     start_gate: StartGate, start_upstream: StartUpstream
 ) -> None:
     up = start_upstream()
-    gate = start_gate(
-        gate_config(up.port, direction="outgoing", profile={"validate_certificates": False})
-    )  # certificates generated
+    gate = start_gate(gate_config(up.port, direction="outgoing"))  # certificates generated
     pem = gate.ca_export()
     ca = x509.load_pem_x509_certificate(pem.encode())
     on_disk = x509.load_pem_x509_certificates(gate.state_file("ca.pem").read_bytes())[0]

@@ -9,6 +9,7 @@ traffic: the frontend port can no longer be bound.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -46,8 +47,8 @@ class HAProxy:
         self.target_port = target_port
         self.version = version
         #: Held until HAProxy listens (see :class:`ReservedPort`).
-        self._reserved: ReservedPort | None = ReservedPort()
-        self.port = self._reserved.port
+        self._reserved = contextlib.ExitStack()
+        self.port = self._reserved.enter_context(ReservedPort()).port
         self.proc: subprocess.Popen[bytes] | None = None
         self.config_file = self.workdir / f"haproxy-{self.port}.cfg"
         self.log_file = self.workdir / f"haproxy-{self.port}.log"
@@ -80,7 +81,7 @@ class HAProxy:
             if self.proc.poll() is not None:
                 break
             if accepts_connections(self.port):
-                self._release_port()
+                self._reserved.close()
                 return self
             time.sleep(0.05)
         self.stop()
@@ -89,13 +90,8 @@ class HAProxy:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
-    def _release_port(self) -> None:
-        if self._reserved is not None:
-            self._reserved.release()
-            self._reserved = None
-
     def stop(self) -> None:
-        self._release_port()
+        self._reserved.close()
         if self.proc is None:
             return
         if self.proc.poll() is None:

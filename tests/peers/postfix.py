@@ -165,10 +165,9 @@ class PostfixInstance:
         self.artifacts = Path(artifacts)
         self.hostname = hostname or f"{name}.postfix.test"
         #: Held until smtpd listens (see :class:`ReservedPort`).
-        self._reserved: ReservedPort | None = None
+        self._reserved = contextlib.ExitStack()
         if port is None:
-            self._reserved = ReservedPort()
-            port = self._reserved.port
+            port = self._reserved.enter_context(ReservedPort()).port
         self.port = port
         self.relayhost = relayhost
         self.smtp_tls_security_level = smtp_tls_security_level
@@ -330,7 +329,7 @@ class PostfixInstance:
                 )
             self.master_pid = self._read_pid()
             self._wait_listening()
-            self._release_port()
+            self._reserved.close()
         except BaseException:
             self.stop()
             raise
@@ -370,14 +369,9 @@ class PostfixInstance:
             return False
         return state != "Z"
 
-    def _release_port(self) -> None:
-        if self._reserved is not None:
-            self._reserved.release()
-            self._reserved = None
-
     def stop(self) -> None:
         """Stop the master by PID, save the log and config, remove the runtime dir."""
-        self._release_port()
+        self._reserved.close()
         if self.runtime is None:
             return
         pid = self.master_pid

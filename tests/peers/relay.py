@@ -42,6 +42,7 @@ class Relay:
         *,
         verify: bool = True,
         policy: Mapping[str, Any] | None = None,
+        profile: Mapping[str, Any] | None = None,
         **kw: Any,
     ) -> SmtpgateProcess:
         """``gate_config(**kw)`` towards ``up``; ``verify``: the upstream's certificate is
@@ -52,7 +53,7 @@ class Relay:
                 up.port,
                 server_cert=self.gate_cert,
                 policy={"upstream_implicit_tls": up.implicit_tls, **(policy or {})},
-                profile={"validate_certificates": verify, **trust},
+                profile={"validate_certificates": verify, **trust, **(profile or {})},
                 **kw,
             )
         )

@@ -11,6 +11,7 @@ SPEC.md section 6 describes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -66,7 +67,7 @@ class SmtpgateProcess:
         self.stderr_file = self.workdir / "smtpgate.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
         #: Ports picked for policies without ``listen``, held until smtpgate listens.
-        self._reserved: list[ReservedPort] = []
+        self._reserved = contextlib.ExitStack()
         if isinstance(config, str):
             self.config: dict[str, Any] = tomllib.loads(config)
             self.text = config
@@ -90,8 +91,7 @@ class SmtpgateProcess:
         log.setdefault("file", str(self.log_file))
         for pol in cfg.get("policies", []):
             if "listen" not in pol:
-                reserved = ReservedPort()
-                self._reserved.append(reserved)
+                reserved = self._reserved.enter_context(ReservedPort())
                 pol["listen"] = f"127.0.0.1:{reserved.port}"
         return cfg
 
@@ -139,7 +139,7 @@ class SmtpgateProcess:
             while True:
                 seen = {r.get("policy") for r in self.records("listening")}
                 if wanted <= seen:
-                    self._release_ports()
+                    self._reserved.close()
                     return self
                 if self.proc.poll() is not None:
                     raise AssertionError(
@@ -156,14 +156,9 @@ class SmtpgateProcess:
             self.stop()
             raise
 
-    def _release_ports(self) -> None:
-        for reserved in self._reserved:
-            reserved.release()
-        self._reserved.clear()
-
     def stop(self, timeout: float = 15) -> int | None:
         """SIGTERM by PID, wait (bounded), then SIGKILL; returns the exit code."""
-        self._release_ports()
+        self._reserved.close()
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None

@@ -19,6 +19,7 @@ The end-to-end proxy tests (``tests/proxy``) use the same server, started at onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import threading
 import time
@@ -130,10 +131,9 @@ class AiosmtpdUpstream:
         port: int | None = None,
     ) -> None:
         #: Held until the server listens (see :class:`ReservedPort`).
-        self._reserved: ReservedPort | None = None
+        self._reserved = contextlib.ExitStack()
         if port is None:
-            self._reserved = ReservedPort()
-            port = self._reserved.port
+            port = self._reserved.enter_context(ReservedPort()).port
         self.port = port
         self.handler = _Handler(data_reply=data_reply, data_delay=data_delay)
         kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
@@ -182,16 +182,11 @@ class AiosmtpdUpstream:
         try:
             self.controller.start()
         finally:
-            self._release_port()
+            self._reserved.close()
         return self
 
-    def _release_port(self) -> None:
-        if self._reserved is not None:
-            self._reserved.release()
-            self._reserved = None
-
     def stop(self) -> None:
-        self._release_port()
+        self._reserved.close()
         self.controller.stop(no_assert=True)
 
     def __enter__(self) -> AiosmtpdUpstream:
