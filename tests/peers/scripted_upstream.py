@@ -57,7 +57,8 @@ class ReceivedMessage:
 
 
 class ScriptedUpstream:
-    """A receiving SMTP server with scripted replies; ``await start()``, ``await stop()``.
+    """A receiving SMTP server with scripted replies; ``async with``, or ``await start()``
+    and ``await stop()``.
 
     ``greeting``: sent on connect (any bytes); ``None``: never say anything.
     ``ehlo_keywords``: the EHLO keywords; STARTTLS is added while it is offered.
@@ -154,6 +155,13 @@ class ScriptedUpstream:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+    async def __aenter__(self) -> ScriptedUpstream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[ReceivedMessage]:
         """Wait until ``count`` messages were accepted; returns :attr:`messages`."""

@@ -4,46 +4,42 @@ the scripted upstream over loopback: every reply reported, pipelining, TLS."""
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-import trustme
 import uvloop
 
-from tests.peers.mailsender import OutgoingMessage, SendError, send_message, send_messages
+from tests.peers.mailsender import (
+    OutgoingMessage,
+    SendError,
+    SendResult,
+    send_message,
+    send_messages,
+)
 from tests.peers.scripted_upstream import ScriptedUpstream
+
+from .conftest import PKI
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class Certs:
-    def __init__(self) -> None:
-        self.ca = trustme.CA()
-        self.leaf = self.ca.issue_cert("localhost", "127.0.0.1")
-
-    def server(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.leaf.configure_cert(context)
-        return context
-
-    def client(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        return context
-
-
-@pytest.fixture(scope="module")
-def certs() -> Certs:
-    return Certs()
-
-
 @pytest.fixture
-async def sink(certs: Certs) -> AsyncIterator[ScriptedUpstream]:
-    sink = ScriptedUpstream(starttls_context=certs.server())
-    await sink.start()
-    yield sink
-    await sink.stop()
+async def sink(pki: PKI) -> AsyncIterator[ScriptedUpstream]:
+    async with ScriptedUpstream(starttls_context=pki.server_context()) as sink:
+        yield sink
+
+
+async def send_one(port: int, body: bytes = b"x\r\n", **options: Any) -> SendResult:
+    """One message from a@example.com to b@example.org; ``options`` go to send_message."""
+    return await send_message(
+        "127.0.0.1",
+        port,
+        sender="a@example.com",
+        recipients=["b@example.org"],
+        body=body,
+        **options,
+    )
 
 
 def body(n: int) -> bytes:
@@ -67,12 +63,16 @@ async def test_plain_delivery_pipelines_and_reports_every_reply(sink: ScriptedUp
     )
 
 
-async def test_ten_messages_on_one_connection(sink: ScriptedUpstream, certs: Certs) -> None:
+async def test_ten_messages_on_one_connection(sink: ScriptedUpstream, pki: PKI) -> None:
     messages = [
         OutgoingMessage(f"s{n}@example.com", [f"r{n}@example.org"], body(n)) for n in range(10)
     ]
     results = await send_messages(
-        "127.0.0.1", sink.port, messages=messages, starttls=certs.client(), require_starttls=True
+        "127.0.0.1",
+        sink.port,
+        messages=messages,
+        starttls=pki.client_context(),
+        require_starttls=True,
     )
     assert [r.accepted for r in results] == [True] * 10
     assert sink.connections == 1
@@ -82,10 +82,8 @@ async def test_ten_messages_on_one_connection(sink: ScriptedUpstream, certs: Cer
     assert results[0].tls_version in ("TLSv1.2", "TLSv1.3")
 
 
-async def test_refused_recipients_and_a_failed_transaction_then_the_next_one(certs: Certs) -> None:
-    sink = ScriptedUpstream(rcpt_replies={"<no": b"550 5.1.1 No such user\r\n"})
-    await sink.start()
-    try:
+async def test_refused_recipients_and_a_failed_transaction_then_the_next_one(pki: PKI) -> None:
+    async with ScriptedUpstream(rcpt_replies={"<no": b"550 5.1.1 No such user\r\n"}) as sink:
         results = await send_messages(
             "127.0.0.1",
             sink.port,
@@ -95,8 +93,6 @@ async def test_refused_recipients_and_a_failed_transaction_then_the_next_one(cer
                 OutgoingMessage("a@example.com", ["yes2@example.org"], body(3)),
             ],
         )
-    finally:
-        await sink.stop()
     assert [r.code for r in results[0].rcpts] == [550, 250] and results[0].accepted
     assert results[0].rcpts[0].lines == (b"5.1.1 No such user",)
     # Pipelined DATA after no valid recipient: refused, no body goes out, RSET follows.
@@ -113,61 +109,35 @@ async def test_refused_recipients_and_a_failed_transaction_then_the_next_one(cer
 )
 async def test_chosen_answers_to_data_and_end_of_data(option: str, code: int) -> None:
     text = "4.0.0 chosen" if code < 500 else "5.0.0 chosen"
-    sink = ScriptedUpstream(**{option: f"{code} {text}\r\n".encode()})
-    await sink.start()
-    try:
-        result = await send_message(
-            "127.0.0.1",
+    async with ScriptedUpstream(**{option: f"{code} {text}\r\n".encode()}) as sink:
+        result = await send_one(
             sink.port,
-            sender="a@example.com",
-            recipients=["b@example.org"],
-            body=b"x\r\n",
         )
-    finally:
-        await sink.stop()
     answered = result.data if option == "data_reply" else result.end
     assert answered is not None and str(answered) == f"{code} {text}"
     assert result.accepted == (code == 250)
     assert len(sink.messages) == (1 if code == 250 else 0)
 
 
-async def test_refused_or_missing_starttls(certs: Certs) -> None:
-    refusing = ScriptedUpstream(starttls_reply=b"454 4.7.0 TLS not available\r\n")
-    plain = ScriptedUpstream()
-    for sink in (refusing, plain):
-        await sink.start()
-    try:
+async def test_refused_or_missing_starttls(pki: PKI) -> None:
+    async with (
+        ScriptedUpstream(starttls_reply=b"454 4.7.0 TLS not available\r\n") as refusing,
+        ScriptedUpstream() as plain,
+    ):
         for sink, why in ((refusing, "STARTTLS refused: 454"), (plain, "STARTTLS not offered")):
             with pytest.raises(SendError, match=why):
-                await send_message(
-                    "127.0.0.1",
-                    sink.port,
-                    sender="a@example.com",
-                    recipients=["b@example.org"],
-                    body=b"x\r\n",
-                    starttls=certs.client(),
-                    require_starttls=True,
-                )
+                await send_one(sink.port, starttls=pki.client_context(), require_starttls=True)
         # Opportunistic: refused STARTTLS means delivery in clear.
-        result = await send_message(
-            "127.0.0.1",
+        result = await send_one(
             refusing.port,
-            sender="a@example.com",
-            recipients=["b@example.org"],
-            body=b"x\r\n",
-            starttls=certs.client(),
+            starttls=pki.client_context(),
         )
-    finally:
-        for sink in (refusing, plain):
-            await sink.stop()
     assert result.accepted and result.tls_version == "none"
     assert refusing.messages[0].tls_version == "none" and plain.messages == []
 
 
 async def test_bare_newlines_are_sent_as_crlf() -> None:
-    sink = ScriptedUpstream()
-    await sink.start()
-    try:
+    async with ScriptedUpstream() as sink:
         bare = await send_message(
             "127.0.0.1",
             sink.port,
@@ -175,38 +145,29 @@ async def test_bare_newlines_are_sent_as_crlf() -> None:
             recipients=["c@x.example"],
             body=b"one\ntwo\n.\n",
         )
-    finally:
-        await sink.stop()
     assert bare.accepted
     (message,) = sink.messages
     assert message.wire == b"one\r\ntwo\r\n..\r\n"  # canonicalised and dot-stuffed
 
 
-def test_under_uvloop_with_starttls_and_implicit_tls(certs: Certs) -> None:
+def test_under_uvloop_with_starttls_and_implicit_tls(pki: PKI) -> None:
     async def scenario() -> tuple[str, str, list[bytes]]:
-        explicit = ScriptedUpstream(starttls_context=certs.server())
-        implicit = ScriptedUpstream(implicit_tls_context=certs.server())
-        await explicit.start()
-        await implicit.start()
-        try:
+        async with (
+            ScriptedUpstream(starttls_context=pki.server_context()) as explicit,
+            ScriptedUpstream(implicit_tls_context=pki.server_context()) as implicit,
+        ):
             big = b"".join(b".%05d " % i + b"q" * 60 + b"\r\n" for i in range(30_000))  # ~2 MB
-            one = await send_message(
-                "127.0.0.1",
+            one = await send_one(
                 explicit.port,
-                sender="a@example.com",
-                recipients=["b@example.org"],
-                body=big,
-                starttls=certs.client(),
+                big,
+                starttls=pki.client_context(),
                 require_starttls=True,
                 server_hostname="localhost",
             )
-            two = await send_message(
-                "127.0.0.1",
+            two = await send_one(
                 implicit.port,
-                sender="a@example.com",
-                recipients=["b@example.org"],
-                body=body(2),
-                implicit_tls=certs.client(),
+                body(2),
+                implicit_tls=pki.client_context(),
             )
             assert one.accepted and two.accepted
             return (
@@ -218,9 +179,6 @@ def test_under_uvloop_with_starttls_and_implicit_tls(certs: Certs) -> None:
                     big,
                 ],
             )
-        finally:
-            await explicit.stop()
-            await implicit.stop()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         v1, v2, (got_big, got_small, big) = runner.run(asyncio.wait_for(scenario(), 30))

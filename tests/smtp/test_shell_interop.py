@@ -50,18 +50,14 @@ def _upstream(**tls: Any) -> ScriptedUpstream:
 
 @pytest.fixture
 async def sink(pki: PKI) -> AsyncIterator[ScriptedUpstream]:
-    sink = _upstream(starttls_context=pki.server_context())
-    await sink.start()
-    yield sink
-    await sink.stop()
+    async with _upstream(starttls_context=pki.server_context()) as sink:
+        yield sink
 
 
 @pytest.fixture
 async def tls_sink(pki: PKI) -> AsyncIterator[ScriptedUpstream]:
-    sink = _upstream(implicit_tls_context=pki.server_context())
-    await sink.start()
-    yield sink
-    await sink.stop()
+    async with _upstream(implicit_tls_context=pki.server_context()) as sink:
+        yield sink
 
 
 # -- smtplib -> the scripted upstream ------------------------------------------------------
