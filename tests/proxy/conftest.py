@@ -120,10 +120,11 @@ def make_gate(
 
 @pytest.fixture
 def make_upstream() -> Iterator[Callable[..., AiosmtpdUpstream]]:
+    """``make_upstream(starttls=ctx, ...)`` -> a started aiosmtpd peer, SMTPUTF8 on."""
     started: list[AiosmtpdUpstream] = []
 
     def make(**kwargs: Any) -> AiosmtpdUpstream:
-        upstream = AiosmtpdUpstream(**kwargs)
+        upstream = AiosmtpdUpstream(**{"smtputf8": True, **kwargs}).start()
         started.append(upstream)
         return upstream
 

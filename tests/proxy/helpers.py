@@ -7,7 +7,8 @@ checks (``C: EHLO x`` / ``S: 250-...``):
 - :class:`LoopThread`: an event loop (uvloop, as ``smtpgate serve`` uses) in a thread
 - :class:`GatewayHarness`: an in-process :class:`smtpgate.proxy.gateway.Gateway`
   with its JSON event log in memory
-- :class:`AiosmtpdUpstream`: a recording aiosmtpd server (clear, STARTTLS or implicit TLS)
+- :class:`AiosmtpdUpstream` (:mod:`tests.peers.upstream`): the recording aiosmtpd peer
+  (clear, STARTTLS or implicit TLS), fixture ``make_upstream``
 
 The scripted upstream that misbehaves on purpose is :mod:`tests.peers.scripted_upstream`
 (fixture ``make_scripted_upstream``, on the same loop thread).
@@ -37,7 +38,7 @@ from smtpgate.logs import EventLog
 from smtpgate.proxy.gateway import Gateway
 from smtpgate.smtp import Reply
 from tests.peers.gate_config import rule as rule  # re-exported for the tests
-from tests.peers.upstream import AiosmtpdUpstream as PeerUpstream
+from tests.peers.upstream import AiosmtpdUpstream as AiosmtpdUpstream  # for the tests
 
 T = TypeVar("T")
 
@@ -188,24 +189,6 @@ def cert_names(der: bytes) -> list[str]:
     return [str(n) for n in san.get_values_for_type(x509.DNSName)] + [
         str(ip) for ip in san.get_values_for_type(x509.IPAddress)
     ]
-
-
-# --- aiosmtpd upstream --------------------------------------------------------------------
-
-
-class AiosmtpdUpstream(PeerUpstream):
-    """The recording aiosmtpd receiver of :mod:`tests.peers.upstream`, started at once,
-    SMTPUTF8 on; ``stop()`` it (the ``make_upstream`` fixture does)."""
-
-    def __init__(
-        self,
-        *,
-        data_reply: str = "250 2.0.0 Ok queued",
-        smtputf8: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(data_reply=data_reply, smtputf8=smtputf8, **kwargs)
-        self.start()
 
 
 # --- a client for exact bytes ---------------------------------------------------------------
