@@ -26,11 +26,23 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from smtpgate.reserved_port import ReservedPort
 
-__all__ = ["PeerMissing", "ReservedPort", "accepts_connections", "require_binary", "tail"]
+T = TypeVar("T")
+
+__all__ = [
+    "PeerMissing",
+    "ReservedPort",
+    "accepts_connections",
+    "require_binary",
+    "tail",
+    "wait_until",
+]
 
 
 class PeerMissing(AssertionError):
@@ -58,6 +70,26 @@ def accepts_connections(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(2)
         return s.connect_ex((host, port)) == 0
+
+
+def wait_until(
+    probe: Callable[[], T | None],
+    failure: Callable[[], str],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+) -> T:
+    """Ask ``probe`` until it returns something (not None, not empty, not False), and
+    return that; after ``timeout`` seconds, fail with ``failure()`` (computed only then,
+    so it can carry fresh diagnostics). The probe is asked once more at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout}s: {failure()}")
+        time.sleep(interval)
 
 
 def tail(text: str, lines: int = 40) -> str:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import PeerMissing, ReservedPort, require_binary, tail
+from . import PeerMissing, ReservedPort, require_binary, tail, wait_until
 from .certs import LeafFiles
 
 __all__ = [
@@ -337,13 +337,16 @@ class PostfixInstance:
 
     def _read_pid(self, timeout: float = 10) -> int:
         pid_file = self.queue_dir / "pid" / "master.pid"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def pid() -> int | None:
             try:
                 return int(pid_file.read_text().split()[0])
             except (FileNotFoundError, IndexError, ValueError):
-                time.sleep(0.05)
-        raise AssertionError(f"postfix {self.name}: no {pid_file} after start")
+                return None
+
+        return wait_until(
+            pid, lambda: f"postfix {self.name}: no {pid_file} after start", timeout=timeout
+        )
 
     def _wait_listening(self, timeout: float = 15) -> None:
         deadline = time.monotonic() + timeout
@@ -522,16 +525,13 @@ class PostfixInstance:
         modification time (``qmgr_active_done``).
         """
         root = self.queue_dir / "deferred"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [p for p in root.rglob(queue_id) if p.is_file()]
-            if found:
-                return found[0]
-            time.sleep(0.1)
-        raise AssertionError(
-            f"postfix {self.name}: {queue_id} not in the deferred queue after {timeout}s\n"
-            f"{self.diagnostics()}"
+        found = wait_until(
+            lambda: [p for p in root.rglob(queue_id) if p.is_file()],
+            lambda: f"{queue_id} not in the deferred queue\n{self.diagnostics()}",
+            timeout=timeout,
+            interval=0.1,
         )
+        return found[0]
 
     def diagnostics(self) -> str:
         return (
@@ -540,38 +540,31 @@ class PostfixInstance:
         )
 
     def wait_queue_empty(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.queue_files():
-                return
-            time.sleep(0.2)
-        raise AssertionError(
-            f"postfix {self.name}: queue not empty after {timeout}s\n{self.diagnostics()}"
+        wait_until(
+            lambda: not self.queue_files(),
+            lambda: f"queue not empty\n{self.diagnostics()}",
+            timeout=timeout,
+            interval=0.2,
         )
 
     def wait_queued(self, timeout: float = 15) -> None:
         """Wait until at least one message sits in the queue (e.g. deferred)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.queue_files():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"postfix {self.name}: nothing queued\n{self.diagnostics()}")
+        wait_until(
+            self.queue_files,
+            lambda: f"nothing queued\n{self.diagnostics()}",
+            timeout=timeout,
+            interval=0.1,
+        )
 
     def wait_log(self, pattern: str, timeout: float = 30) -> re.Match[str]:
         """Wait until ``pattern`` (a regex) matches the log; return the match."""
         rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = rx.search(self.log())
-            if m:
-                return m
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"postfix {self.name}: no log line matching {pattern!r} after {timeout}s\n"
-                    f"{self.diagnostics()}"
-                )
-            time.sleep(0.2)
+        return wait_until(
+            lambda: rx.search(self.log()),
+            lambda: f"no log line matching {pattern!r}\n{self.diagnostics()}",
+            timeout=timeout,
+            interval=0.2,
+        )
 
     def delivered(self) -> list[email.message.EmailMessage]:
         """Messages delivered to the Maildir so far, oldest first."""
@@ -585,15 +578,13 @@ class PostfixInstance:
         ]
 
     def wait_delivered(self, count: int = 1, timeout: float = 30) -> list[Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msgs = self.delivered()
-            if len(msgs) >= count:
-                return msgs
-            time.sleep(0.2)
-        raise AssertionError(
-            f"postfix {self.name}: {len(self.delivered())} of {count} message(s) delivered "
-            f"after {timeout}s\n{self.diagnostics()}"
+        return wait_until(
+            lambda: msgs if len(msgs := self.delivered()) >= count else None,
+            lambda: (
+                f"{len(self.delivered())} of {count} message(s) delivered\n{self.diagnostics()}"
+            ),
+            timeout=timeout,
+            interval=0.2,
         )
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from smtpgate.config import toml_writer
 
-from . import PeerMissing, ReservedPort, tail
+from . import PeerMissing, ReservedPort, tail, wait_until
 
 __all__ = ["SmtpgateProcess", "smtpgate_binary"]
 
@@ -215,17 +215,17 @@ class SmtpgateProcess:
         count: int = 1,
     ) -> list[Record]:
         """Wait until ``count`` records of ``event`` (matching ``where``) exist."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [r for r in self.records(event) if where is None or where(r)]
-            if len(found) >= count:
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"smtpgate: {len(found)} of {count} {event!r} record(s) after {timeout}s\n"
-                    f"{self.diagnostics()}"
-                )
-            time.sleep(0.05)
+
+        def matching() -> list[Record]:
+            return [r for r in self.records(event) if where is None or where(r)]
+
+        return wait_until(
+            lambda: found if len(found := matching()) >= count else None,
+            lambda: (
+                f"smtpgate: {len(matching())} of {count} {event!r} record(s)\n{self.diagnostics()}"
+            ),
+            timeout=timeout,
+        )
 
     def transactions(self, timeout: float = 20, count: int = 1, **match: Any) -> list[Record]:
         """Transaction summary records whose fields equal ``match``."""

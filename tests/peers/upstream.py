@@ -22,13 +22,12 @@ import asyncio
 import contextlib
 import ssl
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from . import ReservedPort
+from . import ReservedPort, wait_until
 
 __all__ = ["AiosmtpdUpstream", "ReceivedMessage"]
 
@@ -167,15 +166,13 @@ class AiosmtpdUpstream:
             return list(self.handler.commands)
 
     def wait_messages(self, count: int = 1, timeout: float = 20) -> list[ReceivedMessage]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msgs = self.messages
-            if len(msgs) >= count:
-                return msgs
-            time.sleep(0.05)
-        raise AssertionError(
-            f"aiosmtpd upstream 127.0.0.1:{self.port}: {len(self.messages)} of {count} "
-            f"message(s) after {timeout}s"
+        return wait_until(
+            lambda: msgs if len(msgs := self.messages) >= count else None,
+            lambda: (
+                f"aiosmtpd upstream 127.0.0.1:{self.port}: {len(self.messages)} of {count} "
+                "message(s)"
+            ),
+            timeout=timeout,
         )
 
     def start(self) -> AiosmtpdUpstream:

@@ -25,7 +25,6 @@ import os
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from smtpgate.config.loader import parse_config
 from smtpgate.logs import EventLog
 from smtpgate.proxy.gateway import Gateway
 from smtpgate.smtp import Reply
+from tests.peers import wait_until
 from tests.peers.gate_config import rule as rule  # re-exported for the tests
 from tests.peers.upstream import AiosmtpdUpstream as AiosmtpdUpstream  # for the tests
 
@@ -54,15 +54,6 @@ UPSTREAM_UNAVAILABLE = "451 4.4.1 Upstream server unavailable, try later"
 NO_VALID_RECIPIENTS = "554 5.5.1 No valid recipients"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 TLS_ALREADY_ACTIVE = "503 5.5.1 TLS already active"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
 # --- event loop in a thread, and the gateway on it --------------------------------------
@@ -135,8 +126,12 @@ class GatewayHarness:
         def matching() -> list[dict[str, Any]]:
             return [r for r in self.records(event) if predicate(r)]
 
-        wait_until(lambda: len(matching()) >= count, timeout, f"{count} {event!r} record(s)")
-        return matching()
+        return wait_until(
+            lambda: found if len(found := matching()) >= count else None,
+            lambda: f"{len(matching())} of {count} {event!r} record(s)",
+            timeout=timeout,
+            interval=0.02,
+        )
 
     def transaction(self, count: int = 1) -> dict[str, Any]:
         """The ``count``-th transaction summary record (waits for it)."""
