@@ -7,6 +7,7 @@ peers connect to ``127.0.0.1`` and verify host names against that.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,14 @@ class TestPKI:
         key.chmod(0o600)
         return LeafFiles(cert=cert, key=key, names=all_names)
 
-    def server_context(self, leaf: LeafFiles) -> ssl.SSLContext:
-        """A server-side SSLContext presenting ``leaf`` (for aiosmtpd upstreams)."""
+    @functools.cached_property
+    def loopback_leaf(self) -> LeafFiles:
+        """A leaf for the loopback names only, issued on first use."""
+        return self.issue(stem=f"{self.name}-loopback")
+
+    def server_context(self, leaf: LeafFiles | None = None) -> ssl.SSLContext:
+        """A server-side SSLContext presenting ``leaf`` (default: :attr:`loopback_leaf`)."""
+        leaf = leaf or self.loopback_leaf
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(str(leaf.cert), str(leaf.key))
         return ctx

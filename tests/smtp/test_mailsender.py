@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from tests.peers.certs import TestPKI
 from tests.peers.mailsender import (
     OutgoingMessage,
     SendError,
@@ -19,13 +20,11 @@ from tests.peers.mailsender import (
 )
 from tests.peers.scripted_upstream import ScriptedUpstream
 
-from .conftest import PKI
-
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-async def sink(pki: PKI) -> AsyncIterator[ScriptedUpstream]:
+async def sink(pki: TestPKI) -> AsyncIterator[ScriptedUpstream]:
     async with ScriptedUpstream(starttls_context=pki.server_context()) as sink:
         yield sink
 
@@ -63,7 +62,7 @@ async def test_plain_delivery_pipelines_and_reports_every_reply(sink: ScriptedUp
     )
 
 
-async def test_ten_messages_on_one_connection(sink: ScriptedUpstream, pki: PKI) -> None:
+async def test_ten_messages_on_one_connection(sink: ScriptedUpstream, pki: TestPKI) -> None:
     messages = [
         OutgoingMessage(f"s{n}@example.com", [f"r{n}@example.org"], body(n)) for n in range(10)
     ]
@@ -82,7 +81,7 @@ async def test_ten_messages_on_one_connection(sink: ScriptedUpstream, pki: PKI) 
     assert results[0].tls_version in ("TLSv1.2", "TLSv1.3")
 
 
-async def test_refused_recipients_and_a_failed_transaction_then_the_next_one(pki: PKI) -> None:
+async def test_refused_recipients_and_a_failed_transaction_then_the_next_one(pki: TestPKI) -> None:
     async with ScriptedUpstream(rcpt_replies={"<no": b"550 5.1.1 No such user\r\n"}) as sink:
         results = await send_messages(
             "127.0.0.1",
@@ -119,7 +118,7 @@ async def test_chosen_answers_to_data_and_end_of_data(option: str, code: int) ->
     assert len(sink.messages) == (1 if code == 250 else 0)
 
 
-async def test_refused_or_missing_starttls(pki: PKI) -> None:
+async def test_refused_or_missing_starttls(pki: TestPKI) -> None:
     async with (
         ScriptedUpstream(starttls_reply=b"454 4.7.0 TLS not available\r\n") as refusing,
         ScriptedUpstream() as plain,
@@ -150,7 +149,7 @@ async def test_bare_newlines_are_sent_as_crlf() -> None:
     assert message.wire == b"one\r\ntwo\r\n..\r\n"  # canonicalised and dot-stuffed
 
 
-def test_under_uvloop_with_starttls_and_implicit_tls(pki: PKI) -> None:
+def test_under_uvloop_with_starttls_and_implicit_tls(pki: TestPKI) -> None:
     async def scenario() -> tuple[str, str, list[bytes]]:
         async with (
             ScriptedUpstream(starttls_context=pki.server_context()) as explicit,

@@ -20,10 +20,9 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from smtpgate.reserved_port import ReservedPort
+from tests.peers.certs import TestPKI
 from tests.peers.mailsender import SendError, send_message
 from tests.peers.scripted_upstream import ScriptedUpstream
-
-from .conftest import PKI
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,13 +48,13 @@ def _upstream(**tls: Any) -> ScriptedUpstream:
 
 
 @pytest.fixture
-async def sink(pki: PKI) -> AsyncIterator[ScriptedUpstream]:
+async def sink(pki: TestPKI) -> AsyncIterator[ScriptedUpstream]:
     async with _upstream(starttls_context=pki.server_context()) as sink:
         yield sink
 
 
 @pytest.fixture
-async def tls_sink(pki: PKI) -> AsyncIterator[ScriptedUpstream]:
+async def tls_sink(pki: TestPKI) -> AsyncIterator[ScriptedUpstream]:
     async with _upstream(implicit_tls_context=pki.server_context()) as sink:
         yield sink
 
@@ -80,7 +79,7 @@ def _smtplib_send(port: int, mode: str, context: ssl.SSLContext | None) -> dict[
 
 @pytest.mark.parametrize("mode", ["plain", "starttls", "implicit"])
 async def test_smtplib_delivers_to_scripted_upstream(
-    mode: str, sink: ScriptedUpstream, tls_sink: ScriptedUpstream, pki: PKI
+    mode: str, sink: ScriptedUpstream, tls_sink: ScriptedUpstream, pki: TestPKI
 ) -> None:
     target = tls_sink if mode == "implicit" else sink
     refused = await asyncio.to_thread(_smtplib_send, target.port, mode, pki.client_context())
@@ -151,7 +150,7 @@ async def test_swaks_delivers_to_scripted_upstream(
         assert "TLS started" in transcript
 
 
-async def test_swaks_sees_refused_starttls(pki: PKI) -> None:
+async def test_swaks_sees_refused_starttls(pki: TestPKI) -> None:
     sink = _upstream(starttls_reply=b"454 4.7.0 TLS not available\r\n")
     port = await sink.start()
     try:
@@ -178,7 +177,7 @@ class _Collect:
         return "250 2.0.0 Message accepted for delivery"
 
 
-async def test_send_message_delivers_to_aiosmtpd_over_starttls(pki: PKI) -> None:
+async def test_send_message_delivers_to_aiosmtpd_over_starttls(pki: TestPKI) -> None:
     handler = _Collect()
     reserved = ReservedPort()
     controller = Controller(
@@ -245,7 +244,7 @@ async def _read_reply(reader: asyncio.StreamReader) -> bytes:
 
 
 async def test_commands_pipelined_after_starttls_are_not_executed(
-    sink: ScriptedUpstream, pki: PKI
+    sink: ScriptedUpstream, pki: TestPKI
 ) -> None:
     async with asyncio.timeout(20):
         reader, writer = await asyncio.open_connection("127.0.0.1", sink.port)
