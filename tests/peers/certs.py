@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trustme
 
-__all__ = ["LeafFiles", "TestPKI"]
+__all__ = ["LeafFiles", "TestPKI", "client_context"]
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 
@@ -80,3 +80,28 @@ class TestPKI:
     def client_context(self) -> ssl.SSLContext:
         """A client-side SSLContext that trusts only this CA (host names checked)."""
         return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+def client_context(
+    cafile: Path | None = None,
+    *,
+    minimum: ssl.TLSVersion | None = None,
+    maximum: ssl.TLSVersion | None = None,
+    ciphers: str | None = None,
+    verify: bool = True,
+) -> ssl.SSLContext:
+    """A test peer acting as the sending MTA (TLS client); ``verify=False`` (or no
+    ``cafile``): encrypts without checking the server's certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify and cafile is not None:
+        ctx.load_verify_locations(cafile=cafile)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if minimum is not None:
+        ctx.minimum_version = minimum
+    if maximum is not None:
+        ctx.maximum_version = maximum
+    if ciphers is not None:
+        ctx.set_ciphers(ciphers)
+    return ctx

@@ -37,6 +37,7 @@ from smtpgate.logs import EventLog
 from smtpgate.proxy.gateway import Gateway
 from smtpgate.smtp import Reply
 from tests.peers import wait_until
+from tests.peers.certs import client_context
 from tests.peers.gate_config import rule as rule  # re-exported for the tests
 from tests.peers.upstream import AiosmtpdUpstream as AiosmtpdUpstream  # for the tests
 
@@ -141,18 +142,9 @@ class GatewayHarness:
 # --- TLS contexts -------------------------------------------------------------------------
 
 
-def insecure_client_context(
-    *, max_version: ssl.TLSVersion | None = None, ciphers: str | None = None
-) -> ssl.SSLContext:
+def insecure_client_context(**versions_and_ciphers: Any) -> ssl.SSLContext:
     """A sending MTA that encrypts but does not check the proxy's certificate."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if max_version is not None:
-        ctx.maximum_version = max_version
-    if ciphers is not None:
-        ctx.set_ciphers(ciphers)
-    return ctx
+    return client_context(verify=False, **versions_and_ciphers)
 
 
 def server_context(

@@ -140,7 +140,7 @@ def test_received_header_records_the_client_leg_tls(
         client.ehlo()
         if tls != "none":
             max_version = ssl.TLSVersion.TLSv1_2 if tls == "TLSv1.2" else None
-            sock = client.starttls(insecure_client_context(max_version=max_version))
+            sock = client.starttls(insecure_client_context(maximum=max_version))
             version, cipher = sock.version(), sock.cipher()[0]
             assert version == tls
             client.ehlo()

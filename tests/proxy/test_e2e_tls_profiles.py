@@ -46,7 +46,7 @@ def client_handshake(gate: GatewayHarness, ctx: ssl.SSLContext, sni: str | None 
 @pytest.mark.parametrize("min_version", ["1.2", "1.3"])
 def test_client_leg_min_version(make_gate: Any, make_upstream: Make, min_version: str) -> None:
     gate = make_gate(make_upstream().port, profile={"min_version": min_version})
-    tls12_client = insecure_client_context(max_version=ssl.TLSVersion.TLSv1_2)
+    tls12_client = insecure_client_context(maximum=ssl.TLSVersion.TLSv1_2)
     result = client_handshake(gate, tls12_client)
     if min_version == "1.3":
         assert isinstance(result, ssl.SSLError), result
@@ -63,22 +63,20 @@ def test_client_leg_pfs_required_refuses_rsa_key_exchange(
     make_gate: Any, make_upstream: Make, pfs: str
 ) -> None:
     gate = make_gate(make_upstream().port, profile={"pfs": pfs})
-    non_pfs = insecure_client_context(
-        max_version=ssl.TLSVersion.TLSv1_2, ciphers=RSA_KEY_EXCHANGE_ONLY
-    )
+    non_pfs = insecure_client_context(maximum=ssl.TLSVersion.TLSv1_2, ciphers=RSA_KEY_EXCHANGE_ONLY)
     result = client_handshake(gate, non_pfs)
     if pfs == "required":
         assert isinstance(result, ssl.SSLError), result
     else:
         assert result[:2] in {("TLSv1.2", "AES256-GCM-SHA384"), ("TLSv1.2", "AES128-GCM-SHA256")}
-    pfs_client = insecure_client_context(max_version=ssl.TLSVersion.TLSv1_2, ciphers=ECDHE_ONLY)
+    pfs_client = insecure_client_context(maximum=ssl.TLSVersion.TLSv1_2, ciphers=ECDHE_ONLY)
     assert client_handshake(gate, pfs_client)[:2] == ("TLSv1.2", ECDHE_ONLY)
 
 
 def test_client_leg_cipher_is_logged(make_gate: Any, make_upstream: Make) -> None:
     upstream = make_upstream()
     gate = make_gate(upstream.port)
-    client = insecure_client_context(max_version=ssl.TLSVersion.TLSv1_2, ciphers=ECDHE_ONLY)
+    client = insecure_client_context(maximum=ssl.TLSVersion.TLSv1_2, ciphers=ECDHE_ONLY)
     with RawClient(gate.port) as raw:
         raw.ehlo()
         raw.starttls(client)

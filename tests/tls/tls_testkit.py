@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from smtpgate.config.schema import TLSProfile
+from tests.peers.certs import client_context as client_context  # for the tls tests
 
 TIMEOUT = 10.0
 
@@ -95,30 +96,6 @@ def handshake(
     except (ssl.SSLError, OSError) as exc:
         server.done.wait(TIMEOUT)
         return Outcome(None, None, None, exc, server.error)
-
-
-def client_context(
-    cafile: Path | None = None,
-    *,
-    minimum: ssl.TLSVersion | None = None,
-    maximum: ssl.TLSVersion | None = None,
-    ciphers: str | None = None,
-    verify: bool = True,
-) -> ssl.SSLContext:
-    """A test peer acting as the sending MTA (TLS client)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if verify and cafile is not None:
-        ctx.load_verify_locations(cafile=cafile)
-    else:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if minimum is not None:
-        ctx.minimum_version = minimum
-    if maximum is not None:
-        ctx.maximum_version = maximum
-    if ciphers is not None:
-        ctx.set_ciphers(ciphers)
-    return ctx
 
 
 def server_context(
