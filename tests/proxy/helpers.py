@@ -7,12 +7,12 @@ checks (``C: EHLO x`` / ``S: 250-...``):
 - :class:`LoopThread`: an event loop (uvloop, as ``smtpgate serve`` uses) in a thread
 - :class:`GatewayHarness`: an in-process :class:`smtpgate.proxy.gateway.Gateway`
   with its JSON event log in memory
-- :class:`AiosmtpdUpstream` (:mod:`tests.peers.upstream`): the recording aiosmtpd peer
-  (clear, STARTTLS or implicit TLS), fixture ``make_upstream``
-
-The scripted upstream that misbehaves on purpose is :mod:`tests.peers.scripted_upstream`
-(fixture ``make_scripted_upstream``, on the same loop thread).
 - :class:`RawClient`: a socket client for exact bytes (pipelining, injection, smuggling)
+- the replies the docs promise, written out once (``UPSTREAM_LOST``, ...)
+
+The upstreams are peers of :mod:`tests.peers`: the recording aiosmtpd server
+(fixture ``make_upstream``) and the scripted upstream that misbehaves on purpose
+(fixture ``make_scripted_upstream``, on the same loop thread).
 """
 
 from __future__ import annotations
