@@ -20,6 +20,7 @@ from smtpgate.reserved_port import ReservedPort
 from tests.peers.gate_config import gate_config
 from tests.peers.scripted_upstream import ScriptedUpstream
 from tests.proxy.helpers import (
+    GENERAL,
     AiosmtpdUpstream,
     GatewayHarness,
     LoopThread,
@@ -91,7 +92,7 @@ def make_gate(
 
     Keyword arguments go to :func:`tests.peers.gate_config.gate_config`; the profile
     trusts the upstream CA unless ``profile`` says otherwise; command and data
-    timeouts are 8 s unless ``general`` says otherwise.
+    timeouts are :data:`helpers.GENERAL` unless ``general`` says otherwise.
     """
     started: list[GatewayHarness] = []
 
@@ -102,11 +103,7 @@ def make_gate(
                 gateway={"state_dir": str(kwargs.pop("state_dir", state_dir))},
                 policy={"listen": f"127.0.0.1:{listen.port}", **kwargs.pop("policy", {})},
                 profile={"ca_file": str(ca_file), **kwargs.pop("profile", {})},
-                general={
-                    "command_timeout": "8s",
-                    "data_timeout": "8s",
-                    **kwargs.pop("general", {}),
-                },
+                general={**GENERAL, **kwargs.pop("general", {})},
                 **kwargs,
             )
             gate = GatewayHarness(toml_writer.dumps(config), tmp_path, loop)

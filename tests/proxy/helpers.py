@@ -44,6 +44,8 @@ from tests.peers.upstream import AiosmtpdUpstream as AiosmtpdUpstream  # for the
 T = TypeVar("T")
 
 TIMEOUT = 10.0
+#: The timeouts of every gateway these tests configure, unless a test says otherwise.
+GENERAL = {"command_timeout": "8s", "data_timeout": "8s"}
 
 # The replies the docs promise (docs/proxy.md, docs/configuration.md), as the
 # client sees them: tests compare whole replies, never "some 4xx".

@@ -34,6 +34,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from smtpgate.config import toml_writer
 from smtpgate.config.loader import parse_config
 from smtpgate.policy.decisions import UpstreamTLS
 from smtpgate.proxy.commands import (
@@ -65,7 +66,8 @@ from smtpgate.proxy.session import Session
 from smtpgate.proxy.upstream import Opened, TLSFacts, UpstreamLeg, UpstreamTarget
 from smtpgate.tls.contexts import TLSContextCache
 from smtpgate.tls.result import OK, VerificationResult
-from tests.proxy.helpers import config_toml
+from tests.peers.gate_config import gate_config
+from tests.proxy.helpers import GENERAL
 
 DATE = "Sun, 29 Nov 2026 12:00:00 -0000"
 CLIENT_ADDR = "192.0.2.7:40000"
@@ -77,10 +79,14 @@ UPSTREAM_KEYWORDS = ("PIPELINING", "8BITMIME", "SIZE 10240000", "DSN")
 
 def runtime(state_dir: Path, **kwargs: Any) -> PolicyRuntime:
     """The policy ``p`` of a configuration built like the end-to-end tests' one."""
-    kwargs.setdefault("general", {})
-    kwargs["general"] = {"received_header": False, **kwargs["general"]}
-    text = config_toml(state_dir=state_dir, listen_port=2525, upstream_port=2526, **kwargs)
-    config = parse_config(text, state_dir)
+    data = gate_config(
+        2526,
+        gateway={"state_dir": str(state_dir)},
+        policy={"listen": "127.0.0.1:2525", **kwargs.pop("policy", {})},
+        general={**GENERAL, "received_header": False, **kwargs.pop("general", {})},
+        **kwargs,
+    )
+    config = parse_config(toml_writer.dumps(data), state_dir)
     return compile_runtimes(config, TLSContextCache())["p"]
 
 

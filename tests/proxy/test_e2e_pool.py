@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tests.peers import wait_until
 from tests.peers.scripted_upstream import ScriptedUpstream
-from tests.proxy.helpers import rule, smtplib_send, wait_until
+from tests.proxy.helpers import rule, smtplib_send
 
 MakeRaw = Callable[..., ScriptedUpstream]
 RULES = [rule(recipient_encryption="none")]
@@ -25,7 +26,7 @@ def test_the_next_session_reuses_the_parked_leg(
     gate = make_gate(upstream.port, rules=RULES)
     for n in range(3):
         assert send(gate.port, n) == {}
-    wait_until(lambda: len(upstream.messages) == 3, what="three messages upstream")
+    wait_until(lambda: len(upstream.messages) == 3, lambda: "three messages upstream", timeout=5)
     assert upstream.connections == 1
     assert len(gate.records("upstream_connected")) == 1
 
@@ -39,7 +40,7 @@ def test_a_leg_the_upstream_closed_while_parked_is_replaced_once(
     gate = make_gate(upstream.port, rules=RULES)
     assert send(gate.port, 1) == {}
     assert send(gate.port, 2) == {}
-    wait_until(lambda: len(upstream.messages) == 2, what="both messages upstream")
+    wait_until(lambda: len(upstream.messages) == 2, lambda: "both messages upstream", timeout=5)
     assert upstream.connections == 2
     assert [m.rcpt_tos for m in upstream.messages] == [
         [b"<b1@rcpt.example>"],
