@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 
-from tests.peers import free_port
-from tests.peers.smtpgate_proc import SmtpgateProcess, gate_config, rule, smtpgate_binary
+from smtpgate.reserved_port import ReservedPort
+from tests.peers.gate_config import gate_config, rule
+from tests.peers.smtpgate_proc import SmtpgateProcess, smtpgate_binary
 
 FIRST_PASSWORD = re.compile(r"created the first administrator 'admin' with the password (\S+) ")
 
@@ -77,17 +78,23 @@ class ConsoleUnderTest:
 
 
 def console_config(upstream_port: int, console_port: int, **kwargs: Any) -> dict[str, Any]:
-    config = gate_config(upstream_port, rules=kwargs.pop("rules", [rule()]), **kwargs)
+    config = gate_config(
+        upstream_port,
+        rules=kwargs.pop("rules", [rule()]),
+        profile={"validate_certificates": False, **kwargs.pop("profile", {})},
+        **kwargs,
+    )
     config["console"] = {"enabled": True, "listen": f"127.0.0.1:{console_port}"}
     return config
 
 
 def start_console(workdir: Path, upstream_port: int, **kwargs: Any) -> ConsoleUnderTest:
-    port = free_port()
-    gate = SmtpgateProcess(workdir, console_config(upstream_port, port, **kwargs)).start()
-    try:
-        gate.wait_record("console_listening")
-        return ConsoleUnderTest(gate, port)
-    except BaseException:
-        gate.stop()
-        raise
+    with ReservedPort() as console:  # held until the console listens on it
+        gate = SmtpgateProcess(workdir, console_config(upstream_port, console.port, **kwargs))
+        gate.start()
+        try:
+            gate.wait_record("console_listening")
+            return ConsoleUnderTest(gate, console.port)
+        except BaseException:
+            gate.stop()
+            raise

@@ -15,7 +15,8 @@ import pytest
 import trustme
 
 from tests.api.helpers import ConsoleUnderTest
-from tests.peers.smtpgate_proc import ACTION, smtpgate_binary
+from tests.peers.gate_config import ACTION, POLICY
+from tests.peers.smtpgate_proc import smtpgate_binary
 from tests.peers.upstream import AiosmtpdUpstream
 
 RULES = f"/api/v1/actions/{ACTION}/rules"
@@ -124,9 +125,7 @@ def test_rules_by_position_and_name_with_the_models_errors(console: ConsoleUnder
         ]
         missing = client.get(f"{RULES}/9")
         assert missing.status_code == 404
-        assert missing.json()["detail"].endswith(
-            "no rule at position 9; 'Interop.Action' has 2 rules"
-        )
+        assert missing.json()["detail"].endswith(f"no rule at position 9; '{ACTION}' has 2 rules")
         predefined = client.patch(
             "/api/v1/profiles/TLS-Server.Standard",
             json={"min_version": "1.3"},
@@ -142,7 +141,7 @@ def test_rules_by_position_and_name_with_the_models_errors(console: ConsoleUnder
         )
         assert in_use.status_code == 409
         assert in_use.json()["detail"] == (
-            "proxy_actions[1]: 'Interop.Action' is used by policies[1].proxy_action ('interop')"
+            f"proxy_actions[1]: '{ACTION}' is used by policies[1].proxy_action ('{POLICY}')"
         )
 
 
@@ -150,7 +149,7 @@ def test_the_rule_tester_answers_as_rules_test_json(console: ConsoleUnderTest) -
     query = {
         "sender": "a@partner.example",
         "recipients": ["b@rcpt.example", "c.example"],
-        "policy": "interop",
+        "policy": POLICY,
     }
     with console.admin() as client:
         reply = client.post("/api/v1/rules/test", json=query)
@@ -164,7 +163,7 @@ def test_the_rule_tester_answers_as_rules_test_json(console: ConsoleUnderTest) -
             "--config",
             str(console.gate.config_file),
             "--policy",
-            "interop",
+            POLICY,
             "--from",
             "a@partner.example",
             "--to",
@@ -181,7 +180,7 @@ def test_the_rule_tester_answers_as_rules_test_json(console: ConsoleUnderTest) -
     assert command.returncode == 0, command.stderr
     assert reply.json() == json.loads(command.stdout)
     assert bad.status_code == 404
-    assert bad.json()["detail"] == "policies: no policy named 'nope'; policies: interop"
+    assert bad.json()["detail"] == f"policies: no policy named 'nope'; policies: {POLICY}"
 
 
 def test_versions_diff_and_rollback(console: ConsoleUnderTest) -> None:
@@ -318,7 +317,7 @@ def test_sections_policies_and_action_settings_by_key(console: ConsoleUnderTest)
         )
         assert settings.json()["settings"]["general"]["max_recipients"] == 7
         policy = client.patch(
-            "/api/v1/policies/interop",
+            f"/api/v1/policies/{POLICY}",
             json={"proxy_protocol": True},
             headers={"If-Match": settings.headers["ETag"]},
         )
