@@ -9,7 +9,7 @@ import signal
 import socket
 import ssl
 from asyncio import sslproto
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from smtpgate.config.warnings import config_warnings
 from smtpgate.logs import EventLog, describe_error
 from smtpgate.proxy.driver import ReceivedDate, SessionDriver
 from smtpgate.proxy.pool import UpstreamPool
-from smtpgate.proxy.preamble import Opening, read_preamble
-from smtpgate.proxy.proxyproto import ProxyHeaderError, parse_proxy_header
+from smtpgate.proxy.preamble import Opening, PeekingSocket, read_proxy_header
+from smtpgate.proxy.proxyproto import ProxyHeaderError
 from smtpgate.proxy.runtime import PolicyRuntime, compile_policy, load_certificates
 from smtpgate.proxy.session import Session
 from smtpgate.proxy.stream import Stream
@@ -30,8 +30,6 @@ from smtpgate.tls.certificates import CertificateError
 from smtpgate.tls.contexts import TLSContextCache
 from smtpgate.tls.info import describe_tls
 from smtpgate.tls.trust import TrustAnchors
-
-PROXY_HEADER_TIMEOUT = 10.0
 
 
 def compile_runtimes(config: Config, contexts: TLSContextCache) -> dict[str, PolicyRuntime]:
@@ -121,7 +119,7 @@ class Gateway:
             self._accepting.append(loop.create_task(self._accept_loop(listener, name)))
         else:
             server = await loop.create_server(
-                lambda name=name: Stream(self._connection_handler(name)),
+                self._on_stream(name),
                 rt.listen_host,
                 rt.listen_port,
                 ssl=rt.client_tls_context if rt.implicit_tls else None,
@@ -143,51 +141,98 @@ class Gateway:
     def bound_ports(self) -> dict[str, int]:
         return {name: int(sock.getsockname()[1]) for name, sock in self._listeners.items()}
 
-    def _connection_handler(self, policy: str) -> Callable[[Stream], Coroutine[Any, Any, None]]:
-        async def handle(stream: Stream) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._sessions.add(task)
-            try:
-                await self._serve(stream, self.runtimes[policy])
-            except Exception as exc:  # a bug in one session must not stop the others
-                self.log.emit("session_error", policy=policy, error=repr(exc))
-                stream.abort()
-            finally:
-                self._sessions.discard(task)
+    # -- the accept path ------------------------------------------------------------------------
+    #
+    # Two ways in, one path: a listener without look-ahead gets its connections
+    # from the event loop's server as a Stream (TLS already done on an
+    # implicit-TLS port); one that looks first gets raw sockets from
+    # _accept_loop. Both run _serve: the same bookkeeping, the same PROXY-header
+    # reader, the same error handling and log records.
 
-        return handle
-
-    async def _serve(self, stream: Stream, rt: PolicyRuntime) -> None:
-        client = stream.peername
-        leftover = b""
-        if rt.proxy_protocol:
-            buf = b""
+    async def _accept_loop(self, listener: socket.socket, policy: str) -> None:
+        """Accept raw sockets for a listener that looks at the first bytes itself."""
+        loop = asyncio.get_running_loop()
+        while True:
             try:
-                async with asyncio.timeout(PROXY_HEADER_TIMEOUT):
-                    while True:
-                        data = await stream.read()
-                        if not data:
-                            stream.close()
-                            return
-                        buf += data
-                        parsed = parse_proxy_header(buf)
-                        if parsed is not None:
-                            break
-            except (TimeoutError, ProxyHeaderError) as exc:
-                self.log.emit(
-                    "proxy_header_error",
-                    policy=rt.name,
-                    reason=describe_error(exc)
-                    if isinstance(exc, ProxyHeaderError)
-                    else f"no PROXY header within {PROXY_HEADER_TIMEOUT:g} s",
-                )
-                stream.abort()
+                sock, peer = await loop.sock_accept(listener)
+            except OSError as exc:  # e.g. out of descriptors: keep the listener alive
+                self.log.emit("accept_failed", policy=policy, reason=describe_error(exc))
+                await asyncio.sleep(0.1)
+                continue
+            connection = PeekingSocket(sock, (str(peer[0]), int(peer[1])))
+            self._track(loop.create_task(self._serve(policy, connection)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Every session task, from either way in, until it ends (drained on stop)."""
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+    def _on_stream(self, policy: str) -> Callable[[], Stream]:
+        def stream() -> Stream:
+            return Stream(lambda stream: self._serve(policy, stream))
+
+        return stream
+
+    async def _serve(self, policy: str, connection: Stream | PeekingSocket) -> None:
+        if isinstance(connection, Stream):
+            assert connection.task is not None
+            self._track(connection.task)
+        rt = self.runtimes[policy]
+        stream: Stream | None = None
+        try:
+            opened = await self._open(connection, rt)
+            if opened is None:
                 return
-            address, length = parsed
-            client = address or client
-            leftover = buf[length:]
-        await self._run_session(stream, rt, client, tls=rt.implicit_tls, first_bytes=leftover)
+            stream, client, tls, first_bytes = opened
+            await self._run_session(stream, rt, client, tls=tls, first_bytes=first_bytes)
+        except Exception as exc:  # a bug in one session must not stop the others
+            self.log.emit("session_error", policy=policy, error=repr(exc))
+            if stream is not None:
+                stream.abort()
+            elif isinstance(connection, Stream):
+                connection.abort()
+            else:
+                connection.sock.close()
+
+    async def _open(
+        self, connection: Stream | PeekingSocket, rt: PolicyRuntime
+    ) -> tuple[Stream, tuple[str, int] | None, bool, bytes] | None:
+        """The client's Stream, address, whether TLS, and the first bytes after
+        the PROXY header; None if the connection was closed (and logged why)."""
+        receive: Callable[[], Awaitable[bytes]]
+        if isinstance(connection, Stream):
+            client, receive, close = connection.peername, connection.read, connection.abort
+        else:
+            client, receive, close = connection.peer, connection.receive, connection.sock.close
+        first_bytes = b""
+        if rt.proxy_protocol:
+            try:
+                header = await read_proxy_header(receive)
+                if header is not None and isinstance(connection, PeekingSocket):
+                    connection.consume(header.length)  # what follows stays for TLS
+            except (ProxyHeaderError, OSError) as exc:
+                self.log.emit("proxy_header_error", policy=rt.name, reason=describe_error(exc))
+                close()
+                return None
+            if header is None:
+                close()
+                return None
+            client = header.client or client
+            first_bytes = header.after
+        if isinstance(connection, Stream):
+            return connection, client, rt.implicit_tls, first_bytes
+        opening = await connection.opening(insist_on_tls=rt.profile.tls_compliant_only)
+        if opening is Opening.CLOSED:
+            close()
+            return None
+        encrypted = opening is Opening.TLS
+        try:
+            stream = await _stream_on_accepted(connection.sock, rt, encrypted)
+        except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
+            self.log.emit("tls_handshake_failed", policy=rt.name, reason=describe_error(exc))
+            close()
+            return None
+        return stream, client, encrypted, b""
 
     async def _run_session(
         self,
@@ -207,50 +252,6 @@ class Gateway:
             log_addresses=self.log.addresses,
         )
         await SessionDriver(session, stream, rt, self.pools[rt.name], self.log).run(first_bytes)
-
-    async def _accept_loop(self, listener: socket.socket, policy: str) -> None:
-        """Accept raw sockets for a listener that looks at the first bytes itself."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, peer = await loop.sock_accept(listener)
-            except OSError as exc:  # e.g. out of descriptors: keep the listener alive
-                self.log.emit("accept_failed", policy=policy, reason=describe_error(exc))
-                await asyncio.sleep(0.1)
-                continue
-            task = loop.create_task(self._serve_after_preamble(sock, peer, policy))
-            self._sessions.add(task)
-            task.add_done_callback(self._sessions.discard)
-
-    async def _serve_after_preamble(self, sock: socket.socket, peer: Any, policy: str) -> None:
-        rt = self.runtimes[policy]
-        try:
-            preamble = await read_preamble(
-                sock,
-                (str(peer[0]), int(peer[1])),
-                proxy_protocol=rt.proxy_protocol,
-                insist_on_tls=rt.profile.tls_compliant_only,
-                timeout=PROXY_HEADER_TIMEOUT,
-            )
-        except (ProxyHeaderError, OSError) as exc:
-            self.log.emit("proxy_header_error", policy=rt.name, reason=describe_error(exc))
-            sock.close()
-            return
-        if preamble.opening is Opening.CLOSED:
-            sock.close()
-            return
-        encrypted = preamble.opening is Opening.TLS
-        try:
-            stream = await _stream_on_accepted(sock, rt, encrypted)
-        except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
-            self.log.emit("tls_handshake_failed", policy=rt.name, reason=describe_error(exc))
-            sock.close()
-            return
-        try:
-            await self._run_session(stream, rt, preamble.client, tls=encrypted)
-        except Exception as exc:  # a bug in one session must not stop the others
-            self.log.emit("session_error", policy=policy, error=repr(exc))
-            stream.abort()
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -1,19 +1,62 @@
 """HAProxy PROXY protocol v1 and v2 headers (haproxy.org/download/2.9/doc/proxy-protocol.txt).
 
 Read once, before the SMTP greeting, on policies with ``proxy_protocol = true``.
+:class:`ProxyHeaderReader` is the one reader, sans-IO: whichever way the bytes
+arrive (a stream, or a socket peeked at), they are fed to it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from dataclasses import dataclass
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 MAX_V1 = 107
+#: PROXY v2 headers may carry TLVs; nothing legitimate comes near this.
+MAX_PROXY_HEADER = 4096
 
 
 class ProxyHeaderError(ValueError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyHeader:
+    #: The client address the proxy reports; None for LOCAL/UNKNOWN (use the peer's).
+    client: tuple[str, int] | None
+    #: How many bytes the header takes.
+    length: int
+    #: Everything fed so far: the header and whatever came after it.
+    received: bytes
+
+    @property
+    def after(self) -> bytes:
+        """The bytes that followed the header (the start of the SMTP or TLS conversation)."""
+        return self.received[self.length :]
+
+
+class ProxyHeaderReader:
+    """Buffers what arrives until a complete header is there, at most
+    :data:`MAX_PROXY_HEADER` bytes; :class:`ProxyHeaderError` if it is not one."""
+
+    __slots__ = ("_received",)
+
+    def __init__(self) -> None:
+        self._received = b""
+
+    def feed(self, data: bytes) -> ProxyHeader | None:
+        """The header once it is complete, else None (feed more)."""
+        received = self._received = self._received + data
+        parsed = parse_proxy_header(received)
+        if parsed is None:
+            if len(received) >= MAX_PROXY_HEADER:
+                raise ProxyHeaderError("PROXY header too long")
+            return None
+        client, length = parsed
+        if length > MAX_PROXY_HEADER:
+            raise ProxyHeaderError("PROXY header too long")
+        return ProxyHeader(client, length, received)
 
 
 def parse_proxy_header(buf: bytes) -> tuple[tuple[str, int] | None, int] | None:
