@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -245,3 +247,46 @@ def test_client_closing_before_a_header_is_not_an_error(
             assert _converse(sock) == [b"220", b"250", b"221"]
         gate.wait_record("session_start")
         assert gate.records("proxy_header_error") == []
+
+
+def _banner_over_tls_sent_with_the_header(port: int, header: bytes) -> bytes:
+    """The PROXY header and the ClientHello in one write (one segment): the
+    listener must consume exactly the header and leave the ClientHello to TLS."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = insecure_client_context().wrap_bio(incoming, outgoing)
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        pending = header
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(pending + outgoing.read())
+                pending = b""
+                data = sock.recv(65536)
+                assert data, "closed during the handshake"
+                incoming.write(data)
+        sock.sendall(outgoing.read())
+        while True:
+            try:
+                return tls.read(1024)
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                assert data, "closed before the banner"
+                incoming.write(data)
+
+
+@pytest.mark.parametrize("listener", ["implicit-tls-only", "implicit-or-clear"])
+def test_header_and_client_hello_in_one_segment_under_load(
+    make_gate: Any, upstream: AiosmtpdUpstream, listener: str
+) -> None:
+    gate = _gate(make_gate, upstream, listener)
+    clients = 24
+    with ThreadPoolExecutor(clients) as pool:
+        banners = list(
+            pool.map(lambda _: _banner_over_tls_sent_with_the_header(gate.port, V1), range(clients))
+        )
+    assert all(banner.startswith(b"220 ") for banner in banners)
+    starts = gate.wait_record("session_start", count=clients)
+    assert {(r["client"], r["client_tls"][:6]) for r in starts} == {("192.0.2.7:40001", "TLSv1.")}
+    assert gate.records("proxy_header_error") == gate.records("tls_handshake_failed") == []
