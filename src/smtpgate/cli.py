@@ -84,13 +84,15 @@ async def _serve(cfg: Config, path: Path | None) -> None:
         raise fail(path, exc) from exc
     for created in sorted(_files_under(cfg.gateway.state_dir) - before):
         log.emit("created", file=str(created), key="gateway.state_dir")
+    # Before anything listens: whoever sees the `listening` record may signal at once,
+    # and a SIGHUP without a handler would end the process.
+    gateway.install_signal_handlers()
     try:
         await gateway.start()
         console = await start_console(gateway, path, log)
     except ConfigError as exc:
         await gateway.stop()
         raise fail(path, exc) from exc
-    gateway.install_signal_handlers()
     # The pid file lets `smtpgate rules add ...` on this file signal us (SIGHUP).
     # Without it serve runs on; only that signal is lost (commands say so).
     try:
