@@ -13,7 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from test_commands import SMTPGATE, free_port, run
+from test_commands import SMTPGATE, free_port, release_held_ports, run
+
+__all__ = ["release_held_ports"]  # autouse: the ports free_port hands out are held
 
 BASE = """\
 [gateway]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,8 +11,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from smtpgate.reserved_port import ReservedPort
@@ -44,10 +47,21 @@ def rules_test(
     )
 
 
+#: Ports handed out by :func:`free_port`, held until the test that asked ends.
+HELD_PORTS = contextlib.ExitStack()
+
+
+@pytest.fixture(autouse=True)
+def release_held_ports() -> Iterator[None]:
+    """Autouse here and in every module that imports it with :func:`free_port`."""
+    with HELD_PORTS:
+        yield
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port that stays reserved (:class:`ReservedPort`) until the test ends,
+    so nothing else can take it before the serve under test binds it."""
+    return HELD_PORTS.enter_context(ReservedPort()).port
 
 
 CONFIG = """\
