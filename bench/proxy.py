@@ -261,14 +261,28 @@ def _start_sink(store: CertificateStore, mode: str) -> tuple[Process, int]:
     return sink, int(sink.ready_line.split()[1])  # "ready PORT": the port it bound
 
 
-def _start_smtpgate(tmp: Path, store: CertificateStore, ca: Path, mode: str, upstream: int):
+#: Another build's ``smtpgate`` (e.g. ``/path/to/old-checkout/.venv/bin/smtpgate``) to
+#: measure beside this one, interleaved in the same run: how a change is shown to cost
+#: nothing (rows ``baseline ...``).
+BASELINE_BINARY = os.environ.get("SMTPGATE_BASELINE", "")
+
+
+def _start_smtpgate(
+    tmp: Path,
+    store: CertificateStore,
+    ca: Path,
+    mode: str,
+    upstream: int,
+    binary: str = str(Path(sys.executable).with_name("smtpgate")),
+    label: str = "smtpgate",
+):
     reserved = ReservedPort(HOST)  # held until smtpgate listens on it
     listen = reserved.port
-    config = tmp / f"smtpgate-{mode}.toml"
+    config = tmp / f"{label}-{mode}.toml"
     config.write_text(
         SMTPGATE_CONFIG.format(
-            state=tmp / "state",
-            log=tmp / f"smtpgate-{mode}.log",
+            state=tmp / "state",  # the CA the load generator trusts, shared
+            log=tmp / f"{label}-{mode}.log",
             listen=listen,
             implicit=str(mode == "implicit").lower(),
             upstream=upstream,
@@ -276,9 +290,7 @@ def _start_smtpgate(tmp: Path, store: CertificateStore, ca: Path, mode: str, ups
         )
     )
     with reserved:
-        gate = Process(
-            [str(Path(sys.executable).with_name("smtpgate")), "serve", "--config", str(config)]
-        )
+        gate = Process([binary, "serve", "--config", str(config)])
         _wait_port(listen)
     return gate, listen
 
@@ -354,17 +366,23 @@ def run(quick: bool = False) -> dict[str, object]:
         processes.append(sink)
         gate, gate_port = _start_smtpgate(tmp, store, ca, "starttls", sink_port)
         processes.append(gate)
-        results += _run_cases(
-            [
-                Case("direct starttls, 1/conn", sink_port, sink.pid, 1, single, False),
-                Case("smtpgate starttls, 1/conn", gate_port, gate.pid, 1, single, False),
-                Case("direct starttls, 10/conn", sink_port, sink.pid, 10, ten, False),
-                Case("smtpgate starttls, 10/conn", gate_port, gate.pid, 10, ten, False),
-            ],
-            rounds,
-            client_ctx,
-        )
+        cases = [
+            Case("direct starttls, 1/conn", sink_port, sink.pid, 1, single, False),
+            Case("smtpgate starttls, 1/conn", gate_port, gate.pid, 1, single, False),
+            Case("direct starttls, 10/conn", sink_port, sink.pid, 10, ten, False),
+            Case("smtpgate starttls, 10/conn", gate_port, gate.pid, 10, ten, False),
+        ]
+        if BASELINE_BINARY:
+            base, base_port = _start_smtpgate(
+                tmp, store, ca, "starttls", sink_port, BASELINE_BINARY, "baseline"
+            )
+            processes.append(base)
+            cases[2:2] = [Case("baseline starttls, 1/conn", base_port, base.pid, 1, single, False)]
+            cases += [Case("baseline starttls, 10/conn", base_port, base.pid, 10, ten, False)]
+        results += _run_cases(cases, rounds, client_ctx)
         gate.stop()
+        if BASELINE_BINARY:
+            base.stop()
         sink.stop()
 
         # Implicit TLS on both legs, where HAProxy can stand in the same place.
@@ -374,15 +392,18 @@ def run(quick: bool = False) -> dict[str, object]:
         processes.append(gate)
         hap, hap_port = _start_haproxy(tmp, store, ca, sink_port)
         processes.append(hap)
-        results += _run_cases(
-            [
-                Case("direct implicit, 1/conn", sink_port, sink.pid, 1, single, True),
-                Case("smtpgate implicit, 1/conn", gate_port, gate.pid, 1, single, True),
-                Case("haproxy implicit, 1/conn", hap_port, hap.pid, 1, single, True),
-            ],
-            rounds,
-            client_ctx,
-        )
+        cases = [
+            Case("direct implicit, 1/conn", sink_port, sink.pid, 1, single, True),
+            Case("smtpgate implicit, 1/conn", gate_port, gate.pid, 1, single, True),
+            Case("haproxy implicit, 1/conn", hap_port, hap.pid, 1, single, True),
+        ]
+        if BASELINE_BINARY:
+            base, base_port = _start_smtpgate(
+                tmp, store, ca, "implicit", sink_port, BASELINE_BINARY, "baseline"
+            )
+            processes.append(base)
+            cases.append(Case("baseline implicit, 1/conn", base_port, base.pid, 1, single, True))
+        results += _run_cases(cases, rounds, client_ctx)
     finally:
         for process in processes:
             process.stop()
@@ -426,6 +447,14 @@ def _report(results: list[Result]) -> dict[str, object]:
             f"p99 x{entry['p99']:.2f}, CPU/msg x{entry['cpu_vs_receiving_server']:.2f} "
             f"of the receiving server's"
         )
+    for shape in ("starttls, 1/conn", "starttls, 10/conn", "implicit, 1/conn"):
+        now, before = by_name.get(f"smtpgate {shape}"), by_name.get(f"baseline {shape}")
+        if now and before and now.cpu_ms and before.cpu_ms:
+            ratios[f"smtpgate_vs_baseline {shape}"] = now.cpu_ms / before.cpu_ms
+            print(
+                f"  smtpgate CPU/msg vs SMTPGATE_BASELINE, {shape}: "
+                f"x{now.cpu_ms / before.cpu_ms:.3f}"
+            )
     gate, hap = by_name.get("smtpgate implicit, 1/conn"), by_name.get("haproxy implicit, 1/conn")
     if gate and hap and gate.cpu_ms and hap.cpu_ms:
         ratios["smtpgate_vs_haproxy_cpu"] = gate.cpu_ms / hap.cpu_ms
