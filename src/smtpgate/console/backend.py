@@ -21,11 +21,12 @@ from smtpgate.console.audit import AuditLog
 
 
 class RunningProxy(Protocol):
-    """What the console needs of the running gateway: its configuration and its reload."""
+    """What the console needs of the running gateway: its configuration and its reload
+    (True when the new configuration, listeners included, was applied)."""
 
     config: Config
 
-    def reload(self) -> None: ...
+    async def reload(self) -> bool: ...
 
 
 class PreconditionRequired(EditError):
@@ -149,8 +150,8 @@ class Backend:
     ) -> Saved:
         result = write(self._store())
 
-        def after() -> bool:
-            applied = True if result.unchanged else self.apply()
+        async def after() -> bool:
+            applied = True if result.unchanged else await self.apply()
             self.audit.record(
                 who=account.principal,
                 via="api",
@@ -164,15 +165,14 @@ class Backend:
             return applied
 
         # Routes run in a worker thread; the proxy and its log belong to the event loop.
-        return Saved(result, anyio.from_thread.run_sync(after))
+        return Saved(result, anyio.from_thread.run(after))
 
-    def apply(self) -> bool:
+    async def apply(self) -> bool:
         """Reload the running proxy from the file just saved, as SIGHUP does
-        (call on the event loop); False when the reload refused it (the log's
-        ``reload_failed`` says why)."""
-        before = self.proxy.config
-        self.proxy.reload()
-        return self.proxy.config is not before
+        (on the event loop; the answer waits for it, listeners opened and closed
+        included); False when the reload refused it (the log's ``reload_failed``
+        says why)."""
+        return await self.proxy.reload()
 
 
 def _who(account: Account, address: str) -> str:

@@ -1,8 +1,19 @@
-"""Listeners and the process lifecycle: start, SIGHUP reload, SIGTERM drain."""
+"""Listeners and the process lifecycle: start, reload (SIGHUP or the API), SIGTERM drain.
+
+A listener is one listening address. Its kernel socket stays open as long as
+some policy listens on that address; what accepts on it is an *acceptor*, made
+for one policy's runtime of one configuration, on a duplicate of the socket.
+A reload binds the addresses that are new, starts new acceptors everywhere,
+then stops the old acceptors and closes the addresses no policy uses any
+more. Two acceptors on one socket share its queue, so a client connecting
+during a reload is taken by one or the other, never refused; a session keeps
+the runtime its acceptor had.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -10,6 +21,7 @@ import socket
 import ssl
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +77,88 @@ def _file_error(config: Config, exc: CertificateError | OSError, fallback: Loc) 
     return ConfigError.at([(file_key(config, path, fallback), reason)])
 
 
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """What a connection is served with: one policy's runtime and its pool of
+    upstream legs, from one configuration. An acceptor hands it to every
+    connection it takes, so a session keeps it whatever a reload does meanwhile."""
+
+    runtime: PolicyRuntime
+    pool: UpstreamPool
+
+
+@dataclass(eq=False, slots=True)
+class Listener:
+    """One listening address: the kernel socket (open while a policy listens
+    here, across reloads) and the acceptor of the running configuration."""
+
+    address: Address
+    #: One socket, or one per address a host name resolves to.
+    socks: list[socket.socket]
+    policy: str
+    stop_accepting: Callable[[], None]
+
+    @property
+    def port(self) -> int:
+        """The port bound."""
+        return int(self.socks[0].getsockname()[1])
+
+    def close(self) -> None:
+        """Stop accepting and close the sockets: connections not yet taken are refused."""
+        self.stop_accepting()
+        _close(self.socks)
+
+
+class RawAcceptor:
+    """Accepts on a socket for a listener that looks at the first bytes itself.
+
+    A reader callback rather than a task awaiting ``sock_accept``: cancelling
+    that task can drop a connection the loop already accepted for it; here a
+    connection is either accepted and handed on in the same callback, or left
+    in the queue for the next acceptor.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_accept: Callable[[socket.socket, Any], None],
+        on_error: Callable[[OSError], None],
+    ) -> None:
+        self._sock = sock
+        self._on_accept = on_accept
+        self._on_error = on_error
+        self._loop = asyncio.get_running_loop()
+        self._resume: asyncio.TimerHandle | None = None
+        sock.setblocking(False)
+        self._loop.add_reader(sock.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        try:
+            conn, peer = self._sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another acceptor on the same socket took it
+        except OSError as exc:  # e.g. out of descriptors: pause, keep the listener
+            self._on_error(exc)
+            self._loop.remove_reader(self._sock.fileno())
+            self._resume = self._loop.call_later(0.1, self._listen_again)
+            return
+        self._on_accept(conn, peer)
+
+    def _listen_again(self) -> None:
+        self._resume = None
+        self._loop.add_reader(self._sock.fileno(), self._ready)
+
+    def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+        else:
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+
 class Gateway:
     def __init__(
         self,
@@ -87,106 +181,154 @@ class Gateway:
         self._session_ids = itertools.count(1)
         self._session_prefix = f"{os.getpid():x}"
         self._received_date = ReceivedDate()
-        self._servers: list[asyncio.Server] = []
-        #: Listening sockets by policy; the ones that look first have an accept loop.
-        self._listeners: dict[str, socket.socket | Any] = {}
-        self._accepting: list[asyncio.Task[None]] = []
+        #: Listening addresses of the running configuration.
+        self._listeners: dict[Address, Listener] = {}
         self._sessions: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
+        #: One reload at a time, and none once stop() has begun.
+        self._reload_lock = asyncio.Lock()
+        self._stopping = False
+        self._reloads: set[asyncio.Task[bool]] = set()
 
     async def start(self) -> None:
         """Listen on every policy's address; a ConfigError naming the
-        ``listen`` key if one cannot be had (the caller stops the others)."""
-        for index, (name, rt) in enumerate(self.runtimes.items()):
+        ``listen`` key if one cannot be had (nothing is left listening)."""
+        opened = self._bind_new(self.runtimes)
+        try:
+            acceptors = await self._start_accepting(self.runtimes, self.pools, opened)
+        except BaseException:
+            _close(*opened.values())
+            raise
+        self._listeners = {
+            address: Listener(address, opened[address], name, stop)
+            for address, (name, stop) in acceptors.items()
+        }
+        for address in opened:
+            self._log_listening(self._listeners[address])
+
+    def _bind_new(self, runtimes: dict[str, PolicyRuntime]) -> dict[Address, list[socket.socket]]:
+        """Listening sockets for the addresses of ``runtimes`` that are not listened
+        on yet; a ConfigError naming ``policies[N].listen`` if one cannot be had
+        (then the ones bound here are closed again)."""
+        opened: dict[Address, list[socket.socket]] = {}
+        for index, rt in enumerate(runtimes.values()):
+            address = _address(rt)
+            if address in self._listeners:
+                continue
             try:
-                await self._listen(name, rt)
+                opened[address] = _bind(*address)
             except OSError as exc:
-                # uvloop's strerror repeats the address; the errno's text is the reason.
-                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                _close(*opened.values())
+                # The errno's text (create_server's own repeats the address), or the resolver's.
+                if isinstance(exc, socket.gaierror) or not exc.errno:
+                    why = exc.strerror or str(exc)
+                else:
+                    why = os.strerror(exc.errno)
                 reason = f"{rt.listen_host}:{rt.listen_port}: {why.lower()}"
                 raise ConfigError.at([(("policies", index, "listen"), reason)]) from exc
+        return opened
 
-    async def _listen(self, name: str, rt: PolicyRuntime) -> None:
-        loop = asyncio.get_running_loop()
+    async def _start_accepting(
+        self,
+        runtimes: dict[str, PolicyRuntime],
+        pools: dict[str, UpstreamPool],
+        opened: dict[Address, list[socket.socket]],
+    ) -> dict[Address, tuple[str, Callable[[], None]]]:
+        """Acceptors for each policy of ``runtimes``, on duplicates of its
+        address's sockets (``opened`` or a running listener's); by address, with
+        the policy and what stops them. On failure the ones started are stopped."""
+        started: dict[Address, tuple[str, Callable[[], None]]] = {}
+        stops: list[Callable[[], None]] = []
+        try:
+            for name, rt in runtimes.items():
+                address = _address(rt)
+                socks = opened[address] if address in opened else self._listeners[address].socks
+                serving = Serving(rt, pools[name])
+                mine = [await self._acceptor(sock, serving) for sock in socks]
+                stops += mine
+                started[address] = (name, _all(mine))
+        except BaseException:
+            _all(stops)()
+            raise
+        return started
+
+    async def _acceptor(self, sock: socket.socket, serving: Serving) -> Callable[[], None]:
+        """Start accepting on a duplicate of ``sock`` for ``serving``; returns what stops it
+        (closing the duplicate only: the socket and its queue stay)."""
+        own = sock.dup()
+        rt = serving.runtime
         if _looks_first(rt):
-            listener = socket.create_server(
-                (rt.listen_host, rt.listen_port),
-                family=socket.AF_INET6 if ":" in rt.listen_host else socket.AF_INET,
-                backlog=512,
+            acceptor = RawAcceptor(
+                own,
+                lambda conn, peer: self._track(
+                    asyncio.get_running_loop().create_task(
+                        self._serve(serving, PeekingSocket(conn, (str(peer[0]), int(peer[1]))))
+                    )
+                ),
+                lambda exc: self.log.emit(
+                    "accept_failed", policy=rt.name, reason=describe_error(exc)
+                ),
             )
-            listener.setblocking(False)
-            self._listeners[name] = listener
-            self._accepting.append(loop.create_task(self._accept_loop(listener, name)))
-        else:
-            server = await loop.create_server(
-                self._on_stream(name),
-                rt.listen_host,
-                rt.listen_port,
+            return acceptor.close
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                self._on_stream(serving),
+                sock=own,
                 ssl=rt.client_tls_context if rt.implicit_tls else None,
                 ssl_handshake_timeout=rt.command_timeout if rt.implicit_tls else None,
-                reuse_address=True,
                 backlog=512,
             )
-            self._servers.append(server)
-            self._listeners[name] = server.sockets[0]
-        port = self._listeners[name].getsockname()[1]
+        except BaseException:
+            own.close()
+            raise
+        return server.close
+
+    def _log_listening(self, listener: Listener) -> None:
+        rt = self.runtimes[listener.policy]
         self.log.emit(
             "listening",
-            policy=name,
-            listen=f"{rt.listen_host}:{port}",
+            policy=listener.policy,
+            listen=f"{rt.listen_host}:{listener.port}",
             upstream=rt.upstream,
             implicit_tls=rt.implicit_tls,
         )
 
     def bound_ports(self) -> dict[str, int]:
-        return {name: int(sock.getsockname()[1]) for name, sock in self._listeners.items()}
+        return {listener.policy: listener.port for listener in self._listeners.values()}
 
     # -- the accept path ------------------------------------------------------------------------
     #
     # Two ways in, one path: a listener without look-ahead gets its connections
     # from the event loop's server as a Stream (TLS already done on an
     # implicit-TLS port); one that looks first gets raw sockets from
-    # _accept_loop. Both run _serve: the same bookkeeping, the same PROXY-header
+    # its RawAcceptor. Both run _serve: the same bookkeeping, the same PROXY-header
     # reader, the same error handling and log records.
-
-    async def _accept_loop(self, listener: socket.socket, policy: str) -> None:
-        """Accept raw sockets for a listener that looks at the first bytes itself."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, peer = await loop.sock_accept(listener)
-            except OSError as exc:  # e.g. out of descriptors: keep the listener alive
-                self.log.emit("accept_failed", policy=policy, reason=describe_error(exc))
-                await asyncio.sleep(0.1)
-                continue
-            connection = PeekingSocket(sock, (str(peer[0]), int(peer[1])))
-            self._track(loop.create_task(self._serve(policy, connection)))
 
     def _track(self, task: asyncio.Task[None]) -> None:
         """Every session task, from either way in, until it ends (drained on stop)."""
         self._sessions.add(task)
         task.add_done_callback(self._sessions.discard)
 
-    def _on_stream(self, policy: str) -> Callable[[], Stream]:
+    def _on_stream(self, serving: Serving) -> Callable[[], Stream]:
         def stream() -> Stream:
-            return Stream(lambda stream: self._serve(policy, stream))
+            return Stream(lambda stream: self._serve(serving, stream))
 
         return stream
 
-    async def _serve(self, policy: str, connection: Stream | PeekingSocket) -> None:
+    async def _serve(self, serving: Serving, connection: Stream | PeekingSocket) -> None:
         if isinstance(connection, Stream):
             assert connection.task is not None
             self._track(connection.task)
-        rt = self.runtimes[policy]
+        rt = serving.runtime
         stream: Stream | None = None
         try:
             opened = await self._open(connection, rt)
             if opened is None:
                 return
             stream, client, tls, first_bytes = opened
-            await self._run_session(stream, rt, client, tls=tls, first_bytes=first_bytes)
+            await self._run_session(stream, serving, client, tls=tls, first_bytes=first_bytes)
         except Exception as exc:  # a bug in one session must not stop the others
-            self.log.emit("session_error", policy=policy, error=repr(exc))
+            self.log.emit("session_error", policy=rt.name, error=repr(exc))
             if stream is not None:
                 stream.abort()
             elif isinstance(connection, Stream):
@@ -237,12 +379,13 @@ class Gateway:
     async def _run_session(
         self,
         stream: Stream,
-        rt: PolicyRuntime,
+        serving: Serving,
         client: tuple[str, int] | None,
         *,
         tls: bool,
         first_bytes: bytes = b"",
     ) -> None:
+        rt = serving.runtime
         session = Session(
             rt,
             f"{self._session_prefix}.{next(self._session_ids)}",
@@ -251,54 +394,110 @@ class Gateway:
             received_date=self._received_date,
             log_addresses=self.log.addresses,
         )
-        await SessionDriver(session, stream, rt, self.pools[rt.name], self.log).run(first_bytes)
+        await SessionDriver(session, stream, rt, serving.pool, self.log).run(first_bytes)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_soon)
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
 
-    def reload(self) -> None:
-        """SIGHUP: new sessions get the new configuration; sessions in progress keep theirs.
+    def reload_soon(self) -> None:
+        """SIGHUP: :meth:`reload` as a task of its own (a signal handler cannot wait)."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> bool:
+        """Apply the configuration file again; True when it was applied.
+
+        New sessions get the new configuration; sessions in progress keep theirs.
+        Listeners follow the policies: an address that is new is bound before
+        anything else changes (one that cannot be had refuses the whole reload,
+        naming ``policies[N].listen``); an address that stays keeps its socket;
+        an address no policy uses any more is closed once the new acceptors run.
+        Reloads run one at a time, in the order they were asked for.
 
         The log file is reopened first, whatever happens next, so that logrotate
         can rename it and signal (no ``copytruncate``).
         """
-        self.log.reopen()
-        if self._reload_config is None:
-            return
-        try:
-            config = self._reload_config()
-            contexts = TLSContextCache()
-            runtimes = compile_runtimes(config, contexts)
-        except (ConfigError, CertificateError, OSError) as exc:
-            self.log.emit("reload_failed", reason=describe_error(exc))
-            return
-        unchanged = set(runtimes) == set(self.runtimes) and all(
-            _listener_shape(r) == _listener_shape(self.runtimes[n]) for n, r in runtimes.items()
+        async with self._reload_lock:
+            self.log.reopen()
+            if self._reload_config is None or self._stopping:
+                return False
+            try:
+                config = self._reload_config()
+                contexts = TLSContextCache()
+                runtimes = compile_runtimes(config, contexts)
+                opened = self._bind_new(runtimes)
+            except (ConfigError, CertificateError, OSError) as exc:
+                self.log.emit("reload_failed", reason=describe_error(exc))
+                return False
+            try:
+                _configure_log(self.log, config)
+            except OSError as exc:
+                _close(*opened.values())
+                why = exc.strerror or describe_error(exc)
+                self.log.emit(
+                    "reload_failed",
+                    reason=f"logging.file: {config.logging.file}: cannot open: {why}",
+                )
+                return False
+            pools = {name: UpstreamPool() for name in runtimes}
+            try:
+                acceptors = await self._start_accepting(runtimes, pools, opened)
+            except OSError as exc:
+                _close(*opened.values())
+                with contextlib.suppress(OSError):  # back to where it logged before
+                    _configure_log(self.log, self.config)
+                self.log.emit("reload_failed", reason=f"cannot accept: {describe_error(exc)}")
+                return False
+            # From here on nothing waits: no session sees half of this.
+            self._commit(config, contexts, runtimes, pools, opened, acceptors)
+            return True
+
+    def _commit(
+        self,
+        config: Config,
+        contexts: TLSContextCache,
+        runtimes: dict[str, PolicyRuntime],
+        pools: dict[str, UpstreamPool],
+        opened: dict[Address, list[socket.socket]],
+        acceptors: dict[Address, tuple[str, Callable[[], None]]],
+    ) -> None:
+        """Make the new configuration the running one; the new acceptors already
+        run beside the old ones, so stopping the old ones leaves no gap."""
+        old_listeners = self._listeners
+        for listener in old_listeners.values():
+            listener.stop_accepting()
+        closed = sorted(
+            _display(listener) for a, listener in old_listeners.items() if a not in acceptors
         )
-        if not unchanged:
-            self.log.emit("reload_failed", reason="listeners changed; restart to apply")
-            return
-        logging = config.logging
-        try:
-            self.log.configure(
-                str(logging.file) if logging.file else None, logging.format, logging.addresses
-            )
-        except OSError as exc:
-            why = exc.strerror or describe_error(exc)
-            self.log.emit(
-                "reload_failed", reason=f"logging.file: {logging.file}: cannot open: {why}"
-            )
-            return
+        for address, listener in old_listeners.items():
+            if address not in acceptors:
+                _close(listener.socks)
         for pool in self.pools.values():
             pool.close()  # parked legs were set up under the old settings
-        self.config, self._contexts, self.runtimes = config, contexts, runtimes
-        self.pools = {name: UpstreamPool() for name in runtimes}
-        self.log.emit("reloaded", policies=sorted(runtimes))
+        self.config, self._contexts, self.runtimes, self.pools = config, contexts, runtimes, pools
+        self._listeners = {
+            address: Listener(
+                address,
+                opened[address] if address in opened else old_listeners[address].socks,
+                name,
+                stop,
+            )
+            for address, (name, stop) in acceptors.items()
+        }
+        self.log.emit(
+            "reloaded",
+            policies=sorted(runtimes),
+            opened=sorted(_display(self._listeners[a]) for a in opened),
+            closed=closed,
+        )
+        for address in opened:
+            self._log_listening(self._listeners[address])
         for warning in config_warnings(config):
             self.log.emit("config_warning", key=warning.key, warning=warning.reason)
 
@@ -311,12 +510,9 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop accepting, let sessions finish (bounded), then cut the rest."""
-        for server in self._servers:
-            server.close()
-        for task in self._accepting:
-            task.cancel()
-        for listener in self._listeners.values():
-            if isinstance(listener, socket.socket):
+        self._stopping = True
+        async with self._reload_lock:  # a reload under way finishes first, then none starts
+            for listener in self._listeners.values():
                 listener.close()
         self.log.emit("stopping", sessions=len(self._sessions))
         if self._sessions:
@@ -360,9 +556,51 @@ async def _stream_on_accepted(sock: socket.socket, rt: PolicyRuntime, tls: bool)
     return stream
 
 
-def _listener_shape(rt: PolicyRuntime) -> tuple[str, int, bool, bool]:
-    """What a listening socket was made with; a reload cannot change it."""
-    return rt.listen_host, rt.listen_port, rt.implicit_tls, _looks_first(rt)
+def _address(rt: PolicyRuntime) -> Address:
+    """Where a policy listens, as configured: a listener's identity across reloads."""
+    return rt.listen_host, rt.listen_port
+
+
+def _display(listener: Listener) -> str:
+    """``policy host:port``, as ``listening`` shows it."""
+    return f"{listener.policy} {listener.address[0]}:{listener.port}"
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host:port``: one for an address, one per address
+    a host name resolves to (as the event loop's ``create_server`` binds)."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, *_, sockaddr in dict.fromkeys(found):
+            # SO_REUSEADDR, and IPV6_V6ONLY on an IPv6 socket, as create_server sets them.
+            socks.append(socket.create_server(sockaddr, family=family, backlog=512))
+    except BaseException:
+        _close(socks)
+        raise
+    return socks
+
+
+def _close(*groups: list[socket.socket]) -> None:
+    for socks in groups:
+        for sock in socks:
+            sock.close()
+
+
+def _all(stops: list[Callable[[], None]]) -> Callable[[], None]:
+    """One call that makes each of ``stops``."""
+
+    def stop() -> None:
+        for each in stops:
+            each()
+
+    return stop
+
+
+def _configure_log(log: EventLog, config: Config) -> None:
+    """Apply ``[logging]``; OSError if the file cannot be opened (nothing changed)."""
+    logging = config.logging
+    log.configure(str(logging.file) if logging.file else None, logging.format, logging.addresses)
 
 
 def _looks_first(rt: PolicyRuntime) -> bool:
