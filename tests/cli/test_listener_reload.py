@@ -21,6 +21,7 @@ import pytest
 
 from smtpgate.config import toml_writer
 from tests.peers import ReservedPort, wait_until
+from tests.peers.gate_config import POLICY, gate_config
 from tests.peers.smtpgate_proc import SmtpgateProcess
 from tests.peers.upstream import AiosmtpdUpstream
 
@@ -202,6 +203,39 @@ def test_an_address_in_use_refuses_the_whole_reload_and_the_old_listeners_serve(
     send(held[1].port, "q-now")
 
 
+class Knocker:
+    """Connects to ``port`` again and again in a thread, sends ``first`` and expects
+    a reply that starts with ``2`` (the greeting); whatever else happens is kept
+    in ``failures``."""
+
+    def __init__(self, port: int, first: bytes = b"") -> None:
+        self.port, self.first = port, first
+        self.failures: list[BaseException] = []
+        self.greeted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._knock)
+
+    def _knock(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as c:
+                    c.sendall(self.first)
+                    if c.recv(1) != b"2":
+                        self.failures.append(ConnectionError("closed before the greeting"))
+                    self.greeted += 1
+            except OSError as exc:
+                self.failures.append(exc)
+            time.sleep(0.005)
+
+    def __enter__(self) -> Knocker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def test_an_address_that_stays_keeps_its_socket_while_its_policy_changes(
     gate: SmtpgateProcess, upstream: AiosmtpdUpstream, held: list[ReservedPort]
 ) -> None:
@@ -209,32 +243,11 @@ def test_an_address_that_stays_keeps_its_socket_while_its_policy_changes(
     opened or closed), a client connecting during any of the reloads is greeted,
     the session in progress keeps the old policy."""
     in_progress = begin(held[0].port)
-    refused: list[BaseException] = []
-    greeted = 0
-    stop = threading.Event()
-
-    def knock() -> None:
-        nonlocal greeted
-        while not stop.is_set():
-            try:
-                with socket.create_connection(("127.0.0.1", held[0].port), timeout=10) as c:
-                    if c.recv(1) != b"2":  # the greeting's first byte
-                        refused.append(ConnectionError("closed before the greeting"))
-                    greeted += 1
-            except OSError as exc:
-                refused.append(exc)
-            time.sleep(0.005)
-
-    knocker = threading.Thread(target=knock)
-    knocker.start()
-    try:
+    with Knocker(held[0].port) as knocker:
         for n in range(1, 7):
             sighup(gate, [policy("p2" if n % 2 else "p", address(held[0]), upstream)])
             reloads(gate, n)
-    finally:
-        stop.set()
-        knocker.join()
-    assert refused == [] and greeted > 0
+    assert knocker.failures == [] and knocker.greeted > 0
     assert [(r["opened"], r["closed"]) for r in reloads(gate, 6)] == [([], [])] * 6
     finish(in_progress, "kept-p")
     sighup(gate, [policy("p2", address(held[0]), upstream, implicit_tls=True)])
@@ -245,3 +258,27 @@ def test_an_address_that_stays_keeps_its_socket_while_its_policy_changes(
         assert client.sendmail("a@sender.example", ["b@rcpt.example"], b"\r\nhi\r\n") == {}
     gate.transactions(count=2)
     assert transaction_policies(gate) == ["p", "p2"]
+
+
+def test_a_listener_that_looks_first_is_never_refused_across_reloads(
+    tmp_path: Path, upstream: AiosmtpdUpstream, held: list[ReservedPort]
+) -> None:
+    """Implicit TLS that also takes cleartext clients: smtpgate accepts these
+    sockets itself (docs/proxy.md); its acceptor changes hands the same way."""
+    config = gate_config(
+        upstream.port,
+        policy={"listen": address(held[0]), "implicit_tls": True},
+        profile={"tls_compliant_only": False},
+    )
+    with SmtpgateProcess(tmp_path, config) as gate:
+        first = gate.policy(POLICY)
+        in_progress = begin(held[0].port)  # cleartext: greeted after 2 s of silence
+        with Knocker(held[0].port, first=b"QUIT\r\n") as knocker:
+            for n in range(1, 5):
+                sighup(gate, [{**first, "name": "second" if n % 2 else POLICY}])
+                reloads(gate, n)
+        assert knocker.failures == [] and knocker.greeted > 0
+        assert [r["event"] for r in reloads(gate, 4)] == ["reloaded"] * 4
+        finish(in_progress, "kept-p")
+        (done,) = gate.transactions()
+        assert done["policy"] == POLICY
