@@ -7,6 +7,7 @@ address that stays keeps its socket (no client is refused during a reload)."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import smtplib
 import socket
@@ -21,6 +22,7 @@ import pytest
 
 from smtpgate.config import toml_writer
 from tests.peers import ReservedPort, wait_until
+from tests.peers.certs import LeafFiles, TestPKI
 from tests.peers.gate_config import POLICY, gate_config
 from tests.peers.smtpgate_proc import SmtpgateProcess
 from tests.peers.upstream import AiosmtpdUpstream
@@ -282,3 +284,47 @@ def test_a_listener_that_looks_first_is_never_refused_across_reloads(
         finish(in_progress, "kept-p")
         (done,) = gate.transactions()
         assert done["policy"] == POLICY
+
+
+def test_a_reload_gives_an_implicit_tls_listener_the_new_certificate(
+    tmp_path: Path, upstream: AiosmtpdUpstream, held: list[ReservedPort]
+) -> None:
+    """The socket stays, the acceptor on it is made anew with the new runtime's
+    TLS context: a server certificate replaced on disk is presented on an
+    implicit-TLS listener after SIGHUP."""
+    pki = TestPKI(tmp_path / "pki")
+    first, second = pki.issue("first.test"), pki.issue("second.test")
+    served = LeafFiles(tmp_path / "server.pem", tmp_path / "server.key", ("first.test",))
+    shutil.copy(first.cert, served.cert)
+    shutil.copy(first.key, served.key)
+    config = gate_config(
+        upstream.port,
+        policy={"listen": address(held[0]), "implicit_tls": True},
+        server_cert=served,
+    )
+    with SmtpgateProcess(tmp_path / "gate", config) as gate:
+        assert presented(held[0].port) == first_certificate(first)
+        shutil.copy(second.cert, served.cert)
+        shutil.copy(second.key, served.key)
+        sighup(gate, gate.config["policies"])
+        assert reloads(gate, 1)[0]["event"] == "reloaded"
+        assert presented(held[0].port) == first_certificate(second)
+
+
+def presented(port: int) -> bytes:
+    """The certificate the listener on ``port`` presents (DER)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def first_certificate(leaf: LeafFiles) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(
+        leaf.cert.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    )
