@@ -192,19 +192,23 @@ class Gateway:
 
     async def start(self) -> None:
         """Listen on every policy's address; a ConfigError naming the
-        ``listen`` key if one cannot be had (nothing is left listening)."""
-        opened = self._bind_new(self.runtimes)
-        try:
-            acceptors = await self._start_accepting(self.runtimes, self.pools, opened)
-        except BaseException:
-            _close(*opened.values())
-            raise
-        self._listeners = {
-            address: Listener(address, opened[address], name, stop)
-            for address, (name, stop) in acceptors.items()
-        }
-        for address in opened:
-            self._log_listening(self._listeners[address])
+        ``listen`` key if one cannot be had (nothing is left listening).
+
+        Under the reload lock: serve installs its signal handlers first, and a
+        SIGHUP that comes meanwhile reloads once the listeners are up."""
+        async with self._reload_lock:
+            opened = self._bind_new(self.runtimes)
+            try:
+                acceptors = await self._start_accepting(self.runtimes, self.pools, opened)
+            except BaseException:
+                _close(*opened.values())
+                raise
+            self._listeners = {
+                address: Listener(address, opened[address], name, stop)
+                for address, (name, stop) in acceptors.items()
+            }
+            for address in opened:
+                self._log_listening(self._listeners[address])
 
     def _bind_new(self, runtimes: dict[str, PolicyRuntime]) -> dict[Address, list[socket.socket]]:
         """Listening sockets for the addresses of ``runtimes`` that are not listened
