@@ -98,6 +98,24 @@ def test_rules_add_inserts_saves_a_version_and_keeps_comments(cfg: Path) -> None
     assert out.count("\n") == 3 and run("check", "-c", str(cfg)).returncode == 0
 
 
+def test_a_save_through_a_command_is_in_the_audit_log(cfg: Path) -> None:
+    ok("rules", "disable", "-c", str(cfg), "-a", "Inbound", "partners")
+    ok("config", "rollback", "-c", str(cfg), "1")
+    audit = cfg.parent / "state" / "audit.jsonl"
+    assert oct(audit.stat().st_mode & 0o777) == "0o600"
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["via"], r["address"], r["action"], r["target"]) for r in records] == [
+        ("command", "local", "rules.disable", str(cfg)),
+        ("command", "local", "config.rollback", str(cfg)),
+    ]
+    versions = as_json("config", "versions", "-c", str(cfg))
+    saved = {v["id"]: v for v in (versions if isinstance(versions, list) else versions["versions"])}
+    for record in records:
+        assert record["who"] == saved[record["version"]]["user"]
+        assert record["summary"] == saved[record["version"]]["summary"]
+        assert record["signalled"] is False  # no serve runs this file
+
+
 def test_an_edit_prints_the_warnings_check_would(cfg: Path) -> None:
     catch_all = run("rules", "add", "-c", str(cfg), "-a", "Inbound", "--position", "1")
     assert catch_all.returncode == 0

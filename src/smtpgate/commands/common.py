@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -18,6 +19,7 @@ from smtpgate.config.loader import default_config, load_config
 from smtpgate.config.schema import Config
 from smtpgate.config.store import ConfigStore, SaveResult, stale
 from smtpgate.config.warnings import config_warnings
+from smtpgate.console.audit import AuditLog
 from smtpgate.pidfile import signal_reload
 
 ConfigOption = Annotated[
@@ -113,6 +115,8 @@ def report_save(
     """What a save did: the version, whether a server was signalled, and the
     warnings of the saved configuration (as ``check`` prints them)."""
     signal = None if result.unchanged else signal_reload(state_dir, path)
+    if not result.unchanged:
+        _audit(state_dir, path, result, signalled=signal is not None and signal.pid is not None)
     warnings = config_warnings(saved)
     if as_json:
         payload: dict[str, Any] = {
@@ -138,6 +142,24 @@ def report_save(
     typer.echo(f"{path}: saved as version {version.id} (etag {version.etag}): {version.summary}")
     assert signal is not None
     typer.echo(signal.describe())
+
+
+def _audit(state_dir: Path, path: Path, result: SaveResult, *, signalled: bool) -> None:
+    """The audit record of a save through a command, as the API writes one for its own;
+    the action is the command's own words (``smtpgate rules add`` -> ``rules.add``: every
+    saving command is a group and a verb, before any option)."""
+    words = [word for word in sys.argv[1:3] if not word.startswith("-")]
+    version = result.version
+    AuditLog(state_dir).record(
+        who=version.user,
+        via="command",
+        address="local",
+        action=".".join(words) or "config.save",
+        target=str(path),
+        summary=version.summary,
+        version=version.id,
+        signalled=signalled,
+    )
 
 
 def print_json(data: Any) -> None:

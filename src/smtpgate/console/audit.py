@@ -2,7 +2,8 @@
 
 Written to ``state_dir/audit.jsonl`` (JSON lines, mode 0600, appended with
 one write per record), by every front end that changes something: the API
-(configuration and certificate changes) and ``smtpgate admin`` (accounts).
+(configuration and certificate changes), the editing commands (configuration)
+and ``smtpgate admin`` (accounts).
 When the change went through a running ``serve``, the same record also goes
 to the event log as ``event: "audit"``, so that whoever reads the log sees
 it beside the ``reloaded`` record it caused. A record never carries a
