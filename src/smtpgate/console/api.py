@@ -318,25 +318,6 @@ def get_action(request: Request, response: Response, _: Reader, name: ActionName
     return _action(_read(request, response), name)
 
 
-@router.patch(
-    "/actions/{name}",
-    summary='Change settings of a proxy action: {"general.max_recipients": 50}; null unsets',
-)
-def change_action(
-    request: Request,
-    response: Response,
-    account: Changer,
-    name: ActionName,
-    if_match: IfMatch,
-    values: Annotated[dict[str, Any], Body()] = {},  # noqa: B006
-) -> dict[str, Any]:
-    def edit(document: ConfigDocument) -> dict[str, Any]:
-        _set_keys(document, document.action_path(name), values)
-        return _action(document, name)
-
-    return _change(request, response, account, if_match, "actions.set", name, edit)
-
-
 @router.get("/profiles", summary="TLS profiles with their summary, predefined ones included")
 def list_profiles(request: Request, response: Response, _: Reader) -> list[dict[str, Any]]:
     document = _read(request, response)
@@ -350,25 +331,27 @@ def get_profile(
     return _profile(_read(request, response), name)
 
 
-@router.patch("/profiles/{name}", summary="Change settings of a TLS profile; null unsets")
-def change_profile(
-    request: Request,
-    response: Response,
-    account: Changer,
-    name: ProfileName,
-    if_match: IfMatch,
-    values: Annotated[dict[str, Any], Body()] = {},  # noqa: B006
-) -> dict[str, Any]:
-    def edit(document: ConfigDocument) -> dict[str, Any]:
-        _set_keys(document, document.profile_path(name), values)
-        return _profile(document, name)
-
-    return _change(request, response, account, if_match, "profiles.set", name, edit)
-
-
-def _object_routes(kind: Kind, segment: str, word: str) -> None:
-    """clone, rename and delete, the same for actions and profiles."""
+def _object_routes(kind: Kind, segment: str, word: str, example: str) -> None:
+    """change, clone, rename and delete, the same for actions and profiles."""
     show = _action if kind == ACTIONS else _profile
+
+    @router.patch(
+        f"/{segment}/{{name}}", summary=f"Change settings of a {word}: {example}; null unsets"
+    )
+    def change(
+        request: Request,
+        response: Response,
+        account: Changer,
+        name: Annotated[str, Path()],
+        if_match: IfMatch,
+        values: Annotated[dict[str, Any], Body()] = {},  # noqa: B006
+    ) -> dict[str, Any]:
+        def edit(document: ConfigDocument) -> dict[str, Any]:
+            path = document.action_path(name) if kind == ACTIONS else document.profile_path(name)
+            _set_keys(document, path, values)
+            return show(document, name)
+
+        return _change(request, response, account, if_match, f"{segment}.set", name, edit)
 
     @router.post(f"/{segment}/{{name}}/clone", summary=f"Clone a {word}", status_code=201)
     def clone(
@@ -419,8 +402,8 @@ def _object_routes(kind: Kind, segment: str, word: str) -> None:
         )
 
 
-_object_routes(ACTIONS, "actions", "proxy action")
-_object_routes(PROFILES, "profiles", "TLS profile")
+_object_routes(ACTIONS, "actions", "proxy action", '{"general.max_recipients": 50}')
+_object_routes(PROFILES, "profiles", "TLS profile", '{"min_version": "1.3"}')
 
 
 # --- rules ----------------------------------------------------------------------------------
