@@ -7,12 +7,20 @@ Every event and its fields: docs/logs.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, Literal, TextIO
 
 LogFormat = Literal["json", "text"]
+
+#: Something fed every record as it is emitted (the traffic store, the metrics):
+#: it gets the record dict itself (``time`` and ``event`` first) and must not block
+#: or mutate it; an observer that raises stops nothing: its error is swallowed so
+#: mail goes on.
+RecordObserver = Callable[[dict[str, Any]], None]
 
 
 class EventLog:
@@ -38,6 +46,7 @@ class EventLog:
         #: The timestamp up to the second, formatted once a second rather than per record.
         self._second = -1
         self._second_text = ""
+        self._observers: list[RecordObserver] = []
 
     @classmethod
     def open(cls, path: str | None, fmt: LogFormat, *, addresses: bool = True) -> EventLog:
@@ -51,6 +60,10 @@ class EventLog:
             self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         record = {"time": f"{self._second_text}.{int(now % 1 * 1000):03d}Z", "event": event}
         record.update(fields)
+        for observer in self._observers:
+            # An observer's bug must not take mail down.
+            with contextlib.suppress(Exception):
+                observer(record)
         if self._json:
             line = json.dumps(record, separators=(",", ":"), default=str)
         else:
@@ -60,6 +73,15 @@ class EventLog:
             self._stream.flush()
         except (OSError, ValueError):
             pass  # a full disk or closed log must not take mail down
+
+    def observe(self, observer: RecordObserver) -> None:
+        """Feed ``observer`` every record from now on (the same records the log gets,
+        so what the traffic store and the metrics count is what the log says)."""
+        self._observers.append(observer)
+
+    def unobserve(self, observer: RecordObserver) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
 
     def reopen(self) -> None:
         """Open ``path`` afresh (logrotate renamed the old file): no ``copytruncate`` needed.
