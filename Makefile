@@ -29,7 +29,7 @@ pytest: venv peers
 
 test: lint typecheck pytest
 
-bench: venv
+bench: venv peers
 	$(PY) -m bench
 
 demo: venv

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 #: Every benchmark this dispatcher knows, in the order they run; missing modules are skipped.
-KNOWN = ("codec", "proxy")
+KNOWN = ("codec", "proxy", "idle")
 
 
 def available() -> list[str]:

@@ -105,19 +105,39 @@ class _Session:
         return (await self.replies(1))[0]
 
 
-async def send_messages(
+@dataclass(slots=True)
+class OpenSession:
+    """A connection past its greeting and EHLO (and STARTTLS when asked), ready for mail."""
+
+    session: _Session
+    greeting: Reply
+    ehlo: Reply
+
+    @property
+    def stream(self) -> Stream:
+        return self.session.stream
+
+    async def quit(self) -> None:
+        self.session.client.send_quit()
+        with contextlib.suppress(ConnectionError, TimeoutError, UpstreamProtocolError):
+            await self.session.reply()  # the mail is delivered; a lost 221 changes nothing
+
+    def close(self) -> None:
+        self.session.stream.close()
+
+
+async def open_session(
     host: str,
     port: int,
     *,
-    messages: Sequence[OutgoingMessage],
     helo: str = "client.test",
     starttls: ssl.SSLContext | None = None,
     require_starttls: bool = False,
     implicit_tls: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     timeout: float = 30,
-) -> list[SendResult]:
-    """Deliver ``messages`` over one connection, in order; one result per message."""
+) -> OpenSession:
+    """Connect, read the greeting, say EHLO, and STARTTLS when offered and asked for."""
     stream = await open_stream(
         host,
         port,
@@ -151,19 +171,47 @@ async def send_messages(
                 raise SendError("STARTTLS not offered", ehlo)
         elif require_starttls and not client.tls:
             raise SendError("require_starttls needs a starttls context")
-        version, cipher = describe_tls(stream.ssl_object)
+    except BaseException:
+        stream.close()
+        raise
+    return OpenSession(session, greeting, ehlo)
+
+
+async def send_messages(
+    host: str,
+    port: int,
+    *,
+    messages: Sequence[OutgoingMessage],
+    helo: str = "client.test",
+    starttls: ssl.SSLContext | None = None,
+    require_starttls: bool = False,
+    implicit_tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    timeout: float = 30,
+) -> list[SendResult]:
+    """Deliver ``messages`` over one connection, in order; one result per message."""
+    opened = await open_session(
+        host,
+        port,
+        helo=helo,
+        starttls=starttls,
+        require_starttls=require_starttls,
+        implicit_tls=implicit_tls,
+        server_hostname=server_hostname,
+        timeout=timeout,
+    )
+    try:
+        version, cipher = describe_tls(opened.stream.ssl_object)
         results = []
         for message in messages:
-            result = await _transaction(session, message)
-            result.greeting, result.ehlo = greeting, ehlo
+            result = await _transaction(opened.session, message)
+            result.greeting, result.ehlo = opened.greeting, opened.ehlo
             result.tls_version, result.cipher = version, cipher
             results.append(result)
-        client.send_quit()
-        with contextlib.suppress(ConnectionError, TimeoutError, UpstreamProtocolError):
-            await session.reply()  # the mail is delivered; a lost 221 changes nothing
+        await opened.quit()
         return results
     finally:
-        stream.close()
+        opened.close()
 
 
 async def send_message(

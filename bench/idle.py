@@ -1,0 +1,118 @@
+"""Resident memory per idle TLS session: 10,000 clients past STARTTLS and EHLO, then silent.
+
+smtpgate's proportional set size (``bench/procs.py``) is read before the
+sessions open and once they all stand; the difference divided by their number
+is what one idle TLS session costs (issue 12's target: at most 64 KB). The
+open-files limit is raised for the benchmark and the smtpgate it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from smtpgate.tls.certificates import CertificateStore
+from tests.peers.mailsender import OpenSession, open_session
+
+from .load import HOST, client_context
+from .procs import tree_pss_kib
+from .relays import start_sink, start_smtpgate
+
+SESSIONS = 10_000
+#: Sessions opened at once: enough to be quick, few enough not to time out handshakes.
+OPENING = 100
+
+
+def _raise_open_files(needed: int) -> None:
+    """Each process (this one, smtpgate) holds one descriptor per session; children
+    inherit the limit. Up to the hard limit; above it only with CAP_SYS_RESOURCE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(hard, needed)))
+    except (ValueError, OSError):
+        if hard < needed:
+            raise SystemExit(
+                f"idle benchmark: needs {needed} open files per process, the hard limit is "
+                f"{hard} and cannot be raised here (no CAP_SYS_RESOURCE)"
+            ) from None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+async def _open_all(port: int, count: int, ca: str) -> list[OpenSession]:
+    context = client_context(ca, resuming=False)
+    sessions: list[OpenSession] = []
+    gate = asyncio.Semaphore(OPENING)
+
+    async def one() -> None:
+        async with gate:
+            sessions.append(
+                await open_session(HOST, port, starttls=context, require_starttls=True, timeout=120)
+            )
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return sessions
+
+
+def run(quick: bool = False) -> dict[str, object]:
+    import uvloop
+
+    count = 1000 if quick else SESSIONS
+    _raise_open_files(count + 1024)
+    tmp = Path(tempfile.mkdtemp(prefix="smtpgate-bench-idle-"))
+    stops = []
+    try:
+        store = CertificateStore.load(
+            tmp / "state",
+            server_cert=None,
+            server_key=None,
+            ca_cert=None,
+            ca_key=None,
+            sni=[],
+            hostname="proxy.bench.test",
+        )
+        ca = tmp / "ca.pem"
+        ca.write_bytes(store.ca_pem())
+        sink = start_sink(store, "starttls")
+        stops.append(sink.stop)
+        gate = start_smtpgate(tmp, ca, sink)
+        stops.append(gate.stop)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            # One session first, so what is loaded once (contexts, leaf) is not counted.
+            warm = runner.run(_open_all(gate.port, 1, str(ca)))
+            time.sleep(0.5)
+            before = tree_pss_kib(gate.pid)
+            started = time.perf_counter()
+            sessions = runner.run(_open_all(gate.port, count, str(ca)))
+            opened_in = time.perf_counter() - started
+            time.sleep(1.0)
+            after = tree_pss_kib(gate.pid)
+            for session in sessions + warm:
+                session.close()
+    finally:
+        for stop in reversed(stops):
+            stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    per_session = (after - before) * 1024 / count
+    print(
+        f"\nidle TLS sessions: {count} opened in {opened_in:.1f} s; smtpgate PSS "
+        f"{before / 1024:.1f} MiB before, {after / 1024:.1f} MiB with them: "
+        f"{per_session / 1024:.1f} KiB per idle TLS session (target <= 64 KB) "
+        f"{'met' if per_session <= 64_000 else 'MISSED'}"
+    )
+    return {
+        "sessions": count,
+        "pss_before_kib": before,
+        "pss_after_kib": after,
+        "bytes_per_idle_session": per_session,
+    }
+
+
+if __name__ == "__main__":
+    run(quick="--quick" in sys.argv)
