@@ -76,6 +76,7 @@ async def _serve(cfg: Config, path: Path | None) -> None:
     # (No cycle hides here: tests/proxy/test_import_graph.py counts these imports too.)
     from smtpgate.console.server import start_console
     from smtpgate.proxy.gateway import Gateway
+    from smtpgate.traffic.store import open_store
 
     log = _open_log(cfg, path)
     for warning in config_warnings(cfg):
@@ -90,11 +91,19 @@ async def _serve(cfg: Config, path: Path | None) -> None:
     # Before anything listens: whoever sees the `listening` record may signal at once,
     # and a SIGHUP without a handler would end the process.
     gateway.install_signal_handlers()
+    # Observing before anything listens: every transaction gets its row.
+    traffic = open_store(cfg, log)
+    if traffic is not None:
+        traffic.start()
     try:
         await gateway.start()
-        console = await start_console(gateway, path, log)
+        console = await start_console(
+            gateway, path, log, traffic.database if traffic is not None else None
+        )
     except ConfigError as exc:
         await gateway.stop()
+        if traffic is not None:
+            await traffic.stop()
         raise fail(path, exc) from exc
     # The pid file lets `smtpgate rules add ...` on this file signal us (SIGHUP).
     # Without it serve runs on; only that signal is lost (commands say so).
@@ -112,6 +121,8 @@ async def _serve(cfg: Config, path: Path | None) -> None:
         remove_pid_file(cfg.gateway.state_dir)
         if console is not None:
             await console.stop()
+        if traffic is not None:
+            await traffic.stop()  # after the drain: the last sessions' rows are written
     log.close()
 
 

@@ -200,6 +200,22 @@ class Certificates(_Model):
 class ConsoleSettings(_Model):
     enabled: bool = False
     listen: Address = Field(default=HostPort("127.0.0.1", 8443))
+    #: How long the traffic store keeps transaction records (docs/api.md).
+    retention: Duration = Field(default=30 * 86400.0, validate_default=True)
+    #: ``postgresql://...``: the traffic store of several instances in one database;
+    #: unset: an SQLite file in ``gateway.state_dir``.
+    database: StrictStr | None = None
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise _custom_error(
+                "database",
+                "write a PostgreSQL URL, postgresql://user:password@host:5432/name "
+                "(leave it out for the SQLite file in gateway.state_dir)",
+            )
+        return value
 
 
 # --- TLS profiles (SPEC 3) ------------------------------------------------------

@@ -41,8 +41,10 @@ from smtpgate.config.errors import format_loc
 from smtpgate.console.auth import Authenticator, Changer, Reader, client_address
 from smtpgate.console.backend import Backend, PreconditionRequired, Saved, parse_if_match
 from smtpgate.console.certificates import UploadError, check_pair, describe_file, store_pair
+from smtpgate.console.traffic_routes import router as traffic_router
 from smtpgate.explain import rules_test
 from smtpgate.tls.certificates import CertificateError, CertificateStore
+from smtpgate.traffic.database import TrafficDatabase
 
 API_PREFIX = "/api/v1"
 IfMatch = Annotated[
@@ -77,6 +79,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: _error("The change would make a configuration the schema rejects"),
     428: _error("A change without If-Match"),
     429: _error("Too many failed logins: wait Retry-After seconds"),
+    503: _error("The traffic database cannot be read now"),
 }
 
 router = APIRouter(prefix=API_PREFIX, responses=ERRORS)
@@ -712,7 +715,9 @@ async def _request_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_error_body(Invalid(errors)), status_code=422)
 
 
-def create_app(authenticator: Authenticator, backend: Backend) -> FastAPI:
+def create_app(
+    authenticator: Authenticator, backend: Backend, traffic: TrafficDatabase | None = None
+) -> FastAPI:
     app = FastAPI(
         title="smtpgate",
         summary="Edit the configuration of a running smtpgate (docs/api.md).",
@@ -723,7 +728,9 @@ def create_app(authenticator: Authenticator, backend: Backend) -> FastAPI:
     )
     app.state.authenticator = authenticator
     app.state.backend = backend
+    app.state.traffic = traffic
     app.add_exception_handler(EditError, _edit_error)
     app.add_exception_handler(RequestValidationError, _request_error)
     app.include_router(router)
+    app.include_router(traffic_router, prefix=API_PREFIX, responses=ERRORS)
     return app

@@ -34,6 +34,7 @@ from smtpgate.logs import EventLog, describe_error
 from smtpgate.proxy.runtime import load_certificates
 from smtpgate.tls.certificates import CertificateError
 from smtpgate.tls.contexts import TLSContextCache
+from smtpgate.traffic.database import TrafficDatabase
 
 #: The first administrator's name, when serve creates one.
 FIRST_ADMIN = "admin"
@@ -57,6 +58,7 @@ class Console:
         log: EventLog,
         *,
         throttle: LoginThrottle | None = None,
+        traffic: TrafficDatabase | None = None,
     ) -> None:
         self.proxy = proxy
         self.log = log
@@ -64,7 +66,7 @@ class Console:
         self.admins = AdminStore(state_dir)
         self.audit = AuditLog(state_dir, log)
         self.authenticator = Authenticator(self.admins, log, throttle or LoginThrottle())
-        self.app = create_app(self.authenticator, Backend(proxy, config_path, self.audit))
+        self.app = create_app(self.authenticator, Backend(proxy, config_path, self.audit), traffic)
         self._tls_for: Config | None = None
         self._tls: ssl.SSLContext | None = None
         self._server: _EmbeddedServer | None = None
@@ -194,13 +196,16 @@ def _server_context(config: Config) -> ssl.SSLContext:
 
 
 async def start_console(
-    proxy: RunningProxy, config_path: Path | None, log: EventLog
+    proxy: RunningProxy,
+    config_path: Path | None,
+    log: EventLog,
+    traffic: TrafficDatabase | None = None,
 ) -> Console | None:
     """Start the console if ``[console] enabled``; the first administrator is
     created (and its password printed to standard error) before it listens."""
     if not proxy.config.console.enabled:
         return None
-    console = Console(proxy, config_path, log)
+    console = Console(proxy, config_path, log, traffic=traffic)
     await console.start(lambda line: print(line, file=sys.stderr, flush=True))
     return console
 

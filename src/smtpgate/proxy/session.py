@@ -880,6 +880,7 @@ class Session:
             policy=self.rt.name,
             client_tls=self.client_tls.version,
             client_cipher=self.client_tls.cipher,
+            upstream=leg.target.address if leg is not None else "",
             upstream_tls=tls.version,
             upstream_cipher=tls.cipher,
             upstream_verify=str(tls.verification),
