@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real SMTP peers the interop tests drive (swaks, openssl,
-# HAProxy, Postfix) and checks that each can do what the tests need, not only
+# HAProxy, Postfix), and the PostgreSQL server the traffic store's tests start,
+# and checks that each can do what the tests need, not only
 # that its binary exists: a swaks without Net::SSLeay is installed but cannot
 # say STARTTLS. What gets installed is decided by those checks, so a machine
 # with swaks but without Net::SSLeay gets fixed, and a second run installs
@@ -20,8 +21,9 @@ declare -A packages=(
   [openssl]="openssl"
   [haproxy]="haproxy"
   [postfix]="postfix"
+  [postgresql]="postgresql"
 )
-peers=(swaks openssl haproxy postfix)
+peers=(swaks openssl haproxy postfix postgresql)
 
 check_swaks() {
   # swaks 20201014 (Debian 12) does TLS through Net::SSLeay alone; `--support`
@@ -90,6 +92,22 @@ check_postfix() {
   tables=$(postconf -c "$confdir" -m 2>/dev/null) || true
   rm -rf "$confdir"
   grep -qx static <<<"$tables" || echo "has no 'static' lookup table (postconf -m)"
+}
+
+check_postgresql() {
+  # tests/peers/postgres.py runs initdb, pg_ctl and createdb from the newest
+  # /usr/lib/postgresql/N/bin (Debian does not put them on PATH), as the
+  # 'postgres' user when the tests run as root (PostgreSQL refuses root).
+  local bindir="" dir binary
+  for dir in /usr/lib/postgresql/*/bin; do
+    [ -x "$dir/initdb" ] && bindir=$dir
+  done
+  [ -n "$bindir" ] || { echo "no /usr/lib/postgresql/N/bin/initdb"; return; }
+  for binary in initdb pg_ctl postgres createdb; do
+    [ -x "$bindir/$binary" ] || echo "no $bindir/$binary"
+  done
+  "$bindir/postgres" --version >/dev/null 2>&1 || echo "$bindir/postgres --version fails"
+  getent passwd postgres >/dev/null || echo "no 'postgres' user"
 }
 
 # check_all: sets problems to a "peer: what it cannot do" line per failed
