@@ -40,8 +40,7 @@ def postgres_bindir() -> Path:
         if all((bindir / name).is_file() for name in ("initdb", "pg_ctl", "postgres")):
             return bindir
     raise PeerMissing(
-        "PostgreSQL is not installed (Debian package 'postgresql'): run "
-        "scripts/install-peers.sh"
+        "PostgreSQL is not installed (Debian package 'postgresql'): run scripts/install-peers.sh"
     )
 
 
@@ -107,8 +106,9 @@ class PostgresServer:
         )
         options = f"-c listen_addresses='' -k {self.dir} -c fsync=off"
         self._running = True
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_file), "-o", options, "-w",
-                  "start")
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log_file), "-o", options, "-w", "start"
+        )
         self._run("createdb", "-h", str(self.dir), "-U", "postgres", DATABASE)
         return self
 

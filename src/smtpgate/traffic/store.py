@@ -66,6 +66,9 @@ class TrafficStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Records dropped in the current episode of a full queue (0: not full).
         self._dropped = 0
+        #: Records the writer took from the queue and has not written yet: they count
+        #: against the capacity too, so a stuck batch cannot let the queue grow.
+        self._in_flight = 0
         #: Rows written since start (tests and the metrics read it).
         self.written = 0
         self.dropped_total = 0
@@ -76,7 +79,7 @@ class TrafficStore:
         """The log's observer: queue a ``transaction`` record, or count it as dropped."""
         if record.get("event") != "transaction":
             return
-        if len(self._queue) >= self.capacity:
+        if len(self._queue) + self._in_flight >= self.capacity:
             self.dropped_total += 1
             self._dropped += 1
             if self._dropped == 1:
@@ -125,6 +128,7 @@ class TrafficStore:
             while len(pending) < BATCH and self._queue:
                 record = self._queue.popleft()
                 pending.append(TrafficRow.from_record(record, self.instance))
+            self._in_flight = len(pending)
             try:
                 if connection is None:
                     connection = self.database.open()
@@ -133,6 +137,7 @@ class TrafficStore:
                     self.database.insert(connection, pending)
                     self.written += len(pending)
                     pending = []
+                    self._in_flight = 0
                     if self._dropped:
                         self._call(self._resumed)
                 now = self._clock()
@@ -177,7 +182,7 @@ class TrafficStore:
             loop.call_soon_threadsafe(callback)
 
     def _resumed(self) -> None:
-        if self._dropped and len(self._queue) < self.capacity:
+        if self._dropped and len(self._queue) + self._in_flight < self.capacity:
             dropped, self._dropped = self._dropped, 0
             self._log.emit("traffic_resumed", dropped=dropped)
 
