@@ -238,3 +238,20 @@ def test_address_literals_and_odd_domains_get_no_rule(tmp_path: Path) -> None:
         transaction(time_ms=T0 + 1, sender_domain="under_score.example"),
     )
     assert [s["domain"] for s in answer["suggestions"]] == ["example.com"]
+
+
+def test_a_failed_check_does_not_count_when_the_profile_checks_no_certificates(
+    tmp_path: Path,
+) -> None:
+    data = gate_config(2525, profile={"validate_certificates": False})
+    data["policies"][0]["listen"] = "127.0.0.1:2600"
+    data["gateway"]["state_dir"] = str(tmp_path / "state")
+    config = parse_config(toml_writer.dumps(data), tmp_path)
+    answer = covered(
+        tmp_path, config, transaction(time_ms=T0, upstream_verify="failed: unknown CA")
+    )
+    (suggestion,) = suggestions(answer, "recipient")
+    assert suggestion["reason"] == (
+        "1 message to example.com in the period, all sent on encrypted "
+        "(the TLS profile does not check certificates)"
+    )

@@ -92,6 +92,8 @@ class Evidence:
     policies: set[str] = field(default_factory=set)
     #: The domain at the other end of each pair (sender for a recipient domain...).
     partners: set[str] = field(default_factory=set)
+    #: Recipient leg: whether a failed certificate check would refuse it.
+    checks_certificates: bool = True
 
 
 def coverage(
@@ -107,6 +109,12 @@ def coverage(
     from_domain: dict[tuple[str, str], Evidence] = {}  # (action, sender domain)
     to_domain: dict[tuple[str, str], Evidence] = {}  # (action, recipient domain)
     actions = {p.name: p.proxy_action for p in config.policies}
+    # A failed certificate check refuses a required leg only when the action's profile
+    # enforces checks (the session's rule: validation or OCSP on).
+    enforced = {
+        name: config.profile_for(name).validate_certificates or config.profile_for(name).ocsp
+        for name in set(actions.values())
+    }
 
     for policy, sender, client_tls, upstream_tls, verified, outcome, count in senders:
         n = int(count)
@@ -127,8 +135,12 @@ def coverage(
         )
         if policy in actions:
             evidence = to_domain.setdefault((actions[policy], domain), Evidence())
+            evidence.checks_certificates = enforced[actions[policy]]
             evidence.messages += n
-            evidence.fits &= upstream_tls != CLEAR and verified != "failed"
+            action = actions[policy]
+            evidence.fits &= upstream_tls != CLEAR and not (
+                verified == "failed" and enforced[action]
+            )
             evidence.policies.add(policy)
             evidence.partners.add(sender)
             if (actions[policy], sender) in from_domain:
@@ -204,7 +216,11 @@ def _suggestion(
         }
     else:
         what = f"{n} message{'s' if n != 1 else ''} to {domain}"
-        why = "all sent on encrypted, no certificate check failed"
+        why = (
+            "all sent on encrypted, no certificate check failed"
+            if evidence.checks_certificates
+            else "all sent on encrypted (the TLS profile does not check certificates)"
+        )
         body = {
             "sender": rule.sender.text,
             "recipient": domain,
