@@ -18,6 +18,7 @@ from smtpgate.config.units import parse_duration
 from smtpgate.console.auth import Reader
 from smtpgate.console.backend import Backend
 from smtpgate.logs import describe_error
+from smtpgate.policy.patterns import normalize_domain
 from smtpgate.traffic.coverage import coverage as compute_coverage
 from smtpgate.traffic.database import DatabaseError, TrafficDatabase
 from smtpgate.traffic.queries import (
@@ -108,7 +109,7 @@ def list_traffic(
             cursor = Cursor.parse(before)
         except ValueError as exc:
             raise Invalid([("query.before", str(exc))]) from None
-    wanted = domain.strip().lower().rstrip(".") if domain else None
+    wanted = normalize_domain(domain.strip()) if domain else None
     return dict(
         _ask(
             database,
