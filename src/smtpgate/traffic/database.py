@@ -165,10 +165,13 @@ class TrafficDatabase:
 
 
 def _without_password(url: str) -> str:
-    """``postgresql://user:secret@host/db`` as ``postgresql://user@host/db``."""
+    """``postgresql://user:secret@host/db?password=x`` as ``postgresql://user@host/db``."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.partition(":")[0]
-    return f"{scheme}://{user}@{host}"
+    location, mark, query = rest.partition("?")
+    if "@" in location:
+        credentials, _, host = location.rpartition("@")
+        location = f"{credentials.partition(':')[0]}@{host}"
+    kept = "&".join(p for p in query.split("&") if not p.startswith("password="))
+    return f"{scheme}://{location}{mark if kept else ''}{kept}"
