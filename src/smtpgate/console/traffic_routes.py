@@ -9,7 +9,8 @@ configuration file the answer's ``etag`` names.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
 
@@ -20,7 +21,7 @@ from smtpgate.console.backend import Backend
 from smtpgate.logs import describe_error
 from smtpgate.policy.patterns import normalize_domain
 from smtpgate.traffic.coverage import coverage as compute_coverage
-from smtpgate.traffic.database import DatabaseError, TrafficDatabase
+from smtpgate.traffic.database import Connection, DatabaseError, TrafficDatabase
 from smtpgate.traffic.queries import (
     MAX_LIMIT,
     OUTCOMES,
@@ -34,6 +35,9 @@ from smtpgate.traffic.queries import (
 from smtpgate.traffic.rows import format_time, parse_time_parameter
 
 DAY_MS = 86_400_000
+
+
+T = TypeVar("T")
 
 
 class Unavailable(EditError):
@@ -76,7 +80,7 @@ def _period(since: str | None, until: str | None, now_ms: int, default_since: in
     return period
 
 
-def _ask(database: TrafficDatabase, question: Any) -> Any:
+def _ask(database: TrafficDatabase, question: Callable[[Connection], T]) -> T:
     try:
         with database.connect() as connection:
             return question(connection)
@@ -110,13 +114,11 @@ def list_traffic(
         except ValueError as exc:
             raise Invalid([("query.before", str(exc))]) from None
     wanted = normalize_domain(domain.strip()) if domain else None
-    return dict(
-        _ask(
-            database,
-            lambda c: records(
-                c, period, domain=wanted, outcome=outcome or None, limit=limit, before=cursor
-            ),
-        )
+    return _ask(
+        database,
+        lambda c: records(
+            c, period, domain=wanted, outcome=outcome or None, limit=limit, before=cursor
+        ),
     )
 
 
@@ -140,7 +142,7 @@ def traffic_tls_versions(
     since_ms = now - DAY_MS if period.since is None else period.since
     until_ms = now if period.until is None else period.until
     try:
-        return dict(_ask(database, lambda c: tls_versions(c, since_ms, until_ms, bucket_ms)))
+        return _ask(database, lambda c: tls_versions(c, since_ms, until_ms, bucket_ms))
     except ValueError as exc:
         raise Invalid([("query.bucket", str(exc))]) from None
 
