@@ -16,6 +16,7 @@ from smtpgate.config import (
     dump_config,
     load_config,
 )
+from smtpgate.config.netaddr import TRANSPARENT
 from smtpgate.policy import RecipientEncryption, SenderEncryption
 from tests.config.config_testkit import BASE, error_paths, errors_of, load
 
@@ -302,10 +303,39 @@ def test_upstream_on_another_host_behind_a_wildcard_listener_is_no_loop() -> Non
         assert error_paths(wildcard.replace("127.0.0.1:2526", own)) == ["policies[1].upstream"]
 
 
-def test_reserved_transparent_upstream() -> None:
-    [(path, reason)] = errors_of(POLICY.replace("127.0.0.1:2526", "transparent"))
-    assert path == "policies[1].upstream"
-    assert "reserved" in reason
+TRANSPARENT_POLICY = POLICY.replace('"127.0.0.1:2526"', '"transparent"')
+
+
+def test_transparent_upstream_loads_and_is_written_back_as_the_word() -> None:
+    config = load(TRANSPARENT_POLICY.replace('listen = "127.0.0.1:2525"', 'listen = "0.0.0.0:25"'))
+    policy = config.policy("p")
+    assert policy.upstream == TRANSPARENT
+    assert policy.tproxy is False
+    # Not a host: the mail-loop check of a fixed upstream does not apply (the session's does).
+    assert 'upstream = "transparent"' in dump_config(config)
+    assert load(dump_config(config)).policy("p").upstream == TRANSPARENT
+    assert load(TRANSPARENT_POLICY + "tproxy = true\n").policy("p").tproxy is True
+
+
+def test_tproxy_needs_a_transparent_upstream() -> None:
+    [(path, reason)] = errors_of(POLICY + "tproxy = true\n")
+    assert path == "policies[1].tproxy"
+    assert reason == (
+        'tproxy needs upstream = "transparent" '
+        "(a TPROXY listener takes connections meant for other hosts)"
+    )
+
+
+def test_transparent_upstream_behind_a_proxy_protocol_proxy_is_refused() -> None:
+    [(path, reason)] = errors_of(TRANSPARENT_POLICY + "proxy_protocol = true\n")
+    assert path == "policies[1].proxy_protocol"
+    assert "the proxy's own" in reason
+
+
+def test_only_an_upstream_may_be_transparent() -> None:
+    [(path, reason)] = errors_of(TRANSPARENT_POLICY.replace('"127.0.0.1:2525"', '"transparent"'))
+    assert path == "policies[1].listen"
+    assert "invalid address 'transparent'" in reason
 
 
 def test_certificate_and_key_go_together() -> None:

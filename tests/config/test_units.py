@@ -128,7 +128,7 @@ def test_host_port(text: str, parsed: HostPort, written: str) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("transparent", "reserved"),
+        ("transparent", "invalid address"),  # a listener: only an upstream may say it
         ("::1:2525", "brackets"),
         ("[::1]2525", "invalid address"),
         ("[nope]:25", "not an IPv6"),

@@ -61,6 +61,7 @@ from smtpgate.proxy.events import (
     UpstreamData,
 )
 from smtpgate.proxy.gateway import compile_runtimes
+from smtpgate.proxy.interception import Interception
 from smtpgate.proxy.runtime import PolicyRuntime
 from smtpgate.proxy.session import Session
 from smtpgate.proxy.upstream import Opened, TLSFacts, UpstreamLeg, UpstreamTarget
@@ -114,7 +115,12 @@ def parked_leg(
 
 class Playbook:
     def __init__(
-        self, rt: PolicyRuntime, *, client_tls: bool = False, client: str = CLIENT_ADDR
+        self,
+        rt: PolicyRuntime,
+        *,
+        client_tls: bool = False,
+        client: str = CLIENT_ADDR,
+        interception: Interception | None = None,
     ) -> None:
         self.rt = rt
         self.session = Session(
@@ -123,6 +129,7 @@ class Playbook:
             client,
             client_tls=CLIENT_TLS if client_tls else None,
             received_date=lambda: DATE,
+            interception=interception,
         )
         self.outbox: deque[Command] = deque()
         self.logs: list[tuple[str, dict[str, Any]]] = []

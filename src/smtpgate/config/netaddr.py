@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, NamedTuple
+from typing import Annotated, Final, Literal, NamedTuple
 
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from smtpgate.policy.patterns import DomainPattern, PatternError
-
-RESERVED_UPSTREAMS = frozenset({"transparent"})
-"""SPEC 5: ``upstream = "transparent"`` is reserved (not implemented)."""
 
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain"})
@@ -63,8 +60,6 @@ class HostPort(NamedTuple):
 
 def parse_host_port(text: str) -> HostPort:
     """Parse ``host:port`` / ``[v6]:port``; raise ``ValueError`` when invalid."""
-    if text in RESERVED_UPSTREAMS:
-        raise ValueError(f"{text!r} is reserved and not supported; write host:port")
     if text.startswith("["):
         close = text.find("]")
         if close < 0 or text[close + 1 : close + 2] != ":":
@@ -118,3 +113,23 @@ Address = Annotated[
     WithJsonSchema({"type": "string", "examples": ["127.0.0.1:2525", "[::1]:2525"]}),
 ]
 """A validated ``host:port`` field, written back as text."""
+
+
+TRANSPARENT: Final = "transparent"
+"""``upstream = "transparent"``: the original destination of the intercepted connection
+(docs/deployment.md)."""
+
+
+def _validate_upstream(value: object) -> HostPort | str:
+    if value == TRANSPARENT:
+        return TRANSPARENT
+    return _validate(value)
+
+
+Upstream = Annotated[
+    HostPort | Literal["transparent"],
+    PlainValidator(_validate_upstream),
+    PlainSerializer(str),
+    WithJsonSchema({"type": "string", "examples": ["127.0.0.1:2526", "[::1]:2526", TRANSPARENT]}),
+]
+"""A policy's ``upstream``: ``host:port`` or :data:`TRANSPARENT`; written back as text."""

@@ -40,7 +40,7 @@ from smtpgate.config.names import (
     TLS_SERVER_STANDARD,
     clone_name,
 )
-from smtpgate.config.netaddr import Address, HostPort
+from smtpgate.config.netaddr import TRANSPARENT, Address, HostPort, Upstream
 from smtpgate.config.paths import OptionalPath, RequiredPath
 from smtpgate.config.units import ByteSize, Duration
 from smtpgate.policy.patterns import ANY_DOMAIN, DomainPattern, PatternError, PatternKind
@@ -365,10 +365,12 @@ class Policy(_Model):
     name: Name
     listen: Address
     implicit_tls: bool = False
-    upstream: Address
+    upstream: Upstream
     upstream_implicit_tls: bool = False
     proxy_action: Name = SMTP_INCOMING_STANDARD
     proxy_protocol: bool = False
+    #: Listen with IP_TRANSPARENT for a TPROXY rule (``upstream = "transparent"`` only).
+    tproxy: bool = False
 
 
 # --- the whole file ------------------------------------------------------------------
@@ -533,8 +535,20 @@ def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
                     f"{policy.listen} collides with "
                     f"{format_loc(('policies', j, 'listen'))} ({earlier.listen})",
                 )
+        if policy.upstream == TRANSPARENT and policy.proxy_protocol:
+            yield (
+                ("policies", i, "proxy_protocol"),
+                'upstream = "transparent" takes the destination from the accepted connection, '
+                "which behind a PROXY-protocol proxy is the proxy's own",
+            )
+        if policy.tproxy and policy.upstream != TRANSPARENT:
+            yield (
+                ("policies", i, "tproxy"),
+                f'tproxy needs upstream = "{TRANSPARENT}" '
+                "(a TPROXY listener takes connections meant for other hosts)",
+            )
         for j, other in enumerate(config.policies):
-            if policy.upstream.reaches(other.listen):
+            if isinstance(policy.upstream, HostPort) and policy.upstream.reaches(other.listen):
                 yield (
                     ("policies", i, "upstream"),
                     f"{policy.upstream} is smtpgate's own listener "

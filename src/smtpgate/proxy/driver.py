@@ -190,7 +190,7 @@ class SessionDriver:
     # -- the asynchronous commands -------------------------------------------------------------
 
     async def _open(self, target: UpstreamTarget) -> ProxyEvent:
-        parked = self.pool.take(target.mode)
+        parked = self.pool.take(target)
         if parked is not None:
             self.leg, self.upstream = parked
             return UpstreamConnected(self.leg)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import os
 import signal
 import socket
 import ssl
+import sys
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,10 +29,22 @@ from typing import Any
 
 from smtpgate.config.errors import ConfigError, Loc
 from smtpgate.config.files import file_key
+from smtpgate.config.netaddr import TRANSPARENT, HostPort
 from smtpgate.config.schema import Config
 from smtpgate.config.warnings import config_warnings
 from smtpgate.logs import EventLog, describe_error
 from smtpgate.proxy.driver import ReceivedDate, SessionDriver
+from smtpgate.proxy.interception import (
+    IP6T_SO_ORIGINAL_DST,
+    SO_ORIGINAL_DST,
+    SOCKADDR_SIZE,
+    Interception,
+    intercepted,
+    loops_back,
+    not_intercepted,
+    parse_sockaddr,
+    platform_problem,
+)
 from smtpgate.proxy.pool import UpstreamPool
 from smtpgate.proxy.preamble import Opening, PeekingSocket, read_proxy_header
 from smtpgate.proxy.proxyproto import ProxyHeaderError
@@ -60,6 +74,10 @@ def compile_runtimes(config: Config, contexts: TLSContextCache) -> dict[str, Pol
     trust = TrustAnchors()
     runtimes = {}
     for i, policy in enumerate(config.policies):
+        if policy.upstream == TRANSPARENT:
+            problem = platform_problem(sys.platform, tproxy=policy.tproxy)
+            if problem is not None:
+                raise ConfigError.at([(("policies", i, "upstream"), problem)])
         try:
             runtimes[policy.name] = compile_policy(config, policy, certificates, contexts, trust)
         except (CertificateError, OSError) as exc:
@@ -217,10 +235,16 @@ class Gateway:
         opened: dict[Address, list[socket.socket]] = {}
         for index, rt in enumerate(runtimes.values()):
             address = _address(rt)
-            if address in self._listeners:
-                continue
             try:
-                opened[address] = _bind(*address)
+                if address in self._listeners:
+                    # A socket that stays: IP_TRANSPARENT follows tproxy.
+                    for sock in self._listeners[address].socks:
+                        _set_transparent(sock, on=rt.tproxy)
+                    continue
+                opened[address] = _bind(*address, transparent=rt.tproxy)
+            except _NotTransparent as exc:
+                _close(*opened.values())
+                raise ConfigError.at([(("policies", index, "tproxy"), str(exc))]) from exc
             except OSError as exc:
                 _close(*opened.values())
                 # The errno's text (create_server's own repeats the address), or the resolver's.
@@ -326,11 +350,21 @@ class Gateway:
         rt = serving.runtime
         stream: Stream | None = None
         try:
+            interception = None
+            if rt.transparent:  # before a handshake: the socket is the accepted one
+                if isinstance(connection, PeekingSocket):
+                    sock = connection.sock
+                else:
+                    assert connection.transport is not None
+                    sock = connection.transport.get_extra_info("socket")
+                interception = _interception(sock, rt)
             opened = await self._open(connection, rt)
             if opened is None:
                 return
             stream, client, tls, first_bytes = opened
-            await self._run_session(stream, serving, client, tls=tls, first_bytes=first_bytes)
+            await self._run_session(
+                stream, serving, client, tls=tls, first_bytes=first_bytes, interception=interception
+            )
         except Exception as exc:  # a bug in one session must not stop the others
             self.log.emit("session_error", policy=rt.name, error=repr(exc))
             if stream is not None:
@@ -388,6 +422,7 @@ class Gateway:
         *,
         tls: bool,
         first_bytes: bytes = b"",
+        interception: Interception | None = None,
     ) -> None:
         rt = serving.runtime
         session = Session(
@@ -397,6 +432,7 @@ class Gateway:
             client_tls=TLSFacts(*describe_tls(stream.ssl_object)) if tls else None,
             received_date=self._received_date,
             log_addresses=self.log.addresses,
+            interception=interception,
         )
         await SessionDriver(session, stream, rt, serving.pool, self.log).run(first_bytes)
 
@@ -570,19 +606,105 @@ def _display(listener: Listener) -> str:
     return f"{listener.policy} {listener.address[0]}:{listener.port}"
 
 
-def _bind(host: str, port: int) -> list[socket.socket]:
+class _NotTransparent(OSError):
+    """IP_TRANSPARENT cannot be set on a listener (policy key ``tproxy``)."""
+
+
+def _bind(host: str, port: int, *, transparent: bool = False) -> list[socket.socket]:
     """Listening sockets for ``host:port``: one for an address, one per address
-    a host name resolves to (as the event loop's ``create_server`` binds)."""
+    a host name resolves to (as the event loop's ``create_server`` binds).
+    ``transparent``: with IP_TRANSPARENT, for connections a TPROXY rule diverts."""
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     socks: list[socket.socket] = []
     try:
         for family, *_, sockaddr in dict.fromkeys(found):
-            # SO_REUSEADDR, and IPV6_V6ONLY on an IPv6 socket, as create_server sets them.
-            socks.append(socket.create_server(sockaddr, family=family, backlog=512))
+            if not transparent:
+                # SO_REUSEADDR, and IPV6_V6ONLY on an IPv6 socket, as create_server sets them.
+                socks.append(socket.create_server(sockaddr, family=family, backlog=512))
+                continue
+            # The same by hand: IP_TRANSPARENT must be set before the bind.
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            _set_transparent(sock, on=True)
+            sock.bind(sockaddr)
+            sock.listen(512)
     except BaseException:
         _close(socks)
         raise
     return socks
+
+
+def _set_transparent(sock: socket.socket, *, on: bool) -> None:
+    """IP_TRANSPARENT (IPV6_TRANSPARENT on an IPv6 socket) on or off; turning it on
+    needs CAP_NET_ADMIN. Nothing is asked of the kernel when it is as wanted."""
+    if not on and not sys.platform.startswith("linux"):
+        return  # never set (platform_problem refuses tproxy elsewhere)
+    level, option = (
+        (socket.IPPROTO_IPV6, _IPV6_TRANSPARENT)
+        if sock.family == socket.AF_INET6
+        else (socket.SOL_IP, socket.IP_TRANSPARENT)
+    )
+    if not on and not sock.getsockopt(level, option):
+        return
+    try:
+        sock.setsockopt(level, option, int(on))
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise _NotTransparent(
+            exc.errno, f"cannot set IP_TRANSPARENT: {why.lower()} (needs CAP_NET_ADMIN)"
+        ) from exc
+
+
+#: linux/in6.h; Python's socket module names only the IPv4 one.
+_IPV6_TRANSPARENT = 75
+
+
+def _interception(sock: socket.socket, rt: PolicyRuntime) -> Interception:
+    """Where the client on ``sock`` was going (upstream = "transparent"): the socket's own
+    address under TPROXY, the kernel's record of the address before the REDIRECT otherwise."""
+    try:
+        local = _host_port(sock.getsockname())
+        if rt.tproxy:
+            destination = local
+        else:
+            family = sock.family
+            level, option = (
+                (socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST)
+                if family == socket.AF_INET6
+                else (socket.SOL_IP, SO_ORIGINAL_DST)
+            )
+            destination = parse_sockaddr(sock.getsockopt(level, option, SOCKADDR_SIZE))
+    except OSError as exc:  # ENOENT: not diverted (untracked); ENOPROTOOPT: no conntrack
+        return not_intercepted(f"no original destination: {describe_error(exc)}")
+    except ValueError as exc:
+        return not_intercepted(f"no original destination: {exc}")
+    loops = loops_back(
+        destination,
+        listeners=rt.own_listeners,
+        local=None if rt.tproxy else local,
+        is_local_address=_is_local_address,
+    )
+    return intercepted(destination, loops=loops)
+
+
+def _host_port(sockaddr: Any) -> HostPort:
+    host = str(sockaddr[0])
+    return HostPort(str(ipaddress.ip_address(host.partition("%")[0])), int(sockaddr[1]))
+
+
+def _is_local_address(host: str) -> bool:
+    """Whether ``host`` is an address of this machine: binding to it (without
+    IP_TRANSPARENT) works only then."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+    except OSError:
+        return False
+    return True
 
 
 def _close(*groups: list[socket.socket]) -> None:

@@ -3,11 +3,12 @@
 Opening the upstream leg costs a TCP connect, a greeting, EHLO, STARTTLS, a
 TLS handshake and a second EHLO: more CPU than relaying a small message. A
 leg whose transaction ended cleanly (:attr:`UpstreamLeg.at_rest`) is parked
-here with its connection, keyed by its TLS mode, and the next session that
-needs the same mode takes it (as Postfix's connection cache does). A parked
-leg is closed after ``IDLE_SECONDS``; one the upstream closed meanwhile is
-discarded when taken, and a session that finds a reused leg dead before its
-MAIL was answered retries once on a fresh one (:mod:`smtpgate.proxy.session`).
+here with its connection, keyed by where it goes and its TLS mode, and the
+next session that needs the same takes it (as Postfix's connection cache
+does). A parked leg is closed after ``IDLE_SECONDS``; one the upstream closed
+meanwhile is discarded when taken, and a session that finds a reused leg dead
+before its MAIL was answered retries once on a fresh one
+(:mod:`smtpgate.proxy.session`).
 
 The gateway owns one pool per policy and replaces it on reload: parked legs
 were set up under the old settings.
@@ -21,12 +22,18 @@ from collections import deque
 
 from smtpgate.policy.decisions import UpstreamTLS
 from smtpgate.proxy.stream import Stream
-from smtpgate.proxy.upstream import UpstreamLeg
+from smtpgate.proxy.upstream import UpstreamLeg, UpstreamTarget
 
 IDLE_SECONDS = 10.0
 MAX_IDLE_PER_MODE = 32
 
 Parked = tuple[float, UpstreamLeg, Stream]
+#: Host, port and TLS mode: legs of a transparent policy go to many destinations.
+PoolKey = tuple[str, int, UpstreamTLS]
+
+
+def pool_key(target: UpstreamTarget) -> PoolKey:
+    return target.host, target.port, target.mode
 
 
 def usable(stream: Stream) -> bool:
@@ -45,12 +52,12 @@ class UpstreamPool:
     def __init__(self, idle_seconds: float = IDLE_SECONDS, max_idle: int = MAX_IDLE_PER_MODE):
         self._idle_seconds = idle_seconds
         self._max_idle = max_idle
-        self._idle: dict[UpstreamTLS, deque[Parked]] = {}
+        self._idle: dict[PoolKey, deque[Parked]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def take(self, mode: UpstreamTLS) -> tuple[UpstreamLeg, Stream] | None:
-        """The most recently parked live leg of ``mode``, marked reused."""
-        parked = self._idle.get(mode)
+    def take(self, target: UpstreamTarget) -> tuple[UpstreamLeg, Stream] | None:
+        """The most recently parked live leg to ``target``'s host in its mode, marked reused."""
+        parked = self._idle.get(pool_key(target))
         now = time.monotonic()
         while parked:
             since, leg, stream = parked.pop()  # the most recently used is the likeliest alive
@@ -65,7 +72,7 @@ class UpstreamPool:
         if not leg.at_rest or not usable(stream):
             close_quietly(stream)
             return
-        parked = self._idle.setdefault(leg.mode, deque())
+        parked = self._idle.setdefault(pool_key(leg.target), deque())
         parked.append((time.monotonic(), leg, stream))
         while len(parked) > self._max_idle:
             close_quietly(parked.popleft()[2])

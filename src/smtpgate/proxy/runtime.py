@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
+from smtpgate.config.netaddr import TRANSPARENT, HostPort
 from smtpgate.config.schema import Config, Policy, TLSProfile
 from smtpgate.policy.decisions import UpstreamTLS, advertise_starttls
 from smtpgate.policy.rules import RuleSet
@@ -37,9 +38,17 @@ class PolicyRuntime:
     listen_port: int
     implicit_tls: bool
     proxy_protocol: bool
+    #: Empty and 0 when ``transparent``.
     upstream_host: str
     upstream_port: int
     upstream_implicit_tls: bool
+    #: ``upstream = "transparent"``: each connection goes on to its original destination.
+    transparent: bool
+    #: The listener has IP_TRANSPARENT (TPROXY); the local address is the destination.
+    tproxy: bool
+    #: Every policy's ``listen`` of this configuration: a transparent session must not
+    #: relay to one of them (a mail loop).
+    own_listeners: tuple[HostPort, ...]
     hostname: str
     action_name: str
     limits: ServerLimits
@@ -59,7 +68,17 @@ class PolicyRuntime:
 
     @property
     def upstream(self) -> str:
+        if self.transparent:
+            return TRANSPARENT
         return f"{self.upstream_host}:{self.upstream_port}"
+
+    def targets_to(self, destination: HostPort) -> Mapping[UpstreamTLS, UpstreamTarget]:
+        """:attr:`upstream_targets` towards ``destination`` (a transparent session's):
+        the same settings, another host."""
+        return {
+            mode: replace(target, host=destination.host, port=destination.port)
+            for mode, target in self.upstream_targets.items()
+        }
 
 
 def compile_policy(
@@ -87,21 +106,27 @@ def compile_policy(
         starttls_enabled=starttls.enabled,
         rules=rules,
     )
-    if action.direction == "outgoing":
-        client_ctx = contexts.client_leg_context_for_upstream(
-            profile, certificates, policy.upstream.host
-        )
+    upstream = policy.upstream
+    transparent = upstream == TRANSPARENT
+    # Transparent: no host is known before the client connects, so an outgoing
+    # action's leaf is issued for the name the client asks for by SNI.
+    if action.direction == "outgoing" and isinstance(upstream, HostPort):
+        client_ctx = contexts.client_leg_context_for_upstream(profile, certificates, upstream.host)
+    elif action.direction == "outgoing":
+        client_ctx = contexts.client_leg_context(profile, certificates, outgoing=True)
     else:
         client_ctx = contexts.client_leg_context(profile, certificates, outgoing=False)
     verified = contexts.upstream_leg_context(profile, verify=True)
     unverified = contexts.upstream_leg_context(profile, verify=False)
     verifier = UpstreamVerifier(profile, trust)
     targets = {}
+    # Transparent: each session puts its own destination in (PolicyRuntime.targets_to).
+    upstream_host, upstream_port = upstream if isinstance(upstream, HostPort) else ("", 0)
     for mode in UpstreamTLS:
         verify = mode is UpstreamTLS.REQUIRED and profile.validate_certificates
         targets[mode] = UpstreamTarget(
-            host=policy.upstream.host,
-            port=policy.upstream.port,
+            host=upstream_host,
+            port=upstream_port,
             mode=mode,
             # An implicit-TLS upstream cannot be spoken to in clear, whatever the mode.
             implicit_tls=policy.upstream_implicit_tls,
@@ -123,9 +148,12 @@ def compile_policy(
         listen_port=policy.listen.port,
         implicit_tls=policy.implicit_tls,
         proxy_protocol=policy.proxy_protocol,
-        upstream_host=policy.upstream.host,
-        upstream_port=policy.upstream.port,
+        upstream_host=upstream_host,
+        upstream_port=upstream_port,
         upstream_implicit_tls=policy.upstream_implicit_tls,
+        transparent=transparent,
+        tproxy=policy.tproxy,
+        own_listeners=tuple(p.listen for p in config.policies) if transparent else (),
         hostname=config.gateway.hostname,
         action_name=action.name,
         limits=ServerLimits(

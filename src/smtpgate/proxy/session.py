@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from smtpgate.config.netaddr import HostPort
 from smtpgate.logs import describe_error
 from smtpgate.policy.decisions import (
     REPLY_MUST_STARTTLS,
@@ -61,6 +62,7 @@ from smtpgate.proxy.events import (
     UpstreamConnectFailed,
     UpstreamData,
 )
+from smtpgate.proxy.interception import Interception
 from smtpgate.proxy.message_id import MessageIdScanner
 from smtpgate.proxy.runtime import PolicyRuntime
 from smtpgate.proxy.upstream import (
@@ -109,6 +111,10 @@ LOST_EARLIER = "upstream connection lost earlier in this transaction"
 #: What a Received: token may hold: a host name, an address (literal), a TLS version or
 #: cipher name. Nothing that ends a line, a comment or the header's token list.
 _NOT_IN_TOKEN = re.compile(r"[^A-Za-z0-9.:\-\[\]_/+=]+")
+
+
+def _text(address: HostPort | None) -> str:
+    return "" if address is None else str(address)
 
 
 def _token(text: str) -> str:
@@ -260,12 +266,19 @@ class Session:
         client_tls: TLSFacts | None = None,
         received_date: Callable[[], str],
         log_addresses: bool = True,
+        interception: Interception | None = None,
     ) -> None:
         """``client_tls``: the client leg is TLS from its first byte; None for cleartext.
-        ``log_addresses``: records carry envelope addresses (``[logging] addresses``)."""
+        ``log_addresses``: records carry envelope addresses (``[logging] addresses``).
+        ``interception``: where the client was going (``upstream = "transparent"``)."""
         self.rt = rt
         self.id = session_id
         self.client_addr = client_addr
+        self.interception = interception
+        #: Where the upstream leg goes, per TLS mode: the policy's, or the original destination.
+        self.upstream_targets = rt.upstream_targets
+        if interception is not None and interception.destination is not None:
+            self.upstream_targets = rt.targets_to(interception.destination)
         self.server = ServerConnection(rt.hostname, rt.limits, tls=client_tls is not None)
         self.client_tls = client_tls or CLEAR
         self.received_date = received_date
@@ -300,6 +313,7 @@ class Session:
     # -- the interface ----------------------------------------------------------------------------
 
     def start(self) -> list[Command]:
+        interception = self.interception
         self._log(
             "session_start",
             session=self.id,
@@ -307,7 +321,22 @@ class Session:
             policy=self.rt.name,
             client_tls=self.client_tls.version,
             client_cipher=self.client_tls.cipher,
+            **({} if interception is None else {"destination": _text(interception.destination)}),
         )
+        if interception is not None and interception.reply is not None:
+            # Nowhere to relay to (a loop, or no destination): refused before the greeting.
+            code, text = interception.reply
+            self._log(
+                "interception_refused",
+                session=self.id,
+                client=self.client_addr,
+                reason=interception.refusal,
+                reply=code,
+            )
+            self.end_reason = "interception_refused"
+            self._out.append(SendClient(f"{code} {text}\r\n".encode()))
+            self._close()
+            return self._take()
         self.server.greet("ESMTP smtpgate")
         self._run()
         return self._take()
@@ -539,7 +568,7 @@ class Session:
         if leg is not None:
             self.leg = None
             self._out.append(ReleaseUpstream(leg))
-        self._out.append(OpenUpstream(self.rt.upstream_targets[mode]))
+        self._out.append(OpenUpstream(self.upstream_targets[mode]))
 
     def _send_envelope(self, pending: AwaitRcpt, leg: UpstreamLeg) -> None:
         """MAIL (with the first recipient) and RCPT upstream, pipelined when offered."""
@@ -635,7 +664,7 @@ class Session:
     def _upstream_connect_failed(self, event: UpstreamConnectFailed) -> None:
         pending = self.pending
         assert isinstance(pending, AwaitRcpt)
-        target = self.rt.upstream_targets[pending.mode]
+        target = self.upstream_targets[pending.mode]
         self._open_failed(connect_failed(target, event.reason, tls=event.tls))
 
     def _tls_result(self, event: TLSDone | TLSFailed) -> None:
@@ -818,7 +847,7 @@ class Session:
                 self.pending = AwaitRcpt(
                     pending.event, pending.domain, pending.rule, pending.mode, retried=True
                 )
-                self._out.append(OpenUpstream(self.rt.upstream_targets[pending.mode]))
+                self._out.append(OpenUpstream(self.upstream_targets[pending.mode]))
                 return
             self.pending = None
             if not txn.recipient_domains:
