@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,11 @@ class SmtpgateProcess:
     ``logging`` default to ``workdir/state`` and ``workdir/smtpgate.log.jsonl``.
     """
 
-    def __init__(self, workdir: Path, config: Mapping[str, Any] | str) -> None:
+    def __init__(
+        self, workdir: Path, config: Mapping[str, Any] | str, *, wrapper: Sequence[str] = ()
+    ) -> None:
+        """``wrapper``: a command prefix that runs smtpgate (``ip netns exec NS``)."""
+        self.wrapper = list(wrapper)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_file = self.workdir / "smtpgate.toml"
@@ -125,7 +129,7 @@ class SmtpgateProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with self.stdout_file.open("wb") as out, self.stderr_file.open("wb") as err:
             self.proc = subprocess.Popen(
-                [binary, "serve", "--config", str(self.config_file)],
+                [*self.wrapper, binary, "serve", "--config", str(self.config_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from smtpgate.smtp import Reply
@@ -144,17 +145,20 @@ def run_swaks(
     server: str = "127.0.0.1",
     extra: list[str] | None = None,
     timeout: float = 30,
+    wrapper: Sequence[str] = (),
 ) -> SwaksResult:
     """Run one swaks transaction.
 
     ``tls``: ``"plain"`` (no TLS), ``"starttls"`` (``--tls``: STARTTLS required),
     ``"optional"`` (``--tls-optional``), ``"implicit"`` (``--tlsc``, TLS on connect).
+    ``wrapper``: a command prefix that runs swaks (``ip netns exec NS``).
     """
     swaks = require_binary(SWAKS, "swaks")
     if tls != "plain":
         require_swaks_tls(swaks)
     rcpts = [to] if isinstance(to, str) else to
     args = [
+        *wrapper,
         swaks,
         "--server",
         server,

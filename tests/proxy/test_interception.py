@@ -80,6 +80,7 @@ def test_an_ipv4_mapped_ipv6_destination_is_its_ipv4_address() -> None:
         (struct.pack("=H", socket.AF_UNIX) + bytes(14), "a 16-byte sockaddr of address family 1"),
         (sockaddr_in("10.0.0.1", 0), "sockaddr of 10.0.0.1 has port 0"),
     ],
+    ids=["empty", "no family", "short in", "short in6", "unix", "port 0"],
 )
 def test_what_is_no_destination_is_a_value_error(raw: bytes, message: str) -> None:
     with pytest.raises(ValueError) as info:

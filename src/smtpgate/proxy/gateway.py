@@ -639,7 +639,7 @@ def _bind(host: str, port: int, *, transparent: bool = False) -> list[socket.soc
 
 def _set_transparent(sock: socket.socket, *, on: bool) -> None:
     """IP_TRANSPARENT (IPV6_TRANSPARENT on an IPv6 socket) on or off; turning it on
-    needs CAP_NET_ADMIN. Nothing is asked of the kernel when it is as wanted."""
+    needs CAP_NET_ADMIN or CAP_NET_RAW. Nothing is asked of the kernel when it is as wanted."""
     if not on and not sys.platform.startswith("linux"):
         return  # never set (platform_problem refuses tproxy elsewhere)
     level, option = (
@@ -654,7 +654,7 @@ def _set_transparent(sock: socket.socket, *, on: bool) -> None:
     except OSError as exc:
         why = os.strerror(exc.errno) if exc.errno else str(exc)
         raise _NotTransparent(
-            exc.errno, f"cannot set IP_TRANSPARENT: {why.lower()} (needs CAP_NET_ADMIN)"
+            f"cannot set IP_TRANSPARENT: {why.lower()} (needs CAP_NET_ADMIN or CAP_NET_RAW)"
         ) from exc
 
 
