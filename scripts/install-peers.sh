@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real SMTP peers the interop tests drive (swaks, openssl,
-# HAProxy, Postfix), and the PostgreSQL server the traffic store's tests start,
-# and checks that each can do what the tests need, not only
+# HAProxy, Postfix, nftables for the firewall of the transparent-mode tests),
+# and the PostgreSQL server the traffic store's tests start, and checks that
+# each can do what the tests need, not only
 # that its binary exists: a swaks without Net::SSLeay is installed but cannot
 # say STARTTLS. What gets installed is decided by those checks, so a machine
 # with swaks but without Net::SSLeay gets fixed, and a second run installs
@@ -22,8 +23,9 @@ declare -A packages=(
   [haproxy]="haproxy"
   [postfix]="postfix"
   [postgresql]="postgresql"
+  [nft]="nftables iproute2"
 )
-peers=(swaks openssl haproxy postfix postgresql)
+peers=(swaks openssl haproxy postfix postgresql nft)
 
 check_swaks() {
   # swaks 20201014 (Debian 12) does TLS through Net::SSLeay alone; `--support`
@@ -108,6 +110,30 @@ check_postgresql() {
   done
   "$bindir/postgres" --version >/dev/null 2>&1 || echo "$bindir/postgres --version fails"
   getent passwd postgres >/dev/null || echo "no 'postgres' user"
+}
+
+check_nft() {
+  command -v nft >/dev/null || { echo "no nft binary"; return; }
+  # The tests build their namespaces and veths with ip (netns, link, addr, route, rule) and ss.
+  command -v ip >/dev/null || { echo "no ip binary (iproute2) for the test's namespaces"; return; }
+  command -v ss >/dev/null || { echo "no ss binary (iproute2)"; return; }
+  # The kind of ruleset tests/interop/test_transparent_netns.py loads: tproxy and
+  # redirect in an inet table. Checked (nft -c: nothing is applied) in a network
+  # namespace of its own; where the machine allows none, those tests skip and
+  # there is nothing more to ask.
+  unshare --net true 2>/dev/null || return 0
+  local ruleset='table inet smtpgate_check {
+    chain tproxy_prerouting {
+      type filter hook prerouting priority mangle; policy accept;
+      meta nfproto ipv4 tcp dport 587 tproxy ip to :2587 meta mark set 1 accept
+    }
+    chain nat_prerouting {
+      type nat hook prerouting priority dstnat; policy accept;
+      meta nfproto ipv6 tcp dport 25 redirect to :2535
+    }
+  }'
+  unshare --net nft -c -f - <<<"$ruleset" >/dev/null 2>&1 ||
+    echo "cannot load a ruleset with tproxy and redirect in an inet table (nft -c, in a new network namespace)"
 }
 
 # check_all: sets problems to a "peer: what it cannot do" line per failed
