@@ -117,6 +117,13 @@ class OpenSession:
     def stream(self) -> Stream:
         return self.session.stream
 
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        """One transaction on this connection."""
+        result = await _transaction(self.session, message)
+        result.greeting, result.ehlo = self.greeting, self.ehlo
+        result.tls_version, result.cipher = describe_tls(self.stream.ssl_object)
+        return result
+
     async def quit(self) -> None:
         self.session.client.send_quit()
         with contextlib.suppress(ConnectionError, TimeoutError, UpstreamProtocolError):
@@ -201,13 +208,7 @@ async def send_messages(
         timeout=timeout,
     )
     try:
-        version, cipher = describe_tls(opened.stream.ssl_object)
-        results = []
-        for message in messages:
-            result = await _transaction(opened.session, message)
-            result.greeting, result.ehlo = opened.greeting, opened.ehlo
-            result.tls_version, result.cipher = version, cipher
-            results.append(result)
+        results = [await opened.send(message) for message in messages]
         await opened.quit()
         return results
     finally:

@@ -139,8 +139,11 @@ class ScriptedUpstream:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen (port 0: the kernel picks one, nothing to race for); returns the port."""
+        # A backlog like a busy MTA's: with asyncio's default of 100, a burst of
+        # connects overflows the accept queue and the kernel drops the handshake's
+        # last ACK; the connecting side then waits for a greeting that never comes.
         self._server = await asyncio.start_server(
-            self._connection, host, port, ssl=self.implicit_tls_context
+            self._connection, host, port, ssl=self.implicit_tls_context, backlog=1024
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
