@@ -1,9 +1,12 @@
-"""Resident memory per idle TLS session: 10,000 clients past STARTTLS and EHLO, then silent.
+"""Resident memory per TLS session: 10,000 idle clients, then 1,000 in the middle of DATA.
 
-smtpgate's proportional set size (``bench/procs.py``) is read before the
-sessions open and once they all stand; the difference divided by their number
-is what one idle TLS session costs (issue 12's target: at most 64 KB). The
-open-files limit is raised for the benchmark and the smtpgate it starts.
+Idle: past STARTTLS and EHLO, then silent. Active: past STARTTLS, MAIL, RCPT
+and DATA, 8 KB of body sent, the final dot not yet: each holds its upstream
+connection (TLS too) and a body chunk in flight. smtpgate's proportional set
+size (``bench/procs.py``) is read before each group opens and once it stands;
+the difference divided by the group's size is what one session costs (issue
+12's target for idle ones: at most 64 KB). The open-files limit is raised for
+the benchmark and the smtpgate it starts.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from pathlib import Path
 from smtpgate.tls.certificates import CertificateStore
 from tests.peers.mailsender import OpenSession, open_session
 
-from .load import HOST, client_context
+from .load import HOST, body, client_context
 from .procs import tree_pss_kib
 from .relays import start_sink, start_smtpgate
 
 SESSIONS = 10_000
+ACTIVE = 1_000
 #: Sessions opened at once: enough to be quick, few enough not to time out handshakes.
 OPENING = 100
 
@@ -45,16 +49,27 @@ def _raise_open_files(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-async def _open_all(port: int, count: int, ca: str) -> list[OpenSession]:
+async def _open_all(port: int, count: int, ca: str, *, active: bool = False) -> list[OpenSession]:
     context = client_context(ca, resuming=False)
     sessions: list[OpenSession] = []
     gate = asyncio.Semaphore(OPENING)
+    chunk = body(8 * 1024)
 
     async def one() -> None:
         async with gate:
-            sessions.append(
-                await open_session(HOST, port, starttls=context, require_starttls=True, timeout=120)
+            session = await open_session(
+                HOST, port, starttls=context, require_starttls=True, timeout=120
             )
+            sessions.append(session)
+            if active:
+                client = session.session.client
+                client.send_mail(b"<bench@sender.bench>", b"")
+                client.send_rcpt(b"<rcpt@rcpt.bench>")
+                client.send_data()
+                replies = await session.session.replies(3)  # PIPELINING: one batch
+                assert replies[-1].code == 354, replies
+                client.send_body(chunk)
+                session.session.flush()
 
     await asyncio.gather(*(one() for _ in range(count)))
     return sessions
@@ -64,7 +79,9 @@ def run(quick: bool = False) -> dict[str, object]:
     import uvloop
 
     count = 1000 if quick else SESSIONS
-    _raise_open_files(count + 1024)
+    active = 100 if quick else ACTIVE
+    # Each active session holds two descriptors in smtpgate (client and upstream legs).
+    _raise_open_files(count + 2 * active + 1024)
     tmp = Path(tempfile.mkdtemp(prefix="smtpgate-bench-idle-"))
     stops = []
     try:
@@ -93,18 +110,24 @@ def run(quick: bool = False) -> dict[str, object]:
             opened_in = time.perf_counter() - started
             time.sleep(1.0)
             after = tree_pss_kib(gate.pid)
-            for session in sessions + warm:
+            busy = runner.run(_open_all(gate.port, active, str(ca), active=True))
+            time.sleep(1.0)
+            with_active = tree_pss_kib(gate.pid)
+            for session in sessions + warm + busy:
                 session.close()
     finally:
         for stop in reversed(stops):
             stop()
         shutil.rmtree(tmp, ignore_errors=True)
     per_session = (after - before) * 1024 / count
+    per_active = (with_active - after) * 1024 / active
     print(
         f"\nidle TLS sessions: {count} opened in {opened_in:.1f} s; smtpgate PSS "
         f"{before / 1024:.1f} MiB before, {after / 1024:.1f} MiB with them: "
         f"{per_session / 1024:.1f} KiB per idle TLS session (target <= 64 KB) "
-        f"{'met' if per_session <= 64_000 else 'MISSED'}"
+        f"{'met' if per_session <= 64_000 else 'MISSED'}\n"
+        f"active TLS sessions (mid-DATA, TLS upstream leg each): {active} more: "
+        f"{with_active / 1024:.1f} MiB, {per_active / 1024:.1f} KiB per active session"
     )
     return {
         "sessions": count,
