@@ -258,3 +258,48 @@ starttls = { tls_profile = "TLS-Server.Standard" }
     assert [r.sender.text for r in reread.action("Inline").starttls.rules] == ["b.example"]
     assert reread.action("Dotted").starttls.tls_profile == "TLS-Server.Standard"
     assert 'rules = [{sender = "b.example"}]' in document.text()
+
+
+def test_replacing_the_rules_keeps_the_tables_and_comments_of_unchanged_rules() -> None:
+    """The console saves its rules table whole: rules it did not change keep their
+    comments; new ones are [[...]] tables; errors name the rule's new position."""
+    document = doc()
+    document.replace_rules(
+        "Inbound",
+        [
+            {"recipient": "*.legacy.example", "recipient_encryption": "none"},
+            {
+                "recipient": "new.example",
+                "sender": "*",
+                "sender_encryption": "required",
+                "recipient_encryption": "preferred",
+                "enabled": False,
+                "comment": None,
+            },
+            {
+                "name": "partners",
+                "enabled": True,
+                "sender": "partner.example",
+                "recipient": "*",
+                "sender_encryption": "required",
+            },
+        ],
+    )
+    text = document.text()
+    assert 'sender = "partner.example"      # the big one' in text
+    assert text.count("[[proxy_actions.starttls.rules]]") == 3
+    # The new rule is written with the keys that say something, nothing else.
+    new_rule = text.split('recipient = "new.example"')[0].rsplit("[[", 1)[1]
+    assert new_rule.strip() == "proxy_actions.starttls.rules]]"
+    assert 'recipient = "new.example"\nsender_encryption = "required"\nenabled = false' in text
+    rules = document.rules("Inbound")
+    assert [r["recipient"] for r in rules] == ["*.legacy.example", "new.example", "*"]
+    assert rules[1]["enabled"] is False
+    assert document.changes == ["Inbound: set the rules (3 rules)"]
+    with pytest.raises(Invalid) as refused:
+        document.replace_rules("Inbound", [{"recipient": "ok.example"}, {"recipient": "a" * 201}])
+    assert refused.value.errors[0][0] == "proxy_actions[1].starttls.rules[2].recipient"
+    assert document.text() == text
+    with pytest.raises(Invalid) as unknown:
+        document.replace_rules("Inbound", [{"recipients": "x.example"}])
+    assert unknown.value.errors[0][0] == "proxy_actions[1].starttls.rules[1].recipients"

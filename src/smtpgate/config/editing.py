@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, Self
 
 import tomlkit
+from pydantic import ValidationError
 from tomlkit.items import AoT, Array, InlineTable, Table
 from tomlkit.toml_document import TOMLDocument
 
@@ -471,6 +472,38 @@ class ConfigDocument:
         self._edit(f"{action}: moved rule {at + 1} to {to_position}", change)
         return to_position
 
+    def replace_rules(self, action: str, rules: Sequence[Mapping[str, Any]]) -> None:
+        """Make ``rules`` the action's whole ordered rule list in one edit (the
+        console's Save of its rules table). A rule that means the same as a rule
+        in the file keeps that table, so its comments stay with it; a new one is
+        written with only the keys whose value is not the default."""
+        index = self._user_index(ACTIONS, action)
+        for at, fields in enumerate(rules):
+            loc = (ACTIONS, index, "starttls", "rules", at)
+            if not isinstance(fields, Mapping):
+                raise Invalid.at(loc, "a rule is a table of keys")
+            _check_rule_keys(fields, loc)
+        wanted = [_minimal_rule(fields) for fields in rules]
+
+        def change(doc: TOMLDocument) -> None:
+            array = self._rules_array(doc, index, create=True)
+            old = list(array)
+            new = []
+            for fields in wanted:
+                meaning = _rule_meaning(fields)
+                same = next(
+                    (t for t in old if meaning is not None and _rule_meaning(_plain(t)) == meaning),
+                    None,
+                )
+                if same is not None:
+                    old.remove(same)
+                new.append(same if same is not None else _new_table(array, fields))
+            array.clear()
+            for table in new:
+                array.append(table)
+
+        self._edit(f"{action}: set the rules ({len(wanted)} rules)", change)
+
     def enable_rule(self, action: str, ref: RuleRef) -> int:
         return self._switch_rule(action, ref, enabled=True)
 
@@ -702,6 +735,26 @@ def _check_rule_keys(fields: Mapping[str, Any], loc: Loc) -> None:
                 for key in unknown
             ]
         )
+
+
+def _rule_meaning(fields: Mapping[str, Any]) -> RuleEntry | None:
+    """What a rule's keys mean (None if they are invalid: validation will say why)."""
+    try:
+        return RuleEntry.model_validate(dict(fields))
+    except ValidationError:
+        return None
+
+
+def _minimal_rule(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` without ``null`` values and without the keys that only repeat a default."""
+    kept = {k: v for k, v in fields.items() if v is not None}
+    meaning = _rule_meaning(kept)
+    if meaning is None:
+        return kept
+    for key in list(kept):
+        if _rule_meaning({k: v for k, v in kept.items() if k != key}) == meaning:
+            del kept[key]
+    return kept
 
 
 def _describe_rule(fields: Mapping[str, Any]) -> str:
