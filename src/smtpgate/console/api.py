@@ -114,6 +114,12 @@ class Move(BaseModel):
     position: int = Field(description="The rule's new 1-based position.")
 
 
+DryRun = Annotated[
+    bool,
+    Query(description="Check the change and answer as it would, without saving anything."),
+]
+
+
 class NewName(BaseModel):
     name: str
 
@@ -162,11 +168,17 @@ def _change(
     action: str,
     target: str,
     edit: Any,
+    *,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Open the version the client read, apply ``edit(document)``, save, audit, apply."""
+    """Open the version the client read, apply ``edit(document)``, save, audit, apply.
+    A dry run stops before saving: the answer (or the error) the change would get."""
     backend = _backend(request)
     document = backend.based_on(if_match)
     body = edit(document)
+    if dry_run:
+        response.headers["ETag"] = f'"{document.etag}"'  # nothing was saved
+        return {**(body if isinstance(body, dict) else {}), "dry_run": True}
     saved = backend.save(
         document,
         account=account,
@@ -226,6 +238,9 @@ def _profile(document: ConfigDocument, name: str) -> dict[str, Any]:
     known = ", ".join(p.name for p in document.config.profiles)
     raise NotFound([(PROFILES, f"no TLS profile named {name!r}; there are: {known}")])
 
+
+#: The key of ``PATCH /actions/{name}`` that replaces the whole rule list (the console's Save).
+RULES_KEY = "starttls.rules"
 
 ActionName = Annotated[str, Path(description="Proxy action name.")]
 ProfileName = Annotated[str, Path(description="TLS profile name.")]
@@ -339,7 +354,9 @@ def _object_routes(kind: Kind, segment: str, word: str, example: str) -> None:
     show = _action if kind == ACTIONS else _profile
 
     @router.patch(
-        f"/{segment}/{{name}}", summary=f"Change settings of a {word}: {example}; null unsets"
+        f"/{segment}/{{name}}",
+        summary=f"Change settings of a {word}: {example}; null unsets"
+        + ("; starttls.rules: the whole rule list" if kind == ACTIONS else ""),
     )
     def change(
         request: Request,
@@ -348,13 +365,26 @@ def _object_routes(kind: Kind, segment: str, word: str, example: str) -> None:
         name: Annotated[str, Path()],
         if_match: IfMatch,
         values: Annotated[dict[str, Any], Body()] = {},  # noqa: B006
+        dry_run: DryRun = False,
     ) -> dict[str, Any]:
         def edit(document: ConfigDocument) -> dict[str, Any]:
-            path = document.action_path(name) if kind == ACTIONS else document.profile_path(name)
-            _set_keys(document, path, values)
+            settings = dict(values)
+            if kind == ACTIONS:
+                path = document.action_path(name)
+                if (rules := settings.pop(RULES_KEY, None)) is not None:
+                    if not isinstance(rules, list):
+                        raise Invalid([(f"{path}.{RULES_KEY}", "a list of rules")])
+                    document.replace_rules(name, rules)
+                    if not settings:
+                        return show(document, name)
+            else:
+                path = document.profile_path(name)
+            _set_keys(document, path, settings)
             return show(document, name)
 
-        return _change(request, response, account, if_match, f"{segment}.set", name, edit)
+        return _change(
+            request, response, account, if_match, f"{segment}.set", name, edit, dry_run=dry_run
+        )
 
     @router.post(f"/{segment}/{{name}}/clone", summary=f"Clone a {word}", status_code=201)
     def clone(
