@@ -1,6 +1,7 @@
 """Who is calling: HTTP Basic (users) or ``Authorization: Bearer`` (tokens).
 
-``401`` without credentials or with wrong ones, ``429`` with
+``401`` without credentials or with wrong ones (console pages prove
+themselves with a session cookie instead, :mod:`.sessions`), ``429`` with
 ``Retry-After`` while the user name or the client address is backing off
 (:mod:`.throttle`), ``403`` when an auditor asks for a change. Password
 checks run in a worker thread (argon2 releases the GIL), at most
@@ -22,11 +23,20 @@ from fastapi.security import (
 )
 
 from smtpgate.console.admins import Account, AdminError, AdminStore, Role
+from smtpgate.console.sessions import (
+    CSRF_HEADER,
+    SAFE_METHODS,
+    SESSION_COOKIE,
+    SessionStore,
+    csrf_matches,
+)
 from smtpgate.console.throttle import LoginThrottle, ThrottleKey
 from smtpgate.logs import EventLog
 
 CONCURRENT_CHECKS = 2
 REALM = 'Basic realm="smtpgate", charset="UTF-8"'
+#: The challenge of a 401 to a console page: no Basic, so the browser shows no password dialog.
+SESSION_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="smtpgate"'}
 
 _basic = HTTPBasic(auto_error=False, realm="smtpgate")
 _bearer = HTTPBearer(auto_error=False)
@@ -39,7 +49,50 @@ class Authenticator:
         self.admins = admins
         self.log = log
         self.throttle = throttle
+        self.sessions = SessionStore()
         self._checks = asyncio.Semaphore(CONCURRENT_CHECKS)
+
+    async def login(self, address: str, name: str, password: str) -> Account:
+        """A console login: the checks and back-off of Basic, answered without a
+        Basic challenge (a page's fetch must not make the browser ask)."""
+        try:
+            return await self._password(
+                address, HTTPBasicCredentials(username=name, password=password)
+            )
+        except HTTPException as exc:
+            if exc.status_code == 401:
+                raise HTTPException(401, exc.detail, headers=SESSION_CHALLENGE) from None
+            raise
+
+    def session_account(self, cookie: str, method: str, csrf_token: str | None) -> Account:
+        """The user of a console session; a change needs the session's CSRF token."""
+        session = self.sessions.find(cookie)
+        user = None
+        if session is not None:
+            user = next(
+                (
+                    a
+                    for a in self.admins.users()
+                    if a.name == session.user and a.secret_hash == session.secret_hash
+                ),
+                None,
+            )
+            if user is None:  # removed, or a new password: the session ends
+                self.sessions.close(cookie)
+        if session is None or user is None:
+            raise HTTPException(
+                401,
+                "the console session ended (logged out, idle, expired or password changed): "
+                "log in again",
+                headers=SESSION_CHALLENGE,
+            )
+        if method not in SAFE_METHODS and not csrf_matches(session, csrf_token):
+            raise HTTPException(
+                403,
+                f"a change from the console needs the {CSRF_HEADER} header of its session "
+                "(missing or wrong): reload the page",
+            )
+        return user
 
     async def account(
         self,
@@ -116,6 +169,11 @@ async def caller(
 ) -> Account:
     """Any authenticated account (reading)."""
     authenticator: Authenticator = request.app.state.authenticator
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if basic is None and bearer is None and cookie is not None:
+        return authenticator.session_account(
+            cookie, request.method, request.headers.get(CSRF_HEADER)
+        )
     return await authenticator.account(client_address(request), basic, bearer)
 
 
