@@ -18,7 +18,7 @@ proxy (``applied`` says whether the reload took it).
 from __future__ import annotations
 
 import tomllib
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Body, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -38,11 +38,13 @@ from smtpgate.config.editing import (
     profile_summary,
 )
 from smtpgate.config.errors import format_loc
+from smtpgate.config.schema import GeneralSettings, ProxyAction, RuleEntry, TLSProfile
 from smtpgate.console.auth import Authenticator, Changer, Reader, client_address
 from smtpgate.console.backend import Backend, PreconditionRequired, Saved, parse_if_match
 from smtpgate.console.certificates import UploadError, check_pair, describe_file, store_pair
 from smtpgate.console.traffic_routes import router as traffic_router
 from smtpgate.explain import rules_test
+from smtpgate.policy.rules import RecipientEncryption, SenderEncryption
 from smtpgate.tls.certificates import CertificateError, CertificateStore
 from smtpgate.traffic.database import TrafficDatabase
 
@@ -100,10 +102,8 @@ class RuleFields(_Open):
     enabled: bool | None = None
     sender: str | None = None
     recipient: str | None = None
-    sender_encryption: str | None = Field(None, description="required, optional or none")
-    recipient_encryption: str | None = Field(
-        None, description="required, preferred, optional or none"
-    )
+    sender_encryption: str | None = Field(None, description="GET /choices lists the values")
+    recipient_encryption: str | None = Field(None, description="GET /choices lists the values")
 
 
 class NewRule(RuleFields):
@@ -254,6 +254,37 @@ RuleRefPath = Annotated[str, Path(description="1-based position or the rule's na
 @router.get("/whoami", summary="The account making the request")
 async def whoami(account: Reader) -> dict[str, str]:
     return {"name": account.name, "kind": account.kind, "role": str(account.role)}
+
+
+# --- choices -------------------------------------------------------------------------------
+
+
+def _literal(model: Any, key: str) -> list[str]:
+    return [str(value) for value in get_args(model.model_fields[key].annotation)]
+
+
+def _rule_default(key: str) -> str:
+    return str(RuleEntry.model_fields[key].default)
+
+
+#: The values of the settings that are picked from a list, read off the schema.
+CHOICES: dict[str, Any] = {
+    "sender_encryption": [str(v) for v in SenderEncryption],
+    "recipient_encryption": [str(v) for v in RecipientEncryption],
+    "rule_defaults": {
+        "sender_encryption": _rule_default("sender_encryption"),
+        "recipient_encryption": _rule_default("recipient_encryption"),
+    },
+    "direction": _literal(ProxyAction, "direction"),
+    "bare_newline": _literal(GeneralSettings, "bare_newline"),
+    "min_version": _literal(TLSProfile, "min_version"),
+    "pfs": _literal(TLSProfile, "pfs"),
+}
+
+
+@router.get("/choices", summary="The values of the settings picked from a list, and rule defaults")
+async def choices(_: Reader) -> dict[str, Any]:
+    return CHOICES
 
 
 # --- policies -----------------------------------------------------------------------------

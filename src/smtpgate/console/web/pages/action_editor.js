@@ -2,27 +2,24 @@
 // with one PATCH /actions/{name} (the rules as a whole list). Every committed cell is
 // checked by the API with ?dry_run=true, and its errors land on the cell that caused them.
 import { api, ApiError } from '../api.js';
-import { field, h, uid } from '../dom.js';
+import { append, field, h, uid } from '../dom.js';
 import { go, notify, showError } from '../ui.js';
 import { clearFieldErrors, showFieldErrors } from './errors.js';
 
-// The choices of the two drop-downs (SPEC 2): the API names them in its errors too.
-const SENDER_ENCRYPTION = ['required', 'optional', 'none'];
-const RECIPIENT_ENCRYPTION = ['required', 'preferred', 'optional', 'none'];
-const NEW_RULE = {
-  name: null, comment: null, enabled: true, sender: '*', recipient: '',
-  sender_encryption: 'optional', recipient_encryption: 'preferred',
-};
-const RULE_FIELDS = Object.keys(NEW_RULE);
+// A new row: any sender (`*`), the domain typed, the encryptions the API says are the
+// defaults (GET /choices: rule_defaults, with the drop-downs' values).
+const NEW_RULE = { name: null, comment: null, enabled: true, sender: '*', recipient: '' };
+const RULE_FIELDS = [...Object.keys(NEW_RULE), 'sender_encryption', 'recipient_encryption'];
 const LABEL = { sender: 'Sender domain', recipient: 'Recipient domain' };
 
 export async function actionEditorPage(name) {
-  const [action, profiles, policies] = await Promise.all([
+  const [action, profiles, policies, choices] = await Promise.all([
     api('GET', `/actions/${encodeURIComponent(name)}`),
     api('GET', '/profiles'),
     api('GET', '/policies'),
+    api('GET', '/choices'),
   ]);
-  return new ActionEditor(action, profiles, policies).element;
+  return new ActionEditor(action, profiles, policies, choices).element;
 }
 
 function ruleFields(rule) {
@@ -34,7 +31,8 @@ function same(a, b) {
 }
 
 class ActionEditor {
-  constructor(action, profiles, policies) {
+  constructor(action, profiles, policies, choices) {
+    this.choices = choices;
     this.profiles = profiles;
     this.policies = policies;
     this.tab = 'starttls';
@@ -205,7 +203,8 @@ class ActionEditor {
       this.panel('starttls', this.starttlsPanel()),
     ];
     const readOnly = this.action.read_only;
-    this.element.replaceChildren(
+    this.element.replaceChildren();
+    append(this.element, [
       h('p', {}, h('a', { href: '#/actions' }, '← Proxy actions')),
       h('h1', {}, `Proxy action ${this.name}`,
         readOnly ? h('span', { class: 'badge' }, 'predefined (locked)') : null),
@@ -217,7 +216,7 @@ class ActionEditor {
       h('p', { class: 'buttons' },
         h('button', { type: 'button', class: 'primary', id: 'save', onclick: () => this.save() }, 'Save'),
         h('button', { type: 'button', onclick: () => this.load(this.action) }, 'Revert')),
-    );
+    ]);
     if (this.errors) this.showErrors();
   }
 
@@ -265,7 +264,7 @@ class ActionEditor {
       dataset: { key: 'direction' },
       value: this.draft.direction,
       onchange: (e) => this.setValue(null, 'direction', e.target.value),
-    }, ['incoming', 'outgoing'].map((v) => h('option', { value: v }, v)));
+    }, this.choices.direction.map((v) => h('option', { value: v }, v)));
     const fields = Object.entries(this.draft.general).map(([key, value]) => {
       const original = this.original.general[key];
       let control;
@@ -274,6 +273,10 @@ class ActionEditor {
           type: 'checkbox', checked: value,
           onchange: (e) => this.setValue('general', key, e.target.checked),
         });
+      } else if (this.choices[key]) {
+        control = h('select', {
+          value, onchange: (e) => this.setValue('general', key, e.target.value),
+        }, this.choices[key].map((v) => h('option', { value: v }, v)));
       } else {
         control = h('input', {
           value: String(value),
@@ -403,7 +406,8 @@ class ActionEditor {
       h('h2', { id: 'rules-title' }, 'Encryption rules'),
       h('span', { class: 'cell-error', role: 'alert' }),
       h('p', { class: 'hint' }, 'The first enabled rule that matches the sender and recipient domains decides. '
-        + 'Mail no rule matches: sender encryption Optional, recipient encryption Preferred. '
+        + `Mail no rule matches: sender encryption ${this.choices.rule_defaults.sender_encryption}, `
+        + `recipient encryption ${this.choices.rule_defaults.recipient_encryption}. `
         + 'Double-click a domain (or press Enter on it) to change it; Enter keeps, Escape cancels.'),
       h('p', {}, h('button', { type: 'button', id: 'add-rule', onclick: () => this.addRule() }, 'Add')),
       h('table', { class: 'rules-table', 'aria-labelledby': 'rules-title' },
@@ -432,8 +436,8 @@ class ActionEditor {
       }), h('span', { class: 'cell-error', role: 'alert' })),
       this.domainCell(rule, 'sender', key, position),
       this.domainCell(rule, 'recipient', key, position),
-      select('sender_encryption', SENDER_ENCRYPTION),
-      select('recipient_encryption', RECIPIENT_ENCRYPTION),
+      select('sender_encryption', this.choices.sender_encryption),
+      select('recipient_encryption', this.choices.recipient_encryption),
       h('td', { class: 'order' },
         h('button', {
           type: 'button', disabled: index === 0, 'aria-label': `Move rule ${position} up`,
@@ -482,7 +486,8 @@ class ActionEditor {
 
   refreshRules(focus) {
     const panel = this.element.querySelector('#panel-starttls');
-    panel.replaceChildren(...this.starttlsPanel());
+    panel.replaceChildren();
+    append(panel, this.starttlsPanel());
     if (this.errors) this.showErrors();
     if (focus) panel.querySelector(`[data-focus="${focus}"]`)?.focus();
   }
@@ -512,7 +517,7 @@ class ActionEditor {
   }
 
   addRule() {
-    const rule = { ...NEW_RULE, id: this.nextId++ };
+    const rule = { ...NEW_RULE, ...this.choices.rule_defaults, id: this.nextId++ };
     this.draft.rules.push(rule);
     this.editCell(rule, 'recipient', true);
   }

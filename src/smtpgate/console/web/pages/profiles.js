@@ -4,8 +4,6 @@ import { field, h, table } from '../dom.js';
 import { go, notify, showError } from '../ui.js';
 import { clearFieldErrors, showFieldErrors } from './errors.js';
 
-// The choices of the profile settings that have a fixed list (SPEC 5).
-const CHOICES = { min_version: ['1.0', '1.1', '1.2', '1.3'], pfs: ['none', 'allowed', 'required'] };
 
 export async function profilesPage() {
   const profiles = await api('GET', '/profiles');
@@ -33,7 +31,10 @@ async function cloneProfile(name) {
 }
 
 export async function profileEditorPage(name) {
-  const profile = await api('GET', `/profiles/${encodeURIComponent(name)}`);
+  const [profile, choices] = await Promise.all([
+    api('GET', `/profiles/${encodeURIComponent(name)}`),
+    api('GET', '/choices'),
+  ]);
   const section = h('section', { class: 'editor' });
   const original = profile.settings;
   const draft = { ...original };
@@ -42,9 +43,9 @@ export async function profileEditorPage(name) {
     let control;
     if (typeof value === 'boolean') {
       control = h('input', { type: 'checkbox', checked: value, onchange: (e) => { draft[key] = e.target.checked; } });
-    } else if (CHOICES[key]) {
+    } else if (choices[key]) {
       control = h('select', { value, onchange: (e) => { draft[key] = e.target.value; } },
-        CHOICES[key].map((v) => h('option', { value: v }, v)));
+        choices[key].map((v) => h('option', { value: v }, v)));
     } else {
       control = h('input', {
         value: value ?? '',

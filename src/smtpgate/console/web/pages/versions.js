@@ -33,7 +33,7 @@ export async function versionsPage() {
       showError(error);
     }
   }
-  const rows = [...versions].reverse().map((v, index) => h('tr', {},
+  const rows = [...versions].reverse().map((v, index) => h('tr', { dataset: { version: String(v.id) } },
     h('th', { scope: 'row' }, String(v.id), index === 0 ? h('span', { class: 'badge' }, 'current') : null),
     h('td', {}, formatTime(v.saved_at)), h('td', {}, v.user), h('td', {}, v.summary),
     h('td', {},
