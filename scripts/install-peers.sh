@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real SMTP peers the interop tests drive (swaks, openssl,
 # HAProxy, Postfix, nftables for the firewall of the transparent-mode tests),
-# and the PostgreSQL server the traffic store's tests start, and checks that
-# each can do what the tests need, not only
+# the PostgreSQL server the traffic store's tests start and the browser of
+# the console tests (Debian's chromium), and checks that each can do what the
+# tests need, not only
 # that its binary exists: a swaks without Net::SSLeay is installed but cannot
 # say STARTTLS. What gets installed is decided by those checks, so a machine
 # with swaks but without Net::SSLeay gets fixed, and a second run installs
@@ -24,8 +25,9 @@ declare -A packages=(
   [postfix]="postfix"
   [postgresql]="postgresql"
   [nft]="nftables iproute2"
+  [chromium]="chromium"
 )
-peers=(swaks openssl haproxy postfix postgresql nft)
+peers=(swaks openssl haproxy postfix postgresql nft chromium)
 
 check_swaks() {
   # swaks 20201014 (Debian 12) does TLS through Net::SSLeay alone; `--support`
@@ -134,6 +136,20 @@ check_nft() {
   }'
   unshare --net nft -c -f - <<<"$ruleset" >/dev/null 2>&1 ||
     echo "cannot load a ruleset with tproxy and redirect in an inet table (nft -c, in a new network namespace)"
+}
+
+check_chromium() {
+  # tests/browser drives Debian's chromium through Playwright (executable_path; no
+  # browser is ever downloaded): it must start headless as the tests' user (root in
+  # CI, hence --no-sandbox, as Playwright passes it) and render a page.
+  # A profile folder of its own: the user running this may have no writable home.
+  [ -x /usr/bin/chromium ] || { echo "no /usr/bin/chromium"; return; }
+  local dom profile
+  profile=$(mktemp -d)
+  dom=$(HOME=$profile timeout 60 /usr/bin/chromium --headless --no-sandbox --disable-gpu \
+    --user-data-dir="$profile" --dump-dom 'data:text/html,<p>smtpgate</p>' 2>/dev/null) || true
+  rm -rf "$profile"
+  grep -q '<p>smtpgate</p>' <<<"$dom" || echo "does not render a page headless (chromium --headless --dump-dom)"
 }
 
 # check_all: sets problems to a "peer: what it cannot do" line per failed

@@ -385,7 +385,7 @@ def test_install_peers_finds_every_peer_able() -> None:
     proc = _run_installer()
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == (
-        "install-peers: ok: swaks openssl haproxy postfix postgresql nft"
+        "install-peers: ok: swaks openssl haproxy postfix postgresql nft chromium"
         " can do what the interop tests need\n"
     )
 
