@@ -216,11 +216,16 @@ def demo(
     keep_state: Annotated[
         Path | None, typer.Option(help="Folder for the demo's state (default: a temp dir).")
     ] = None,
+    exit_after: Annotated[
+        bool,
+        typer.Option("--exit", help="Stop after the sample mail instead of running until Ctrl-C."),
+    ] = False,
 ) -> None:
-    """A self-contained tour: local upstream, proxy, sample mail through several rules."""
+    """A self-contained tour: local upstream, proxy and web console, sample mail through
+    several rules; then both keep running until Ctrl-C (--exit: stop after the samples)."""
     from smtpgate.demo import run_demo
 
-    raise typer.Exit(run_async(run_demo(keep_state)))
+    raise typer.Exit(run_async(run_demo(keep_state, stay=not exit_after)))
 
 
 def main() -> None:

@@ -1,9 +1,13 @@
 """``smtpgate demo``: the product on one machine, in under a minute.
 
 Starts a local receiving server (with STARTTLS, certificate signed by the
-proxy's own CA), the proxy with three example rules in front of it, sends
-sample mail through each rule with Python's smtplib (a real SMTP client), and
-prints what the log recorded. Everything listens on 127.0.0.1 only.
+proxy's own CA), the proxy with three example rules in front of it and its
+web console, sends sample mail through each rule with Python's smtplib (a
+real SMTP client), and prints what the log recorded. Then it keeps the proxy
+and the console running until Ctrl-C, printing the console's address and
+its one-time password, and each new transaction as the log records it
+(``--exit`` stops after the samples instead, as the tests want). Everything
+listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smtpgate.config.loader import load_config
+from smtpgate.console.server import Console
 from smtpgate.logs import EventLog, render_text
 from smtpgate.proxy.gateway import Gateway
 from smtpgate.proxy.stream import Stream
@@ -151,6 +156,11 @@ state_dir = "state"
 [logging]
 format = "json"
 
+# The web console: log in as admin with the password the demo prints.
+[console]
+enabled = true
+listen = "127.0.0.1:{console}"
+
 [[policies]]
 name = "inbound"
 listen = "127.0.0.1:{listen}"
@@ -186,6 +196,10 @@ recipient_encryption = "none"
 
 CONFIG_HEADING = "The proxy's configuration, a complete file (`smtpgate check` accepts it):"
 CONFIG_FILE_LABEL = "configuration file:"
+CONSOLE_LABEL = "The web console:"
+RUNNING_LABEL = "Running until Ctrl-C"
+#: The log records the demo shows: decisions and transactions.
+SHOWN_EVENTS = ("transaction", "rcpt_rejected", "mail_rejected")
 
 
 @dataclass(frozen=True)
@@ -247,64 +261,120 @@ def _send(port: int, sample: Sample) -> str:
     return "250 accepted"
 
 
-async def run_demo(keep_state: Path | None = None) -> int:
+async def run_demo(keep_state: Path | None = None, *, stay: bool = True) -> int:
+    """The demo; with ``stay`` the proxy and the console run on until Ctrl-C."""
     with tempfile.TemporaryDirectory(prefix="smtpgate-demo-") as tmp:
         base = keep_state or Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
-        config_path = base / "smtpgate.toml"
-        # The proxy CA must exist before the profile that trusts it is loaded.
-        store = CertificateStore.load(
-            base / "state",
-            server_cert=None,
-            server_key=None,
-            ca_cert=None,
-            ca_key=None,
-            sni=[],
-            hostname="mx.demo.test",
+        return await _run(base, keep_state is not None, stay=stay)
+
+
+async def _run(base: Path, kept: bool, *, stay: bool) -> int:
+    config_path = base / "smtpgate.toml"
+    # The proxy CA must exist before the profile that trusts it is loaded.
+    store = CertificateStore.load(
+        base / "state",
+        server_cert=None,
+        server_key=None,
+        ca_cert=None,
+        ca_key=None,
+        sni=[],
+        hostname="mx.demo.test",
+    )
+    cert, key = store.leaf_for("localhost")
+    sink_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sink_tls.load_cert_chain(cert, key)
+    sink = ReceivingServer("upstream.demo.test", sink_tls)
+    upstream_port = await sink.start()
+    log_buffer = io.StringIO()
+    log = EventLog(log_buffer, fmt="json")
+    first_admin: list[tuple[str, str]] = []
+    # Both ports are held until the proxy and the console listen on them.
+    with ReservedPort(HOST) as reserved, ReservedPort(HOST) as console_port:
+        listen = reserved.port
+        config_path.write_text(
+            CONFIG.format(listen=listen, upstream=upstream_port, console=console_port.port)
         )
-        cert, key = store.leaf_for("localhost")
-        sink_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        sink_tls.load_cert_chain(cert, key)
-        sink = ReceivingServer("upstream.demo.test", sink_tls)
-        upstream_port = await sink.start()
-        log_buffer = io.StringIO()
-        with ReservedPort(HOST) as reserved:  # held until the proxy listens on it
-            listen = reserved.port
-            config_path.write_text(CONFIG.format(listen=listen, upstream=upstream_port))
-            config = load_config(config_path)
-            gateway = Gateway(config, EventLog(log_buffer, fmt="json"))
-            await gateway.start()
-        print(f"smtpgate demo: proxy on {HOST}:{listen} -> upstream on {HOST}:{upstream_port}")
-        print(f"\n{CONFIG_HEADING}\n")
-        print(textwrap.indent(config_path.read_text().strip(), "    "))
-        if keep_state is None:
-            print(
-                f"\n{CONFIG_FILE_LABEL} {config_path} (deleted when the demo ends; "
-                "`smtpgate demo --keep-state DIR` keeps it and the demo's state in DIR)\n"
-            )
-        else:
-            print(
-                f"\n{CONFIG_FILE_LABEL} {config_path} (kept; "
-                f"try `smtpgate check --config {config_path}`)\n"
-            )
-        try:
-            for number, sample in enumerate(SAMPLES, 1):
-                reply = await asyncio.to_thread(_send, listen, sample)
-                print(f"{number}. {sample.title}")
-                print(
-                    f"   {sample.sender} -> {sample.recipient}"
-                    f" ({'STARTTLS' if sample.starttls else 'in clear'}): {reply}"
-                )
-        finally:
-            await gateway.stop()
-            await sink.stop()
-        print("\nWhat the log recorded (one line per decision and per transaction):\n")
-        for line in log_buffer.getvalue().splitlines():
-            record = json.loads(line)
-            if record["event"] in ("transaction", "rcpt_rejected", "mail_rejected"):
-                print("  " + render_text(record))
-        print(f"\nThe upstream received {len(sink.messages)} message(s):")
-        for message in sink.messages:
-            print(f"  {message.sender} -> {', '.join(message.recipients)} (in {message.tls})")
-        expected = sum(1 for s in SAMPLES if s.starttls or s.sender != "alice@partner.example")
-        return 0 if len(sink.messages) == expected else 1
+        config = load_config(config_path)
+        gateway = Gateway(config, log, reload_config=lambda: load_config(config_path))
+        await gateway.start()
+        console = Console(gateway, config_path, log)
+        await console.start(lambda name, password: first_admin.append((name, password)))
+    gateway.install_signal_handlers()  # SIGINT (Ctrl-C) and SIGTERM stop, SIGHUP reloads
+    try:
+        delivered = await _samples(config_path, kept, listen, upstream_port, log_buffer, sink)
+        if stay:
+            _announce_console(console.port, first_admin, listen, base)
+            log.observe(_show_live)
+            await gateway.serve_until_stopped()
+    finally:
+        await gateway.stop()
+        await console.stop()
+        await sink.stop()
+    return 0 if delivered else 1
+
+
+async def _samples(
+    config_path: Path,
+    kept: bool,
+    listen: int,
+    upstream_port: int,
+    log_buffer: io.StringIO,
+    sink: ReceivingServer,
+) -> bool:
+    """Send the sample mail, print what happened; True if the upstream got what it should."""
+    print(f"smtpgate demo: proxy on {HOST}:{listen} -> upstream on {HOST}:{upstream_port}")
+    print(f"\n{CONFIG_HEADING}\n")
+    print(textwrap.indent(config_path.read_text().strip(), "    "))
+    if not kept:
+        print(
+            f"\n{CONFIG_FILE_LABEL} {config_path} (deleted when the demo ends; "
+            "`smtpgate demo --keep-state DIR` keeps it and the demo's state in DIR)\n"
+        )
+    else:
+        print(
+            f"\n{CONFIG_FILE_LABEL} {config_path} (kept; "
+            f"try `smtpgate check --config {config_path}`)\n"
+        )
+    for number, sample in enumerate(SAMPLES, 1):
+        reply = await asyncio.to_thread(_send, listen, sample)
+        print(f"{number}. {sample.title}")
+        print(
+            f"   {sample.sender} -> {sample.recipient}"
+            f" ({'STARTTLS' if sample.starttls else 'in clear'}): {reply}"
+        )
+    print("\nWhat the log recorded (one line per decision and per transaction):\n")
+    for line in log_buffer.getvalue().splitlines():
+        record = json.loads(line)
+        if record["event"] in SHOWN_EVENTS:
+            print("  " + render_text(record))
+    print(f"\nThe upstream received {len(sink.messages)} message(s):")
+    for message in sink.messages:
+        print(f"  {message.sender} -> {', '.join(message.recipients)} (in {message.tls})")
+    expected = sum(1 for s in SAMPLES if s.starttls or s.sender != "alice@partner.example")
+    return len(sink.messages) == expected
+
+
+def _announce_console(
+    port: int, first_admin: list[tuple[str, str]], listen: int, base: Path
+) -> None:
+    print(f"\n{CONSOLE_LABEL} https://{HOST}:{port}/")
+    for name, password in first_admin:
+        print(f"  log in as {name} with the password {password} (shown only this once)")
+    if not first_admin:
+        print(
+            "  log in with the password printed when this state was made "
+            f"(or set one: `smtpgate admin passwd admin --config {base / 'smtpgate.toml'}`)"
+        )
+    print(
+        "  The browser will warn about the certificate: the demo's own CA issued it\n"
+        f"  ({base / 'state' / 'tls' / 'ca.pem'}); accept it for this address.\n"
+        f"  Send more mail to {HOST}:{listen} (e.g. `swaks --server {HOST}:{listen} "
+        "--to bob@corp.example`)\n  and watch it below, and on the Traffic and Coverage pages."
+    )
+    print(f"\n{RUNNING_LABEL}; new transactions:\n", flush=True)
+
+
+def _show_live(record: dict[str, object]) -> None:
+    if record["event"] in SHOWN_EVENTS:
+        print("  " + render_text(record), flush=True)

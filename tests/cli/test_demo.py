@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import re
+import signal
+import smtplib
+import ssl
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from smtpgate.demo import CONFIG_FILE_LABEL, CONFIG_HEADING
+import httpx
+
+from smtpgate.demo import CONFIG_FILE_LABEL, CONFIG_HEADING, CONSOLE_LABEL, RUNNING_LABEL
 
 SMTPGATE = Path(sys.executable).with_name("smtpgate")
 
 
 def demo(*args: str) -> str:
+    """The demo as the tests run it: --exit stops it after the sample mail."""
     result = subprocess.run(
-        [str(SMTPGATE), "demo", *args], capture_output=True, text=True, timeout=60, check=False
+        [str(SMTPGATE), "demo", "--exit", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr + result.stdout
     return result.stdout
@@ -58,3 +69,54 @@ def test_demo_keep_state_keeps_a_configuration_that_checks(tmp_path: Path) -> No
     assert f"{CONFIG_FILE_LABEL} {kept} (kept; try `smtpgate check --config {kept}`)" in out
     assert kept.read_text().strip() == printed_config(out).strip()
     assert check(kept).returncode == 0
+
+
+def test_demo_keeps_the_proxy_and_the_console_running_until_ctrl_c(tmp_path: Path) -> None:
+    """`make demo`: the console's address and one-time password are printed, logging in
+    with them works, mail sent meanwhile is shown, and Ctrl-C (SIGINT) ends it cleanly."""
+    state = tmp_path / "demo"
+    process = subprocess.Popen(
+        [str(SMTPGATE), "demo", "--keep-state", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        out = ""
+        while RUNNING_LABEL not in out:
+            line = process.stdout.readline()
+            assert line, out + (process.stderr.read() if process.stderr else "")
+            out += line
+        address = re.search(rf"{CONSOLE_LABEL} (https://127\.0\.0\.1:\d+)/\n", out)
+        password = re.search(
+            r"log in as admin with the password (\S+) \(shown only this once\)", out
+        )
+        assert address and password, out
+        trust = ssl.create_default_context(cafile=str(state / "state" / "tls" / "ca.pem"))
+        with httpx.Client(base_url=address[1], verify=trust, timeout=10) as client:
+            login = client.post("/api/v1/session", json={"name": "admin", "password": password[1]})
+            assert login.status_code == 200, login.text
+            actions = client.get("/api/v1/actions").json()
+            assert "Inbound.Demo" in [a["name"] for a in actions]
+            assert client.get("/console/").status_code == 200
+        # Mail sent now goes through the running proxy and is shown as it happens.
+        proxy = re.search(r"proxy on 127\.0\.0\.1:(\d+) ", out)
+        assert proxy, out
+        with smtplib.SMTP("127.0.0.1", int(proxy[1]), timeout=10) as smtp:
+            smtp.sendmail("dave@later.example", ["erin@corp.example"], b"Subject: hi\r\n\r\nhi\r\n")
+        shown = ""
+        while not shown.strip():
+            shown = process.stdout.readline()
+        assert " transaction " in shown and "recipients=erin@corp.example" in shown, shown
+        assert "outcome=delivered" in shown
+        # The password is printed once, and nowhere in the state.
+        assert out.count(password[1]) == 1
+        assert not any(password[1] in p.read_text(errors="replace") for p in state.rglob("*.*"))
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

@@ -38,6 +38,8 @@ from smtpgate.traffic.database import TrafficDatabase
 
 #: The first administrator's name, when serve creates one.
 FIRST_ADMIN = "admin"
+#: Told the first administrator's name and password, once.
+FirstAdminAnnounce = Callable[[str, str], None]
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -75,9 +77,9 @@ class Console:
 
     # -- the first administrator -----------------------------------------------------------
 
-    def ensure_first_admin(self, announce: Callable[[str], None]) -> None:
+    def ensure_first_admin(self, announce: FirstAdminAnnounce) -> None:
         """With no user (tokens do not count), create ``admin`` with a random password and
-        hand the password to ``announce`` (standard error), nowhere else."""
+        hand the name and password to ``announce`` (serve: standard error), nowhere else."""
         if self.admins.users():
             return
         password = new_password()
@@ -93,11 +95,7 @@ class Console:
             target=FIRST_ADMIN,
             role=str(Role.ADMIN),
         )
-        announce(
-            f"smtpgate: console: created the first administrator {FIRST_ADMIN!r} with the "
-            f"password {password} (shown only this once; change it with "
-            f"`smtpgate admin passwd {FIRST_ADMIN}`)"
-        )
+        announce(FIRST_ADMIN, password)
 
     # -- TLS ------------------------------------------------------------------------------
 
@@ -128,7 +126,7 @@ class Console:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, announce: Callable[[str], None]) -> None:
+    async def start(self, announce: FirstAdminAnnounce) -> None:
         """Listen on ``[console] listen``; a ConfigError naming it if that fails.
         The first administrator is made once the address is ours (:meth:`ensure_first_admin`)."""
         listen = self.proxy.config.console.listen
@@ -206,8 +204,20 @@ async def start_console(
     if not proxy.config.console.enabled:
         return None
     console = Console(proxy, config_path, log, traffic=traffic)
-    await console.start(lambda line: print(line, file=sys.stderr, flush=True))
+    await console.start(print_first_admin)
     return console
+
+
+def print_first_admin(name: str, password: str) -> None:
+    """serve's announcement of the first administrator: one plain line on standard
+    error (not a log record, so the password is written nowhere else)."""
+    print(
+        f"smtpgate: console: created the first administrator {name!r} with the "
+        f"password {password} (shown only this once; change it with "
+        f"`smtpgate admin passwd {name}`)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 __all__ = ["Console", "RunningProxy", "start_console"]
