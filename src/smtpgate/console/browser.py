@@ -21,6 +21,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from smtpgate.console.api import API_PREFIX, ERRORS
 from smtpgate.console.auth import SESSION_CHALLENGE, Authenticator, Reader, client_address
 from smtpgate.console.sessions import (
     CSRF_HEADER,
@@ -54,7 +55,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix=API_PREFIX, responses=ERRORS)
 
 
 class Login(BaseModel):

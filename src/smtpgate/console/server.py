@@ -29,6 +29,7 @@ from smtpgate.console.api import create_app
 from smtpgate.console.audit import AuditLog
 from smtpgate.console.auth import Authenticator
 from smtpgate.console.backend import Backend, RunningProxy
+from smtpgate.console.browser import add_pages
 from smtpgate.console.throttle import LoginThrottle
 from smtpgate.logs import EventLog, describe_error
 from smtpgate.proxy.runtime import load_certificates
@@ -69,6 +70,7 @@ class Console:
         self.audit = AuditLog(state_dir, log)
         self.authenticator = Authenticator(self.admins, log, throttle or LoginThrottle())
         self.app = create_app(self.authenticator, Backend(proxy, config_path, self.audit), traffic)
+        add_pages(self.app)
         self._tls_for: Config | None = None
         self._tls: ssl.SSLContext | None = None
         self._server: _EmbeddedServer | None = None
