@@ -45,6 +45,7 @@ from smtpgate.smtp import (
 )
 from smtpgate.tls import describe_tls
 from smtpgate.tls.certificates import CertificateStore
+from smtpgate.traffic.store import TrafficStore, open_store
 
 HOST = "127.0.0.1"
 IDLE_SECONDS = 60.0
@@ -297,8 +298,12 @@ async def _run(base: Path, kept: bool, *, stay: bool) -> int:
         )
         config = load_config(config_path)
         gateway = Gateway(config, log, reload_config=lambda: load_config(config_path))
+        # The Traffic and Coverage pages read what the store writes: every sample too.
+        traffic = open_store(config, log)
+        assert isinstance(traffic, TrafficStore)  # the demo's console is enabled
+        traffic.start()
         await gateway.start()
-        console = Console(gateway, config_path, log)
+        console = Console(gateway, config_path, log, traffic=traffic.database)
         await console.start(lambda name, password: first_admin.append((name, password)))
     gateway.install_signal_handlers()  # SIGINT (Ctrl-C) and SIGTERM stop, SIGHUP reloads
     try:
@@ -310,6 +315,7 @@ async def _run(base: Path, kept: bool, *, stay: bool) -> int:
     finally:
         await gateway.stop()
         await console.stop()
+        await traffic.stop()
         await sink.stop()
     return 0 if delivered else 1
 

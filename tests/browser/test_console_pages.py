@@ -5,7 +5,10 @@ proxy behave as the table says; every page screenshotted and checked with axe-co
 
 from __future__ import annotations
 
+import re
 import smtplib
+import ssl
+import time
 
 from playwright.sync_api import BrowserContext, Page, expect
 
@@ -148,7 +151,66 @@ def test_the_scenario_of_issue_9_item_5(
         assert client.rcpt("carol@legacy.example")[0] == 250
         client.data(b"Subject: through the console's rules\r\n\r\nHello.\r\n")
     assert upstream.handler.messages[-1].rcpt_tos == ["carol@legacy.example"]
+    # A sender whose mail arrives encrypted: Coverage will suggest requiring it.
+    with smtplib.SMTP("127.0.0.1", console.gate.port(), timeout=10) as client:
+        client.ehlo("client.example")
+        client.starttls(context=unverified_client_context())
+        client.ehlo("client.example")
+        client.sendmail(
+            "dave@tls-sender.example", ["erin@legacy.example"], b"Subject: tls\r\n\r\n."
+        )
+    wait_for_traffic(console, 2)
+
+    # Traffic: the two transactions, filterable; the chart of TLS versions per leg.
+    page.get_by_role("link", name="Traffic").click()
+    expect(page.get_by_role("heading", name="Traffic")).to_be_visible()
+    rows = page.locator(".records tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("tls-sender.example")
+    expect(rows.nth(0)).to_contain_text("TLSv1.3")
+    expect(rows.nth(1)).to_contain_text("sender.example")
+    expect(rows.nth(1)).to_contain_text("delivered")
+    client_chart = page.get_by_role("img", name=re.compile(r"^Client leg \(mail arriving\): "))
+    expect(client_chart).to_have_attribute("aria-label", re.compile(r"TLSv1\.3: 1.*none: 1"))
+    check_page(page, "traffic")
+    page.get_by_label("Domain (sender or recipient)").fill("tls-sender.example")
+    page.get_by_role("button", name="Show").click()
+    expect(rows).to_have_count(1)
+    page.get_by_label("Since").fill("yesterday")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator('[data-key="query.since"] .cell-error')).not_to_be_empty()
+
+    # Coverage: tls-sender.example could require TLS; its button creates the rule.
+    page.get_by_role("link", name="Coverage").click()
+    expect(page.get_by_role("heading", name="Encryption coverage")).to_be_visible()
+    suggestion = page.locator('.suggestion[data-domain="tls-sender.example"][data-leg="sender"]')
+    expect(suggestion).to_contain_text("require TLS on the client leg")
+    check_page(page, "coverage")
+    suggestion.get_by_role("button").click()
+    expect(page.get_by_role("heading", name=f"Proxy action {CLONE}")).to_be_visible()
+    expect(page.locator("#banner")).to_contain_text(
+        f"Created rule 3 in {CLONE}: sender encryption required for tls-sender.example."
+    )
+    expect(rule_cell(page, 3, "sender")).to_have_text("tls-sender.example")
+    expect(page.get_by_label("Sender encryption of rule 3")).to_have_value("required")
     assert not watch.problems, watch.problems
+
+
+def unverified_client_context() -> ssl.SSLContext:
+    """The sending client of the scenario does not check the proxy's certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def wait_for_traffic(console: ConsoleUnderTest, count: int) -> None:
+    """The traffic store writes in batches off the mail path: wait until it has them."""
+    deadline = time.monotonic() + 20
+    with console.admin() as api:
+        while len(api.get("/api/v1/traffic").json()["records"]) < count:
+            assert time.monotonic() < deadline, "the traffic store did not write the records"
+            time.sleep(0.2)
 
 
 def test_pages_beside_the_editor(context: BrowserContext, console: ConsoleUnderTest) -> None:

@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -110,6 +111,21 @@ def test_demo_keeps_the_proxy_and_the_console_running_until_ctrl_c(tmp_path: Pat
             shown = process.stdout.readline()
         assert " transaction " in shown and "recipients=erin@corp.example" in shown, shown
         assert "outcome=delivered" in shown
+        # The samples and that mail are on the Traffic and Coverage pages' routes.
+        with httpx.Client(base_url=address[1], verify=trust, timeout=10) as client:
+            client.post("/api/v1/session", json={"name": "admin", "password": password[1]})
+            deadline = time.monotonic() + 20
+            while True:
+                records = client.get("/api/v1/traffic").json()["records"]
+                if len(records) == 5 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            coverage = client.get("/api/v1/coverage").json()
+        assert records[0]["sender_domain"] == "later.example"
+        assert [r["outcome"] for r in records].count("delivered") == 4
+        senders = {entry["domain"]: entry for entry in coverage["senders"]}
+        assert senders["partner.example"]["messages"] == 2
+        assert senders["partner.example"]["client"]["encrypted"] == 1
         # The password is printed once, and nowhere in the state.
         assert out.count(password[1]) == 1
         assert not any(password[1] in p.read_text(errors="replace") for p in state.rglob("*.*"))
