@@ -171,8 +171,11 @@ class ActionEditor {
         const made = await api('POST', `/actions/${encodeURIComponent(this.name)}/clone`, {
           body: input.value.trim() ? { name: input.value.trim() } : {},
         });
-        this.action = { ...this.action, read_only: false, name: made.name };
+        // From here on the editor edits the clone, with the draft as it was.
+        this.action = { ...made, read_only: false };
         this.name = made.name;
+        history.replaceState(null, '', `#/actions/${encodeURIComponent(made.name)}`);
+        this.render();
         await this.patch(made.name, body);
       } catch (error) {
         showError(error);
