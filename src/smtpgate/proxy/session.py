@@ -24,6 +24,7 @@ commands leave in one write, and body bytes leave with the final dot.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -139,6 +140,7 @@ class Transaction:
         "recipient_domains",
         "recipients",
         "refused_reply",
+        "relay_seconds",
         "rule",
         "sender",
         "sender_address",
@@ -168,10 +170,14 @@ class Transaction:
         #: Content bytes the client sent (unstuffed, without our Received: header).
         self.size = 0
         self.headers = MessageIdScanner()
+        #: From the final dot relayed to the upstream's verdict; None without a verdict.
+        self.relay_seconds: float | None = None
         #: The upstream's answer to the final dot (it names the message in the next queue).
         self.final_reply: Reply | None = None
 
-    def record(self, outcome: str, reply: int, *, addresses: bool) -> dict[str, Any]:
+    def record(
+        self, outcome: str, reply: int, *, addresses: bool, upstream_reused: bool
+    ) -> dict[str, Any]:
         """This transaction's fields of the ``transaction`` record (docs/logs.md)."""
         fields: dict[str, Any] = {
             "rule": self.rule or "default",
@@ -185,9 +191,16 @@ class Transaction:
         fields["message_id"] = self.headers.message_id()
         fields["outcome"] = outcome
         fields["reply"] = reply
+        fields["upstream_reused"] = upstream_reused
+        fields["relay_ms"] = milliseconds(self.relay_seconds)
         final = self.final_reply
         fields["upstream_reply"] = f"{final.code} {final.text}" if final is not None else ""
         return fields
+
+
+def milliseconds(seconds: float | None) -> float | None:
+    """A duration as records give it: milliseconds to the microsecond, None when unknown."""
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def log_address(address: Address) -> str:
@@ -234,6 +247,9 @@ class AwaitData:
 class AwaitEnd:
     """The final dot relayed; the upstream's verdict on the message is owed."""
 
+    #: When the dot left (the session's clock), for ``relay_ms``.
+    since: float = 0.0
+
 
 @dataclass(slots=True)
 class AwaitReset:
@@ -267,10 +283,12 @@ class Session:
         received_date: Callable[[], str],
         log_addresses: bool = True,
         interception: Interception | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``client_tls``: the client leg is TLS from its first byte; None for cleartext.
         ``log_addresses``: records carry envelope addresses (``[logging] addresses``).
-        ``interception``: where the client was going (``upstream = "transparent"``)."""
+        ``interception``: where the client was going (``upstream = "transparent"``).
+        ``clock``: seconds, for the durations records give (handshakes, relay)."""
         self.rt = rt
         self.id = session_id
         self.client_addr = client_addr
@@ -291,6 +309,12 @@ class Session:
         self.pending: Pending | None = None
         self.closed = False
         self._handshaking = False
+        self._clock = clock
+        #: When the client's STARTTLS handshake, the opening of the upstream leg and
+        #: its TLS handshake began, for ``handshake_ms`` and ``setup_ms``.
+        self._client_tls_since = 0.0
+        self._opening_since = 0.0
+        self._upstream_tls_since: float | None = None
         self._out: list[Command] = []
         self._wait_client = Wait(Side.CLIENT, rt.command_timeout, rt.limits.max_buffer // 2)
         self._wait_body = Wait(Side.CLIENT, rt.data_timeout)
@@ -498,6 +522,7 @@ class Session:
                 client=self.client_addr,
                 discarded_bytes=len(discarded),
             )
+        self._client_tls_since = self._clock()
         self._out.append(StartTLS(Side.CLIENT))
 
     def _mail(self, event: MailFrom) -> None:
@@ -568,6 +593,7 @@ class Session:
         if leg is not None:
             self.leg = None
             self._out.append(ReleaseUpstream(leg))
+        self._opening_since, self._upstream_tls_since = self._clock(), None
         self._out.append(OpenUpstream(self.upstream_targets[mode]))
 
     def _send_envelope(self, pending: AwaitRcpt, leg: UpstreamLeg) -> None:
@@ -625,7 +651,7 @@ class Session:
             self._end_transaction("tempfail", REPLY_UPSTREAM_FAILED[0])
             return
         leg.end()  # the body's rest leaves with the dot, in the same write
-        self.pending = AwaitEnd()
+        self.pending = AwaitEnd(self._clock())
 
     def _reset(self, then: Hello | None = None) -> None:
         self._end_transaction("aborted", 0)
@@ -685,6 +711,7 @@ class Session:
                 client=self.client_addr,
                 client_tls=event.facts.version,
                 client_cipher=event.facts.cipher,
+                handshake_ms=milliseconds(self._clock() - self._client_tls_since),
             )
             return
         leg = self.leg
@@ -708,8 +735,11 @@ class Session:
             self._open_failed(exc)
             return
         if step is Opened.START_TLS:
+            self._upstream_tls_since = self._clock()
             self._out.append(StartTLS(Side.UPSTREAM))
         elif step is Opened.READY:
+            now = self._clock()
+            tls_since = self._upstream_tls_since
             self._log(
                 "upstream_connected",
                 session=self.id,
@@ -719,6 +749,8 @@ class Session:
                 upstream_cipher=leg.tls.cipher,
                 upstream_verify=str(leg.tls.verification),
                 upstream_fallback=leg.fallback,
+                handshake_ms=milliseconds(None if tls_since is None else now - tls_since),
+                setup_ms=milliseconds(now - self._opening_since),
             )
             pending = self.pending
             assert isinstance(pending, AwaitRcpt)
@@ -754,6 +786,7 @@ class Session:
             self.server.reply_lines(reply.code, reply.lines)
             assert self.txn is not None
             self.txn.final_reply = reply
+            self.txn.relay_seconds = self._clock() - pending.since
             code = reply.code
             outcome = "delivered" if code < 300 else "tempfail" if code < 500 else "rejected"
             self._end_transaction(outcome, code)
@@ -847,6 +880,7 @@ class Session:
                 self.pending = AwaitRcpt(
                     pending.event, pending.domain, pending.rule, pending.mode, retried=True
                 )
+                self._opening_since, self._upstream_tls_since = self._clock(), None
                 self._out.append(OpenUpstream(self.upstream_targets[pending.mode]))
                 return
             self.pending = None
@@ -914,7 +948,12 @@ class Session:
             upstream_cipher=tls.cipher,
             upstream_verify=str(tls.verification),
             upstream_fallback=leg.fallback if leg is not None else "",
-            **txn.record(outcome, reply, addresses=self.log_addresses),
+            **txn.record(
+                outcome,
+                reply,
+                addresses=self.log_addresses,
+                upstream_reused=leg is not None and leg.reused,
+            ),
         )
 
     def _rcpt_rejected(
