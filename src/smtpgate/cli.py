@@ -26,6 +26,7 @@ from smtpgate.config.schema import Config
 from smtpgate.config.warnings import config_warnings
 from smtpgate.console.admin_cli import admin_app
 from smtpgate.logs import EventLog
+from smtpgate.logtargets import destination, open_error, open_sink
 from smtpgate.pidfile import pid_file, remove_pid_file, write_pid_file
 from smtpgate.tls.certificates import CertificateError, CertificateStore
 
@@ -75,6 +76,7 @@ async def _serve(cfg: Config, path: Path | None) -> None:
     # 0.7 s of imports that `rules list` and the other editing commands never need.
     # (No cycle hides here: tests/proxy/test_import_graph.py counts these imports too.)
     from smtpgate.console.server import start_console
+    from smtpgate.metrics_server import count_metrics, start_metrics
     from smtpgate.proxy.gateway import Gateway
     from smtpgate.traffic.store import open_store
 
@@ -88,6 +90,7 @@ async def _serve(cfg: Config, path: Path | None) -> None:
         raise fail(path, exc) from exc
     for created in sorted(_files_under(cfg.gateway.state_dir) - before):
         log.emit("created", file=str(created), key="gateway.state_dir")
+    metrics = count_metrics(gateway, log)
     # Before anything listens: whoever sees the `listening` record may signal at once,
     # and a SIGHUP without a handler would end the process.
     gateway.install_signal_handlers()
@@ -95,12 +98,16 @@ async def _serve(cfg: Config, path: Path | None) -> None:
     traffic = open_store(cfg, log)
     if traffic is not None:
         traffic.start()
+    console = None
     try:
         await gateway.start()
         console = await start_console(
             gateway, path, log, traffic.database if traffic is not None else None
         )
+        metrics_server = await start_metrics(metrics, log)
     except ConfigError as exc:
+        if console is not None:
+            await console.stop()
         await gateway.stop()
         if traffic is not None:
             await traffic.stop()
@@ -123,6 +130,8 @@ async def _serve(cfg: Config, path: Path | None) -> None:
             await console.stop()
         if traffic is not None:
             await traffic.stop()  # after the drain: the last sessions' rows are written
+        if metrics_server is not None:
+            await metrics_server.stop()
     log.close()
 
 
@@ -161,13 +170,14 @@ def check(
 
 
 def _open_log(cfg: Config, path: Path | None) -> EventLog:
-    """The event log as serve opens it; an error names ``logging.file``."""
-    log_file = cfg.logging.file
+    """The event log as serve opens it; an error names the key (``logging.file``)."""
+    settings = cfg.logging
     try:
-        return EventLog.open(str(log_file) if log_file else None, cfg.logging.format)
+        sink = open_sink(settings)
     except OSError as exc:
-        reason = f"{log_file}: cannot open: {exc.strerror or exc}"
-        raise fail(path, ConfigError([("logging.file", reason)])) from exc
+        key, reason = open_error(settings, exc).split(": ", 1)
+        raise fail(path, ConfigError([(key, reason)])) from exc
+    return EventLog(fmt=settings.format, sink=sink, destination=destination(settings))
 
 
 async def _build(cfg: Config, *, bind: bool) -> None:

@@ -11,8 +11,8 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
-from typing import Any, Literal, TextIO
+from collections.abc import Callable, Hashable
+from typing import Any, Literal, Protocol, TextIO
 
 LogFormat = Literal["json", "text"]
 
@@ -23,12 +23,64 @@ LogFormat = Literal["json", "text"]
 RecordObserver = Callable[[dict[str, Any]], None]
 
 
-class EventLog:
-    """Where records go and how they look; SIGHUP reopens and reconfigures it in place.
+class Sink(Protocol):
+    """Where rendered records go (:mod:`smtpgate.logtargets` has journald and syslog).
+    ``write`` never raises and never blocks: a log must not take mail down."""
 
-    ``path`` is the file being written (None: the stream given, or standard
-    error). ``addresses`` says whether records carry envelope addresses (the
-    session asks it; ``[logging] addresses``).
+    #: What it writes to, as ``log_reopen_failed`` names it (a file, a socket).
+    name: str
+
+    def write(self, line: str, record: dict[str, Any]) -> None: ...
+
+    def reopen(self) -> None:
+        """SIGHUP/SIGUSR1: open the destination afresh; OSError when that fails
+        (the old one stays)."""
+
+    def close(self) -> None: ...
+
+
+class StreamSink:
+    """Standard error, or a stream a test or the demo hands in."""
+
+    def __init__(self, stream: TextIO, name: str = "") -> None:
+        self.stream = stream
+        self.name = name
+
+    def write(self, line: str, record: dict[str, Any]) -> None:
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a full disk or closed log must not take mail down
+
+    def reopen(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.stream not in (sys.stderr, sys.stdout):
+            self.stream.close()
+
+
+class FileSink(StreamSink):
+    """A file, appended to line by line; reopened by name once logrotate renamed it
+    (no ``copytruncate`` needed)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(_open(path), path)
+        self.path = path
+
+    def reopen(self) -> None:
+        stream = _open(self.path)
+        old, self.stream = self.stream, stream
+        old.close()
+
+
+class EventLog:
+    """Where records go and how they look; SIGHUP reopens and reconfigures it in place,
+    SIGUSR1 reopens it.
+
+    ``addresses`` says whether records carry envelope addresses (the session
+    asks it; ``[logging] addresses``).
     """
 
     def __init__(
@@ -37,20 +89,23 @@ class EventLog:
         *,
         fmt: LogFormat = "json",
         addresses: bool = True,
-        path: str | None = None,
+        sink: Sink | None = None,
+        destination: Hashable = None,
     ) -> None:
-        self._stream = stream if stream is not None else sys.stderr
+        self._sink: Sink = sink or StreamSink(stream if stream is not None else sys.stderr)
+        #: What identifies the sink's destination: a reload that keeps it keeps the sink.
+        self._destination = destination
         self._json = fmt == "json"
-        self.path = path
         self.addresses = addresses
         #: The timestamp up to the second, formatted once a second rather than per record.
         self._second = -1
         self._second_text = ""
         self._observers: list[RecordObserver] = []
 
-    @classmethod
-    def open(cls, path: str | None, fmt: LogFormat, *, addresses: bool = True) -> EventLog:
-        return cls(_open(path) if path else None, fmt=fmt, addresses=addresses, path=path)
+    @property
+    def path(self) -> str | None:
+        """The file being written, if records go to a file."""
+        return self._sink.path if isinstance(self._sink, FileSink) else None
 
     def emit(self, event: str, **fields: Any) -> None:
         now = time.time()
@@ -68,11 +123,7 @@ class EventLog:
             line = json.dumps(record, separators=(",", ":"), default=str)
         else:
             line = render_text(record)
-        try:
-            self._stream.write(line + "\n")
-            self._stream.flush()
-        except (OSError, ValueError):
-            pass  # a full disk or closed log must not take mail down
+        self._sink.write(line, record)
 
     def observe(self, observer: RecordObserver) -> None:
         """Feed ``observer`` every record from now on (the same records the log gets,
@@ -84,42 +135,39 @@ class EventLog:
             self._observers.remove(observer)
 
     def reopen(self) -> None:
-        """Open ``path`` afresh (logrotate renamed the old file): no ``copytruncate`` needed.
+        """Open the destination afresh: logrotate renamed the file (SIGUSR1 or SIGHUP),
+        or the syslog or journal daemon restarted.
 
         If it cannot be opened, records keep going where they went, and one says why.
         """
-        if self.path is None:
-            return
         try:
-            stream = _open(self.path)
+            self._sink.reopen()
         except OSError as exc:
             why = exc.strerror or describe_error(exc)
-            self.emit("log_reopen_failed", file=self.path, reason=f"cannot open: {why}")
-            return
-        old, self._stream = self._stream, stream
-        _close(old)
+            self.emit("log_reopen_failed", file=self._sink.name, reason=f"cannot open: {why}")
 
-    def configure(self, path: str | None, fmt: LogFormat, addresses: bool) -> None:
-        """Apply ``[logging]`` from a reloaded configuration; raises OSError (nothing
-        changed) when a new file cannot be opened."""
-        if path != self.path:
-            stream = _open(path) if path else sys.stderr
-            old, self._stream, self.path = self._stream, stream, path
-            _close(old)
+    def configure(
+        self,
+        destination: Hashable,
+        open_sink: Callable[[], Sink],
+        fmt: LogFormat,
+        addresses: bool,
+    ) -> None:
+        """Apply ``[logging]`` from a reloaded configuration: a new ``destination`` gets
+        the sink ``open_sink`` makes; raises OSError (nothing changed) when it cannot."""
+        if destination != self._destination:
+            sink = open_sink()
+            old, self._sink, self._destination = self._sink, sink, destination
+            old.close()
         self._json = fmt == "json"
         self.addresses = addresses
 
     def close(self) -> None:
-        _close(self._stream)
+        self._sink.close()
 
 
 def _open(path: str) -> TextIO:
     return open(path, "a", encoding="utf-8", buffering=1)
-
-
-def _close(stream: TextIO) -> None:
-    if stream not in (sys.stderr, sys.stdout):
-        stream.close()
 
 
 #: What exceptions that come without a text (asyncio raises them so) mean.

@@ -81,6 +81,31 @@ def parse_host_port(text: str) -> HostPort:
     return HostPort(host, int(port_text))
 
 
+class SyslogAddress(NamedTuple):
+    """Where syslog messages go: a Unix datagram socket (``path``), or ``udp``/``tcp``
+    to ``address``."""
+
+    transport: Literal["unix", "udp", "tcp"]
+    path: str = ""
+    address: HostPort | None = None
+
+
+def parse_syslog_address(text: str) -> SyslogAddress:
+    """``/dev/log`` (an absolute path), ``udp://host:port`` or ``tcp://host:port``;
+    raise ``ValueError`` when invalid."""
+    for transport in ("udp", "tcp"):
+        prefix = f"{transport}://"
+        if text.startswith(prefix):
+            address = parse_host_port(text[len(prefix) :])
+            return SyslogAddress("udp" if transport == "udp" else "tcp", address=address)
+    if text.startswith("/") and "\0" not in text:
+        return SyslogAddress("unix", path=text)
+    raise ValueError(
+        f"invalid syslog address {text!r}; write a socket path (/dev/log), "
+        "udp://host:port or tcp://host:port"
+    )
+
+
 def _check_host(host: str, text: str) -> str:
     try:
         return str(ipaddress.IPv4Address(host))

@@ -40,7 +40,13 @@ from smtpgate.config.names import (
     TLS_SERVER_STANDARD,
     clone_name,
 )
-from smtpgate.config.netaddr import TRANSPARENT, Address, HostPort, Upstream
+from smtpgate.config.netaddr import (
+    TRANSPARENT,
+    Address,
+    HostPort,
+    Upstream,
+    parse_syslog_address,
+)
 from smtpgate.config.paths import OptionalPath, RequiredPath
 from smtpgate.config.units import ByteSize, Duration
 from smtpgate.policy.patterns import ANY_DOMAIN, DomainPattern, PatternError, PatternKind
@@ -157,11 +163,45 @@ class Gateway(_Model):
         return value
 
 
+LogTarget = Literal["file", "stderr", "journald", "syslog"]
+SyslogFacility = Literal[
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+    "authpriv", "ftp", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+    "local7",
+]  # fmt: skip
+
+
+def _check_syslog_address(value: str) -> str:
+    try:
+        parse_syslog_address(value)
+    except ValueError as exc:
+        raise _custom_error("syslog_address", str(exc)) from None
+    return value
+
+
+SyslogAddressText = Annotated[StrictStr, AfterValidator(_check_syslog_address)]
+
+
 class LoggingSettings(_Model):
     format: Literal["json", "text"] = "json"
+    #: Where records go; without it, ``file`` when a file is set, else standard error.
+    target: LogTarget = "stderr"
     file: OptionalPath = None
     #: Envelope sender and recipients in the records (off: domains only).
     addresses: bool = True
+    #: ``target = "syslog"``: a Unix datagram socket path, or ``udp://host:port`` /
+    #: ``tcp://host:port`` (RFC 5426 / RFC 6587 octet counting).
+    syslog_address: SyslogAddressText = "/dev/log"
+    syslog_facility: SyslogFacility = "mail"
+    #: ``target = "journald"``: the journal's native socket.
+    journald_socket: StrictStr = "/run/systemd/journal/socket"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_target(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "target" not in data:
+            data = {**data, "target": "file" if data.get("file") else "stderr"}
+        return data
 
 
 class SNICertificate(_Model):
@@ -216,6 +256,16 @@ class ConsoleSettings(_Model):
                 "(leave it out for the SQLite file in gateway.state_dir)",
             )
         return value
+
+
+class MetricsSettings(_Model):
+    """Prometheus metrics on a listener of their own (docs/operations.md#metrics)."""
+
+    enabled: bool = False
+    #: Plain HTTP, ``/metrics``: loopback unless a scraper elsewhere needs it.
+    listen: Address = Field(default=HostPort("127.0.0.1", 9425))
+    #: A file holding the bearer token scrapers must send; empty: anonymous.
+    token_file: OptionalPath = None
 
 
 # --- TLS profiles (SPEC 3) ------------------------------------------------------
@@ -376,7 +426,7 @@ class Policy(_Model):
 # --- the whole file ------------------------------------------------------------------
 
 
-_SECTIONS = ("gateway", "logging", "certificates", "console")
+_SECTIONS = ("gateway", "logging", "certificates", "console", "metrics")
 
 
 class Config(_Model):
@@ -386,6 +436,7 @@ class Config(_Model):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     certificates: Certificates = Field(default_factory=Certificates)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     policies: tuple[Policy, ...] = Field(default=(), strict=False)
     tls_profiles: tuple[TLSProfile, ...] = Field(default=(), strict=False)
     proxy_actions: tuple[ProxyAction, ...] = Field(default=(), strict=False)
@@ -562,6 +613,28 @@ def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
                 f"{config.console.listen} collides with "
                 f"{format_loc(('policies', i, 'listen'))} ({policy.listen})",
             )
+
+        if config.metrics.enabled and config.metrics.listen.overlaps(policy.listen):
+            yield (
+                ("metrics", "listen"),
+                f"{config.metrics.listen} collides with "
+                f"{format_loc(('policies', i, 'listen'))} ({policy.listen})",
+            )
+    if (
+        config.metrics.enabled
+        and config.console.enabled
+        and config.metrics.listen.overlaps(config.console.listen)
+    ):
+        yield (
+            ("metrics", "listen"),
+            f"{config.metrics.listen} collides with console.listen ({config.console.listen})",
+        )
+
+    logging = config.logging
+    if logging.target == "file" and logging.file is None:
+        yield ("logging", "file"), 'target = "file" needs a file'
+    elif logging.target != "file" and logging.file is not None:
+        yield ("logging", "file"), f'a file is set, but target = "{logging.target}"'
 
     yield from _certificate_problems(config.certificates)
 

@@ -33,6 +33,7 @@ from smtpgate.config.netaddr import TRANSPARENT, HostPort
 from smtpgate.config.schema import Config
 from smtpgate.config.warnings import config_warnings
 from smtpgate.logs import EventLog, describe_error
+from smtpgate.logtargets import destination, open_error, open_sink
 from smtpgate.proxy.driver import ReceivedDate, SessionDriver
 from smtpgate.proxy.interception import (
     IP6T_SO_ORIGINAL_DST,
@@ -321,6 +322,12 @@ class Gateway:
             implicit_tls=rt.implicit_tls,
         )
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections being served now (sessions, and connections still
+        reading a PROXY header or doing an implicit-TLS handshake)."""
+        return len(self._sessions)
+
     def bound_ports(self) -> dict[str, int]:
         return {listener.policy: listener.port for listener in self._listeners.values()}
 
@@ -441,6 +448,8 @@ class Gateway:
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload_soon)
+        # logrotate's convention for daemons that reopen their log without reloading.
+        loop.add_signal_handler(signal.SIGUSR1, self.log.reopen)
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
 
@@ -479,11 +488,7 @@ class Gateway:
                 _configure_log(self.log, config)
             except OSError as exc:
                 _close(*opened.values())
-                why = exc.strerror or describe_error(exc)
-                self.log.emit(
-                    "reload_failed",
-                    reason=f"logging.file: {config.logging.file}: cannot open: {why}",
-                )
+                self.log.emit("reload_failed", reason=open_error(config.logging, exc))
                 return False
             pools = {name: UpstreamPool() for name in runtimes}
             try:
@@ -726,7 +731,9 @@ def _all(stops: list[Callable[[], None]]) -> Callable[[], None]:
 def _configure_log(log: EventLog, config: Config) -> None:
     """Apply ``[logging]``; OSError if the file cannot be opened (nothing changed)."""
     logging = config.logging
-    log.configure(str(logging.file) if logging.file else None, logging.format, logging.addresses)
+    log.configure(
+        destination(logging), lambda: open_sink(logging), logging.format, logging.addresses
+    )
 
 
 def _looks_first(rt: PolicyRuntime) -> bool:

@@ -1,0 +1,323 @@
+"""Where log records go (``[logging] target``): a file, standard error, journald, syslog.
+
+A *sink* takes each record already rendered (one line, JSON or text) together
+with the record itself, for the fields a target adds (syslog's MSGID and
+severity, the journal's ``PRIORITY`` and ``SMTPGATE_EVENT``). Every sink is
+written from the event loop and never waits: a socket that cannot take a
+record at once (the daemon is gone, its queue is full) hands that record to
+standard error, which a service manager collects anyway, so no record is lost
+without a trace and no mail waits for a log daemon.
+
+- journald: its native protocol, one datagram per record on
+  ``/run/systemd/journal/socket`` (a record too large for a datagram goes as
+  a sealed memfd, as sd_journal_send does).
+- syslog: RFC 5424 messages, to a Unix datagram socket (``/dev/log``), over
+  UDP (RFC 5426, one message per datagram) or TCP (RFC 6587 octet counting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import struct
+import sys
+from typing import Any
+
+from smtpgate.config.netaddr import SyslogAddress, parse_syslog_address
+from smtpgate.config.schema import LoggingSettings
+from smtpgate.logs import FileSink, Sink, StreamSink
+
+#: RFC 5424 APP-NAME and the journal's SYSLOG_IDENTIFIER.
+APP_NAME = "smtpgate"
+
+#: Records that say something went wrong, by syslog severity (RFC 5424 6.2.1);
+#: every other record is informational (6).
+SEVERITY: dict[str, int] = {
+    "session_error": 3,
+    "reload_failed": 3,
+    "accept_failed": 3,
+    "log_reopen_failed": 3,
+    "pid_file_failed": 3,
+    "console_tls_failed": 3,
+    "config_warning": 4,
+    "login_failed": 4,
+    "login_blocked": 4,
+    "proxy_header_error": 4,
+    "tls_handshake_failed": 4,
+    "starttls_failed": 4,
+    "starttls_injection": 4,
+}
+INFO = 6
+
+#: RFC 5424 facility codes by the name ``[logging] syslog_facility`` takes.
+FACILITIES: dict[str, int] = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6,
+    "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "local0": 16,
+    "local1": 17, "local2": 18, "local3": 19, "local4": 20, "local5": 21, "local6": 22,
+    "local7": 23,
+}  # fmt: skip
+
+#: What a TCP syslog connection may hold unsent before records go to standard error.
+MAX_TCP_BACKLOG = 1 << 20
+
+
+def _fallback(line: str) -> None:
+    """A record a socket target could not take: standard error instead."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _datagram_socket(family: int, address: Any) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class JournaldSink:
+    """The journal's native protocol: ``MESSAGE`` is the rendered record, with
+    ``PRIORITY``, ``SYSLOG_IDENTIFIER``, ``SYSLOG_FACILITY``, ``SMTPGATE_EVENT`` and,
+    for session records, ``SMTPGATE_SESSION`` (``journalctl SMTPGATE_SESSION=4a80.17``)."""
+
+    def __init__(self, path: str, facility: int) -> None:
+        self.path = self.name = path
+        self._facility = str(facility).encode()
+        self._sock: socket.socket | None = _datagram_socket(socket.AF_UNIX, path)
+
+    def write(self, line: str, record: dict[str, Any]) -> None:
+        event = str(record.get("event", ""))
+        fields = [
+            (b"MESSAGE", line.encode()),
+            (b"PRIORITY", str(SEVERITY.get(event, INFO)).encode()),
+            (b"SYSLOG_IDENTIFIER", APP_NAME.encode()),
+            (b"SYSLOG_FACILITY", self._facility),
+            (b"SMTPGATE_EVENT", event.encode()),
+        ]
+        session = record.get("session")
+        if session:
+            fields.append((b"SMTPGATE_SESSION", str(session).encode()))
+        datagram = journal_datagram(fields)
+        try:
+            if self._sock is None:
+                self._sock = _datagram_socket(socket.AF_UNIX, self.path)
+            try:
+                self._sock.send(datagram)
+            except OSError as exc:
+                if exc.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
+                    raise
+                self._send_as_memfd(datagram)
+        except OSError:
+            self._drop_socket()
+            _fallback(line)
+
+    def _send_as_memfd(self, datagram: bytes) -> None:
+        """What does not fit a datagram goes as a sealed memfd (systemd's own way)."""
+        assert self._sock is not None
+        fd = os.memfd_create("smtpgate-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.write(fd, datagram)
+            seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals | fcntl.F_SEAL_SEAL)
+            socket.send_fds(self._sock, [b""], [fd])
+        finally:
+            os.close(fd)
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def reopen(self) -> None:
+        sock = _datagram_socket(socket.AF_UNIX, self.path)
+        self._drop_socket()
+        self._sock = sock
+
+    def close(self) -> None:
+        self._drop_socket()
+
+
+def journal_datagram(fields: list[tuple[bytes, bytes]]) -> bytes:
+    """The native protocol: ``KEY=value\\n``, or for a value with a newline
+    ``KEY\\n``, its length as 64-bit little endian, the value and ``\\n``."""
+    parts = []
+    for key, value in fields:
+        if b"\n" in value:
+            parts.append(key + b"\n" + struct.pack("<Q", len(value)) + value + b"\n")
+        else:
+            parts.append(key + b"=" + value + b"\n")
+    return b"".join(parts)
+
+
+class SyslogSink:
+    """RFC 5424: ``<PRI>1 TIMESTAMP HOSTNAME smtpgate PID EVENT - MSG``, where MSGID
+    is the record's event and MSG the rendered record."""
+
+    def __init__(self, address: SyslogAddress, facility: int, name: str) -> None:
+        self.address = address
+        self.name = name
+        self._facility = facility
+        self._hostname = _syslog_hostname()
+        self._pid = str(os.getpid())
+        self._sock: socket.socket | None = None
+        #: TCP: bytes the connection has not taken yet (sent when it is writable).
+        self._backlog = bytearray()
+        self._writer_loop: asyncio.AbstractEventLoop | None = None
+        self._sock = self._connect()
+
+    def _connect(self) -> socket.socket:
+        address = self.address
+        if address.transport == "unix":
+            return _datagram_socket(socket.AF_UNIX, address.path)
+        assert address.address is not None
+        host, port = address.address
+        if address.transport == "udp":
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            family, *_, sockaddr = found[0]
+            return _datagram_socket(family, sockaddr)
+        # Connected once, at start and on SIGHUP/SIGUSR1 (a loopback or LAN collector).
+        sock = socket.create_connection((host, port), timeout=5)
+        sock.setblocking(False)
+        return sock
+
+    def message(self, line: str, record: dict[str, Any]) -> bytes:
+        event = str(record.get("event", "-"))
+        pri = self._facility * 8 + SEVERITY.get(event, INFO)
+        msgid = "".join(c for c in event if 33 <= ord(c) <= 126)[:32] or "-"
+        timestamp = str(record.get("time") or "-")
+        head = f"<{pri}>1 {timestamp} {self._hostname} {APP_NAME} {self._pid} {msgid} - "
+        return (head + line).encode()
+
+    def write(self, line: str, record: dict[str, Any]) -> None:
+        message = self.message(line, record)
+        try:
+            if self._sock is None:
+                self._sock = self._connect()
+            if self.address.transport == "tcp":
+                self._send_stream(b"%d " % len(message) + message)
+            else:
+                self._sock.send(message)
+        except OSError:
+            self._drop_socket()
+            _fallback(line)
+
+    def _send_stream(self, data: bytes) -> None:
+        sock = self._sock
+        assert sock is not None
+        if self._backlog:
+            if len(self._backlog) + len(data) > MAX_TCP_BACKLOG:
+                raise BlockingIOError(errno.EAGAIN, "syslog connection does not keep up")
+            self._backlog += data
+            return
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self._backlog += data[sent:]
+            with contextlib.suppress(RuntimeError):  # no loop (a command, not serve)
+                loop = asyncio.get_running_loop()
+                loop.add_writer(sock.fileno(), self._flush)
+                self._writer_loop = loop
+
+    def _flush(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sent = sock.send(self._backlog)
+        except BlockingIOError:
+            return
+        except OSError:
+            lost = bytes(self._backlog)
+            self._drop_socket()
+            _fallback(lost.decode(errors="replace"))
+            return
+        del self._backlog[:sent]
+        if not self._backlog:
+            self._stop_writer()
+
+    def _stop_writer(self) -> None:
+        if self._writer_loop is not None and self._sock is not None:
+            self._writer_loop.remove_writer(self._sock.fileno())
+        self._writer_loop = None
+
+    def _drop_socket(self) -> None:
+        self._stop_writer()
+        self._backlog.clear()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def reopen(self) -> None:
+        sock = self._connect()
+        if self._backlog and self._sock is not None:
+            # What the old connection still holds goes first, in order.
+            self._sock.setblocking(True)
+            with contextlib.suppress(OSError):
+                self._sock.sendall(self._backlog)
+        self._drop_socket()
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._backlog and self._sock is not None:
+            self._sock.setblocking(True)
+            self._sock.settimeout(5)
+            with contextlib.suppress(OSError):
+                self._sock.sendall(self._backlog)
+        self._drop_socket()
+
+
+def _syslog_hostname() -> str:
+    """RFC 5424 HOSTNAME: printable US-ASCII, at most 255 characters, ``-`` if unknown."""
+    name = "".join(c for c in socket.gethostname() if 33 <= ord(c) <= 126)[:255]
+    return name or "-"
+
+
+def destination(settings: LoggingSettings) -> tuple[object, ...]:
+    """What identifies where records go: a reload that keeps it keeps the sink."""
+    if settings.target == "file":
+        return ("file", str(settings.file))
+    if settings.target == "syslog":
+        return ("syslog", settings.syslog_address, settings.syslog_facility)
+    if settings.target == "journald":
+        return ("journald", settings.journald_socket, settings.syslog_facility)
+    return ("stderr",)
+
+
+def open_sink(settings: LoggingSettings) -> Sink:
+    """The sink ``[logging]`` asks for; OSError when it cannot be opened."""
+    facility = FACILITIES[settings.syslog_facility]
+    if settings.target == "file":
+        assert settings.file is not None  # the schema insists
+        return FileSink(str(settings.file))
+    if settings.target == "syslog":
+        address = settings.syslog_address
+        return SyslogSink(parse_syslog_address(address), facility, address)
+    if settings.target == "journald":
+        return JournaldSink(settings.journald_socket, facility)
+    return StreamSink(sys.stderr)
+
+
+def destination_key(settings: LoggingSettings) -> tuple[str, str]:
+    """The key that names where records go, and its value: what an error to open names
+    (``logging.file``, ``logging.syslog_address``, ``logging.journald_socket``)."""
+    if settings.target == "syslog":
+        return "logging.syslog_address", settings.syslog_address
+    if settings.target == "journald":
+        return "logging.journald_socket", settings.journald_socket
+    return "logging.file", str(settings.file or "")
+
+
+def open_error(settings: LoggingSettings, exc: OSError) -> str:
+    """``logging.file: <file>: cannot open: <why>`` (or the socket's key)."""
+    key, value = destination_key(settings)
+    return f"{key}: {value}: cannot open: {exc.strerror or exc}"
