@@ -25,6 +25,7 @@ import os
 import socket
 import struct
 import sys
+from collections import deque
 from typing import Any
 
 from smtpgate.config.netaddr import SyslogAddress, parse_syslog_address
@@ -168,8 +169,10 @@ class SyslogSink:
         self._hostname = _syslog_hostname()
         self._pid = str(os.getpid())
         self._sock: socket.socket | None = None
-        #: TCP: bytes the connection has not taken yet (sent when it is writable).
-        self._backlog = bytearray()
+        #: TCP: frames the connection has not taken yet (sent when it is writable),
+        #: each with its line for standard error should the connection break.
+        self._held: deque[tuple[bytes, str]] = deque()
+        self._held_bytes = 0
         self._writer_loop: asyncio.AbstractEventLoop | None = None
         self._sock = self._connect()
 
@@ -201,49 +204,55 @@ class SyslogSink:
         try:
             if self._sock is None:
                 self._sock = self._connect()
-            if self.address.transport == "tcp":
-                self._send_stream(b"%d " % len(message) + message)
-            else:
+            if self.address.transport != "tcp":
                 self._sock.send(message)
+            elif not self._send_stream(b"%d " % len(message) + message, line):
+                _fallback(line)  # the collector is that far behind: this one waits nowhere
         except OSError:
             self._drop_socket()
             _fallback(line)
 
-    def _send_stream(self, data: bytes) -> None:
-        sock = self._sock
-        assert sock is not None
-        if self._backlog:
-            if len(self._backlog) + len(data) > MAX_TCP_BACKLOG:
-                raise BlockingIOError(errno.EAGAIN, "syslog connection does not keep up")
-            self._backlog += data
-            return
+    def _send_stream(self, frame: bytes, line: str) -> bool:
+        """Send ``frame`` or hold it (in order) until the connection takes it; False
+        when too much is held already."""
+        if self._held:
+            if self._held_bytes + len(frame) > MAX_TCP_BACKLOG:
+                return False
+            self._held.append((frame, line))
+            self._held_bytes += len(frame)
+            return True
+        assert self._sock is not None
         try:
-            sent = sock.send(data)
+            sent = self._sock.send(frame)
         except BlockingIOError:
             sent = 0
-        if sent < len(data):
-            self._backlog += data[sent:]
+        if sent < len(frame):
+            self._held.append((frame[sent:], line))
+            self._held_bytes += len(frame) - sent
             with contextlib.suppress(RuntimeError):  # no loop (a command, not serve)
                 loop = asyncio.get_running_loop()
-                loop.add_writer(sock.fileno(), self._flush)
+                loop.add_writer(self._sock.fileno(), self._flush)
                 self._writer_loop = loop
+        return True
 
     def _flush(self) -> None:
+        """The connection is writable: send what is held, oldest first."""
         sock = self._sock
-        if sock is None:
-            return
-        try:
-            sent = sock.send(self._backlog)
-        except BlockingIOError:
-            return
-        except OSError:
-            lost = bytes(self._backlog)
-            self._drop_socket()
-            _fallback(lost.decode(errors="replace"))
-            return
-        del self._backlog[:sent]
-        if not self._backlog:
-            self._stop_writer()
+        while sock is not None and self._held:
+            frame, line = self._held[0]
+            try:
+                sent = sock.send(frame)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._drop_socket()
+                return
+            self._held_bytes -= sent
+            if sent < len(frame):
+                self._held[0] = (frame[sent:], line)
+                return
+            self._held.popleft()
+        self._stop_writer()
 
     def _stop_writer(self) -> None:
         if self._writer_loop is not None and self._sock is not None:
@@ -251,28 +260,35 @@ class SyslogSink:
         self._writer_loop = None
 
     def _drop_socket(self) -> None:
+        """Close the connection; what it still held goes to standard error (a frame cut
+        in the middle is lost to the collector, never to the operator)."""
         self._stop_writer()
-        self._backlog.clear()
+        for _, line in self._held:
+            _fallback(line)
+        self._held.clear()
+        self._held_bytes = 0
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
+    def _send_held(self) -> None:
+        """Before the connection closes: what it holds, waiting up to 5 s in all."""
+        if self._held and self._sock is not None:
+            self._stop_writer()
+            self._sock.settimeout(5)
+            with contextlib.suppress(OSError):
+                while self._held:
+                    self._sock.sendall(self._held[0][0])
+                    self._held.popleft()
+
     def reopen(self) -> None:
         sock = self._connect()
-        if self._backlog and self._sock is not None:
-            # What the old connection still holds goes first, in order.
-            self._sock.setblocking(True)
-            with contextlib.suppress(OSError):
-                self._sock.sendall(self._backlog)
+        self._send_held()  # the old connection's records first, in order
         self._drop_socket()
         self._sock = sock
 
     def close(self) -> None:
-        if self._backlog and self._sock is not None:
-            self._sock.setblocking(True)
-            self._sock.settimeout(5)
-            with contextlib.suppress(OSError):
-                self._sock.sendall(self._backlog)
+        self._send_held()
         self._drop_socket()
 
 
