@@ -1,0 +1,337 @@
+"""``[metrics]``: a real ``smtpgate serve`` scraped over HTTP after real mail went through
+it (STARTTLS on both legs); the counts are the log's, the Grafana dashboard in
+deploy/ uses exactly the names it exposes."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import smtplib
+import ssl
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from smtpgate.config import toml_writer
+from smtpgate.metrics import REFUSAL_KINDS, refusal_kind, rule_position, verify_result
+from smtpgate.reserved_port import ReservedPort
+from tests.peers.certs import TestPKI
+from tests.peers.smtpgate_proc import SmtpgateProcess
+from tests.peers.upstream import AiosmtpdUpstream
+
+DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "smtpgate-dashboard.json"
+TOKEN = "s3cret-scrape-token"
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[AiosmtpdUpstream]:
+    pki = TestPKI(tmp_path / "upstream-pki")
+    server = AiosmtpdUpstream(starttls=pki.server_context()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gate(tmp_path: Path, upstream: AiosmtpdUpstream) -> Iterator[SmtpgateProcess]:
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text(TOKEN + "\n")
+    with ReservedPort() as metrics_port:
+        config = {
+            "metrics": {
+                "enabled": True,
+                "listen": f"127.0.0.1:{metrics_port.port}",
+                "token_file": str(token_file),
+            },
+            "proxy_actions": [
+                {
+                    "name": "incoming",
+                    "starttls": {
+                        "rules": [
+                            {
+                                "name": "partners",
+                                "recipient": "rcpt.example",
+                                "sender_encryption": "required",
+                                "recipient_encryption": "preferred",
+                            }
+                        ]
+                    },
+                }
+            ],
+            "policies": [
+                {
+                    "name": "in",
+                    "upstream": f"127.0.0.1:{upstream.port}",
+                    "proxy_action": "incoming",
+                }
+            ],
+        }
+        gate = SmtpgateProcess(tmp_path / "gate", config)
+    with gate:
+        gate.wait_record("metrics_listening")
+        yield gate
+
+
+def metrics_url(gate: SmtpgateProcess) -> str:
+    (record,) = gate.records("metrics_listening")
+    url = str(record["url"])
+    assert url == f"http://{gate.config['metrics']['listen']}/metrics"
+    return url
+
+
+def scrape(gate: SmtpgateProcess) -> tuple[str, Samples]:
+    response = httpx.get(
+        metrics_url(gate), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return response.text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over the series of ``name`` whose labels include ``labels``."""
+    return sum(
+        v for (n, have), v in samples.items() if n == name and set(labels.items()) <= set(have)
+    )
+
+
+def send(gate: SmtpgateProcess, subject: str) -> None:
+    content = f"Message-ID: <{subject}@sender.example>\r\nSubject: {subject}\r\n\r\nhi\r\n"
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", gate.port(), timeout=10) as client:
+        client.starttls(context=context)
+        assert client.sendmail("a@sender.example", ["b@rcpt.example"], content) == {}
+
+
+def test_a_scrape_counts_what_the_log_says(gate: SmtpgateProcess) -> None:
+    send(gate, "one")
+    send(gate, "two")  # its upstream leg is the first one's, parked in the pool
+    with smtplib.SMTP("127.0.0.1", gate.port(), timeout=10) as client:
+        client.ehlo("client.test")
+        assert client.docmd("MAIL FROM:<a@sender.example>")[0] == 250
+        # The rule wants an encrypted client leg: refused before any upstream.
+        assert client.docmd("RCPT TO:<b@rcpt.example>")[0] == 530
+    gate.wait_record("session_end", count=3)
+    transactions = gate.records("transaction")
+    assert [t["outcome"] for t in transactions] == ["delivered", "delivered", "rejected"]
+    assert [t["upstream_reused"] for t in transactions] == [False, True, False]
+
+    _, samples = scrape(gate)
+
+    assert value(samples, "smtpgate_sessions_total", policy="in") == 3
+    assert value(samples, "smtpgate_sessions_current") == 0
+    assert value(samples, "smtpgate_sessions_ended_total", reason="client_quit") == 3
+    assert value(samples, "smtpgate_transactions_total", policy="in", outcome="delivered") == 2
+    assert value(samples, "smtpgate_transactions_total", policy="in", outcome="rejected") == 1
+    assert value(samples, "smtpgate_senders_refused_total") == 0
+    refused = {"policy": "in", "reason": "client_not_encrypted"}
+    assert value(samples, "smtpgate_recipients_refused_total", **refused) == 1
+    assert value(samples, "smtpgate_upstream_reused_total", policy="in") == 1
+    assert value(samples, "smtpgate_upstream_pool_connections", policy="in") == 1
+    assert value(samples, "smtpgate_connections_current") == 0
+    by_tls = Counter(
+        (leg, t[f"{leg}_tls"], t[f"{leg}_cipher"])
+        for t in transactions
+        for leg in ("client", "upstream")
+    )
+    assert by_tls[("client", "none", "none")] == 1  # the refused one
+    assert sum(n for (leg, version, _), n in by_tls.items() if version.startswith("TLSv1.")) == 4
+    for (leg, version, cipher), count in by_tls.items():
+        labels = {"leg": leg, "version": version, "cipher": cipher}
+        assert value(samples, "smtpgate_transaction_tls_total", **labels) == count
+    (connected,) = gate.records("upstream_connected")
+    result = verify_result(connected["upstream_verify"])
+    assert value(samples, "smtpgate_upstream_verify_total", result=result) == 1
+    assert value(samples, "smtpgate_upstream_connections_total",
+                 mode=connected["mode"], version=connected["upstream_tls"]) == 1  # fmt: skip
+    assert [t["rule"] for t in transactions] == ["1 (partners)"] * 3
+    assert value(samples, "smtpgate_rule_hits_total", action="incoming", rule="1") == 3
+    assert value(samples, "smtpgate_message_bytes_total", policy="in") == sum(
+        t["size"] for t in transactions
+    )
+    # Histograms: one client handshake per session with STARTTLS, one upstream
+    # handshake and setup for the one upstream connection, one relay per message.
+    starttls = gate.records("starttls")
+    assert value(samples, "smtpgate_tls_handshake_seconds_count", leg="client") == len(starttls)
+    client_seconds = value(samples, "smtpgate_tls_handshake_seconds_sum", leg="client")
+    assert client_seconds == pytest.approx(sum(r["handshake_ms"] for r in starttls) / 1000)
+    assert value(samples, "smtpgate_tls_handshake_seconds_count", leg="upstream") == 1
+    assert value(samples, "smtpgate_upstream_setup_seconds_count") == 1
+    assert connected["setup_ms"] >= connected["handshake_ms"] > 0
+    assert value(samples, "smtpgate_relay_seconds_count", policy="in") == 2
+    assert value(samples, "smtpgate_relay_seconds_bucket", policy="in", le="+Inf") == 2
+    assert [t["relay_ms"] > 0 for t in transactions[:2]] == [True, True]
+    assert transactions[2]["relay_ms"] is None  # no body was relayed
+    # Every record counted by event, as the log has them.
+    logged = Counter(r["event"] for r in gate.records())
+    for event in ("session_start", "transaction", "upstream_connected", "listening"):
+        assert value(samples, "smtpgate_log_records_total", event=event) == logged[event]
+    assert value(samples, "smtpgate_build_info", version="0.1.0") == 1
+
+
+def test_open_connections_are_a_gauge_read_at_scrape_time(gate: SmtpgateProcess) -> None:
+    with smtplib.SMTP("127.0.0.1", gate.port(), timeout=10) as client:
+        client.ehlo("client.test")
+        _, samples = scrape(gate)
+        assert value(samples, "smtpgate_connections_current") == 1
+        assert value(samples, "smtpgate_sessions_current") == 1
+    gate.wait_record("session_end")
+    _, samples = scrape(gate)
+    assert value(samples, "smtpgate_connections_current") == 0
+    assert value(samples, "smtpgate_sessions_current") == 0
+
+
+def test_reloads_and_the_config_digest_follow_sighup(gate: SmtpgateProcess) -> None:
+    _, before = scrape(gate)
+    assert value(before, "smtpgate_reloads_total", result="applied") == 0
+    assert value(before, "smtpgate_reloads_total", result="failed") == 0
+    (digest_before,) = [
+        dict(labels)["digest"] for (n, labels) in before if n == "smtpgate_config_info"
+    ]
+    assert re.fullmatch(r"[0-9a-f]{16}", digest_before)
+    loaded_before = value(before, "smtpgate_config_last_reload_success_timestamp_seconds")
+    rewrite_and_hup(gate, "broken = [")
+    gate.wait_record("reload_failed")
+    changed = dict(gate.config, logging={**gate.config["logging"], "addresses": False})
+    rewrite_and_hup(gate, toml_writer.dumps(changed))
+    gate.wait_record("reloaded")
+    _, after = scrape(gate)
+    assert value(after, "smtpgate_reloads_total", result="applied") == 1
+    assert value(after, "smtpgate_reloads_total", result="failed") == 1
+    (digest_after,) = [
+        dict(labels)["digest"] for (n, labels) in after if n == "smtpgate_config_info"
+    ]
+    assert digest_after != digest_before
+    assert value(after, "smtpgate_config_last_reload_success_timestamp_seconds") > loaded_before
+
+
+def rewrite_and_hup(gate: SmtpgateProcess, text: str) -> None:
+    gate.config_file.write_text(text)
+    assert gate.proc is not None
+    gate.proc.send_signal(signal.SIGHUP)
+
+
+def test_a_scrape_without_the_token_is_refused(gate: SmtpgateProcess) -> None:
+    url = metrics_url(gate)
+    anonymous = httpx.get(url, timeout=10)
+    assert (anonymous.status_code, anonymous.headers["www-authenticate"]) == (401, "Bearer")
+    wrong = httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401
+    assert "smtpgate_" not in anonymous.text + wrong.text
+    elsewhere = httpx.get(url.replace("/metrics", "/"), timeout=10)
+    assert elsewhere.status_code == 404
+
+
+def test_anonymous_scrapes_without_a_token_file(tmp_path: Path, upstream: AiosmtpdUpstream) -> None:
+    with ReservedPort() as port:
+        config = {
+            "metrics": {"enabled": True, "listen": f"127.0.0.1:{port.port}"},
+            "policies": [{"name": "in", "upstream": f"127.0.0.1:{upstream.port}"}],
+        }
+        gate = SmtpgateProcess(tmp_path / "gate", config)
+    with gate:
+        gate.wait_record("metrics_listening")
+        response = httpx.get(metrics_url(gate), timeout=10)
+        assert response.status_code == 200
+        assert "smtpgate_sessions_total" in response.text
+
+
+# -- the dashboard ---------------------------------------------------------------------------
+
+
+def exposed_names(text: str) -> set[str]:
+    """Every sample name the exposition has or would have once its series exist."""
+    names = set()
+    for family in text_string_to_metric_families(text):
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_count", "_sum"),
+            "info": ("_info",),
+        }.get(family.type, ("",))
+        names.update(family.name + suffix for suffix in suffixes)
+        names.update(sample.name for sample in family.samples)
+    return {n for n in names if n.startswith(("smtpgate_", "process_"))}
+
+
+def dashboard_names() -> set[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert exprs
+    return set(re.findall(r"\b(?:smtpgate|process)_[a-z_]+", " ".join(exprs)))
+
+
+def test_the_grafana_dashboard_uses_exactly_the_names_serve_exposes(
+    gate: SmtpgateProcess,
+) -> None:
+    send(gate, "for-the-dashboard")
+    gate.wait_record("session_end")
+    text, _ = scrape(gate)
+    exposed = exposed_names(text)
+    used = dashboard_names()
+    assert used - exposed == set(), "the dashboard asks for metrics serve does not expose"
+    families = {
+        re.sub(r"_(total|bucket|count|sum|info|created)$", "", n)
+        for n in exposed
+        if n.startswith("smtpgate_")
+    }
+    shown = {re.sub(r"_(total|bucket|count|sum|info|created)$", "", n) for n in used}
+    assert families - shown == set(), "metrics the dashboard does not show"
+
+
+# -- the pieces ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        ("the rule requires an encrypted client leg", "client_not_encrypted"),
+        ("needs upstream TLS required, the transaction's leg is none", "upstream_mode_differs"),
+        ("upstream connection lost earlier in this transaction", "upstream_lost"),
+        ("upstream failed during MAIL/RCPT: timed out", "upstream_failed"),
+        ("upstream refused RCPT: 550 5.1.1 no such user", "upstream_refused"),
+        ("upstream refused MAIL: 451 4.3.0 later", "upstream_refused"),
+        ("connect mx.example:25: connection refused", "upstream_unreachable"),
+        ("TLS handshake failed: wrong version number", "upstream_tls_failed"),
+        ("upstream does not offer STARTTLS", "upstream_no_starttls"),
+        ("STARTTLS refused: 454 4.7.0 not now", "upstream_no_starttls"),
+        ("certificate check: hostname mismatch", "upstream_certificate"),
+        ("upstream greeting 554 go away", "upstream_unreachable"),
+        ("upstream dialogue failed: timed out", "upstream_unreachable"),
+        ("something new", "other"),
+    ],
+)
+def test_refusal_reasons_of_docs_logs_md_map_to_bounded_kinds(reason: str, kind: str) -> None:
+    assert refusal_kind(reason) == kind
+
+
+def test_every_refusal_kind_is_documented() -> None:
+    operations = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    for _, kind in REFUSAL_KINDS:
+        assert f"`{kind}`" in operations
+
+
+def test_verify_results_and_rule_positions() -> None:
+    assert [
+        verify_result(v) for v in ("ok", "ok: OCSP good", "failed: expired", "not-checked")
+    ] == [
+        "ok",
+        "ok",
+        "failed",
+        "not-checked",
+    ]
+    assert [rule_position(r) for r in ("3 (partners)", "12", "default")] == ["3", "12", "default"]
