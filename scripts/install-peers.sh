@@ -26,8 +26,11 @@ declare -A packages=(
   [postgresql]="postgresql"
   [nft]="nftables iproute2"
   [chromium]="chromium"
+  [logrotate]="logrotate"
+  [systemd_analyze]="systemd"
 )
-peers=(swaks openssl haproxy postfix postgresql nft chromium)
+# The last two check the files in deploy/ (tests/ops/test_deploy.py).
+peers=(swaks openssl haproxy postfix postgresql nft chromium logrotate systemd_analyze)
 
 check_swaks() {
   # swaks 20201014 (Debian 12) does TLS through Net::SSLeay alone; `--support`
@@ -152,6 +155,18 @@ check_chromium() {
   grep -q '<p>smtpgate</p>' <<<"$dom" || echo "does not render a page headless (chromium --headless --dump-dom)"
 }
 
+check_logrotate() {
+  command -v logrotate >/dev/null || [ -x /usr/sbin/logrotate ] || { echo "no logrotate binary"; return; }
+}
+
+check_systemd_analyze() {
+  command -v systemd-analyze >/dev/null || { echo "no systemd-analyze binary"; return; }
+  # `security` of a unit file that is not installed needs --offline (systemd 250+).
+  local help
+  help=$(systemd-analyze --help 2>&1) || true
+  grep -q -- '--offline' <<<"$help" || echo "systemd-analyze has no --offline (systemd older than 250)"
+}
+
 # check_all: sets problems to a "peer: what it cannot do" line per failed
 # check, and missing_packages to the packages of the peers that failed one.
 check_all() {
@@ -199,7 +214,7 @@ install_packages() {
 
 check_all
 if [ ${#problems[@]} -eq 0 ]; then
-  say "ok: ${peers[*]} can do what the interop tests need"
+  say "ok: ${peers[*]} can do what the tests need"
   exit 0
 fi
 printf 'install-peers: %s\n' "${problems[@]}" >&2
@@ -216,4 +231,4 @@ if [ ${#problems[@]} -ne 0 ]; then
   say "installed ${missing_packages[*]}, but the peers above still cannot do what the tests need"
   exit 1
 fi
-say "ok: ${peers[*]} can do what the interop tests need"
+say "ok: ${peers[*]} can do what the tests need"
