@@ -166,7 +166,7 @@ class Metrics:
         )
         self.connections_refused = Counter(
             "smtpgate_connections_refused_total",
-            "Connections refused by a limit (connection_refused), by the limit.",
+            "Connections refused by a limit (connection_refused records), by the limit.",
             ["policy", "limit"],
             registry=r,
         )
@@ -308,7 +308,11 @@ class Metrics:
         self.connections_failed.labels(record.get("policy", ""), record["event"]).inc()
 
     def _connection_refused(self, record: dict[str, Any]) -> None:
-        self.connections_refused.labels(record.get("policy", ""), record.get("limit", "")).inc()
+        # One record stands for ``refused`` refusals (the log is rate-limited); ``reason``
+        # names the limit (max_connections, max_connections_per_client, open_files).
+        self.connections_refused.labels(record.get("policy", ""), record.get("reason", "")).inc(
+            record.get("refused") or 1
+        )
 
     def _transaction(self, record: dict[str, Any]) -> None:
         policy = record.get("policy", "")

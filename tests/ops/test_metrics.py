@@ -4,6 +4,7 @@ deploy/ uses exactly the names it exposes."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import signal
@@ -12,13 +13,16 @@ import ssl
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from smtpgate.config import toml_writer
-from smtpgate.metrics import REFUSAL_KINDS, refusal_kind, rule_position, verify_result
+from smtpgate.config.loader import parse_config
+from smtpgate.logs import EventLog
+from smtpgate.metrics import REFUSAL_KINDS, Metrics, refusal_kind, rule_position, verify_result
 from smtpgate.reserved_port import ReservedPort
 from tests.peers.certs import TestPKI
 from tests.peers.smtpgate_proc import SmtpgateProcess
@@ -335,3 +339,25 @@ def test_verify_results_and_rule_positions() -> None:
         "not-checked",
     ]
     assert [rule_position(r) for r in ("3 (partners)", "12", "default")] == ["3", "12", "default"]
+
+
+def test_refused_connections_count_what_each_rate_limited_record_stands_for(
+    tmp_path: Path,
+) -> None:
+    """``connection_refused`` (the connection limits) is logged at most once a while,
+    with ``refused``: how many it stands for; the counter adds them all."""
+    config = parse_config(
+        '[[policies]]\nname = "in"\nlisten = "127.0.0.1:2525"\nupstream = "10.0.0.1:25"\n',
+        tmp_path,
+    )
+    gateway = SimpleNamespace(config=config, pools={}, open_connections=0)
+    metrics = Metrics(gateway)
+    log = EventLog(io.StringIO())
+    log.observe(metrics.observe)
+    log.emit("connection_refused", policy="in", client="192.0.2.1:4000",
+             reason="max_connections", connections=100, refused=1)  # fmt: skip
+    log.emit("connection_refused", policy="in", client="192.0.2.1:4001",
+             reason="max_connections", connections=100, refused=7)  # fmt: skip
+    labels = {"policy": "in", "limit": "max_connections"}
+    refused = metrics.registry.get_sample_value("smtpgate_connections_refused_total", labels)
+    assert refused == 8
