@@ -298,15 +298,17 @@ def _syslog_hostname() -> str:
     return name or "-"
 
 
-def destination(settings: LoggingSettings) -> tuple[object, ...]:
-    """What identifies where records go: a reload that keeps it keeps the sink."""
+def destination(settings: LoggingSettings) -> tuple[object, ...] | None:
+    """What identifies where records go: a reload that keeps it keeps the sink.
+    None for standard error, as for a log made on a stream (a test's, the demo's),
+    which a configuration without a target keeps."""
     if settings.target == "file":
         return ("file", str(settings.file))
     if settings.target == "syslog":
         return ("syslog", settings.syslog_address, settings.syslog_facility)
     if settings.target == "journald":
         return ("journald", settings.journald_socket, settings.syslog_facility)
-    return ("stderr",)
+    return None
 
 
 def open_sink(settings: LoggingSettings) -> Sink:
