@@ -182,9 +182,12 @@ def _open_log(cfg: Config, path: Path | None) -> EventLog:
 
 async def _build(cfg: Config, *, bind: bool) -> None:
     """What serve builds before it accepts connections; with ``bind``, its listeners too."""
+    from smtpgate.metrics_server import read_token
     from smtpgate.proxy.gateway import Gateway
 
     gateway = Gateway(cfg, EventLog(io.StringIO(), fmt=cfg.logging.format))
+    if cfg.metrics.enabled and cfg.metrics.token_file:
+        read_token(cfg.metrics.token_file)  # serve reads it when the listener starts
     if bind:
         try:
             await gateway.start()

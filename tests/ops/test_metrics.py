@@ -9,7 +9,9 @@ import json
 import re
 import signal
 import smtplib
+import socket
 import ssl
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +22,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from smtpgate.config import toml_writer
+from smtpgate.config.errors import ConfigError
 from smtpgate.config.loader import parse_config
 from smtpgate.logs import EventLog
 from smtpgate.metrics import REFUSAL_KINDS, Metrics, refusal_kind, rule_position, verify_result
 from smtpgate.reserved_port import ReservedPort
 from tests.peers.certs import TestPKI
-from tests.peers.smtpgate_proc import SmtpgateProcess
+from tests.peers.smtpgate_proc import SmtpgateProcess, smtpgate_binary
 from tests.peers.upstream import AiosmtpdUpstream
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "smtpgate-dashboard.json"
@@ -361,3 +364,66 @@ def test_refused_connections_count_what_each_rate_limited_record_stands_for(
     labels = {"policy": "in", "limit": "max_connections"}
     refused = metrics.registry.get_sample_value("smtpgate_connections_refused_total", labels)
     assert refused == 8
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def run_smtpgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [smtpgate_binary(), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_check_and_serve_name_a_token_file_they_cannot_read(tmp_path: Path) -> None:
+    config = tmp_path / "smtpgate.toml"
+    config.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[metrics]\nenabled = true\nlisten = "127.0.0.1:1"\ntoken_file = "missing.token"\n'
+    )
+    for command in ("check", "serve"):
+        proc = run_smtpgate(command, "--config", str(config))
+        assert proc.returncode == 1, proc.stderr
+        assert (
+            f"metrics.token_file: {tmp_path / 'missing.token'}: cannot read: "
+            "No such file or directory"
+        ) in proc.stderr
+    (tmp_path / "empty.token").write_text("\n")
+    config.write_text(config.read_text().replace("missing.token", "empty.token"))
+    proc = run_smtpgate("check", "--config", str(config))
+    assert f"metrics.token_file: {tmp_path / 'empty.token'}: is empty" in proc.stderr
+
+
+def test_serve_names_a_metrics_address_it_cannot_have(tmp_path: Path) -> None:
+    with ReservedPort() as taken:
+        blocker = socket.create_server(("127.0.0.1", taken.port))
+    try:
+        config = tmp_path / "smtpgate.toml"
+        config.write_text(
+            f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+            f'[metrics]\nenabled = true\nlisten = "127.0.0.1:{taken.port}"\n'
+        )
+        proc = run_smtpgate("serve", "--config", str(config))
+    finally:
+        blocker.close()
+    assert proc.returncode == 1
+    assert f"metrics.listen: 127.0.0.1:{taken.port}: address already in use" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        (
+            '[[policies]]\nname = "in"\nlisten = "127.0.0.1:9425"\nupstream = "10.0.0.1:25"\n',
+            "metrics.listen: 127.0.0.1:9425 collides with policies[1].listen (127.0.0.1:9425)",
+        ),
+        (
+            '[console]\nenabled = true\nlisten = "0.0.0.0:9425"\n',
+            "metrics.listen: 127.0.0.1:9425 collides with console.listen (0.0.0.0:9425)",
+        ),
+    ],
+)
+def test_the_metrics_address_may_not_collide(tmp_path: Path, extra: str, error: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("[metrics]\nenabled = true\n" + extra, tmp_path)
+    assert str(caught.value) == error
