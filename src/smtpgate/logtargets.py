@@ -25,6 +25,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections import deque
 from typing import Any
 
@@ -64,6 +65,8 @@ FACILITIES: dict[str, int] = {
 
 #: What a TCP syslog connection may hold unsent before records go to standard error.
 MAX_TCP_BACKLOG = 1 << 20
+#: A syslog or journal socket that failed is tried again after this many seconds.
+RETRY_SECONDS = 1.0
 
 
 def _fallback(line: str) -> None:
@@ -174,22 +177,54 @@ class SyslogSink:
         self._held: deque[tuple[bytes, str]] = deque()
         self._held_bytes = 0
         self._writer_loop: asyncio.AbstractEventLoop | None = None
-        self._sock = self._connect()
+        self._retry_at = 0.0
+        #: Host names are resolved once, here: never while records are written.
+        self._sockaddr: tuple[int, Any] = (socket.AF_UNIX, address.path)
+        if address.address is not None:
+            host, port = address.address
+            kind = socket.SOCK_DGRAM if address.transport == "udp" else socket.SOCK_STREAM
+            family, *_, sockaddr = socket.getaddrinfo(host, port, type=kind)[0]
+            self._sockaddr = (family, sockaddr)
+        self._sock = self._connect(wait=True)
 
-    def _connect(self) -> socket.socket:
-        address = self.address
-        if address.transport == "unix":
-            return _datagram_socket(socket.AF_UNIX, address.path)
-        assert address.address is not None
-        host, port = address.address
-        if address.transport == "udp":
-            found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-            family, *_, sockaddr = found[0]
+    def _connect(self, *, wait: bool = False) -> socket.socket:
+        """A connected socket. Over TCP, ``wait`` (at start) waits up to 5 s for the
+        connection, so that an unreachable collector stops serve with a clear error;
+        otherwise the connection completes in the background (records sent meanwhile
+        wait in order)."""
+        if self.address.transport == "unix":
+            return _datagram_socket(socket.AF_UNIX, self.address.path)
+        family, sockaddr = self._sockaddr
+        if self.address.transport == "udp":
             return _datagram_socket(family, sockaddr)
-        # Connected once, at start and on SIGHUP/SIGUSR1 (a loopback or LAN collector).
-        sock = socket.create_connection((host, port), timeout=5)
-        sock.setblocking(False)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if wait:
+                sock.settimeout(5)
+                sock.connect(sockaddr)
+                sock.setblocking(False)
+            else:
+                sock.setblocking(False)
+                error = sock.connect_ex(sockaddr)
+                if error not in (0, errno.EINPROGRESS):
+                    raise OSError(error, os.strerror(error))
+        except OSError:
+            sock.close()
+            raise
         return sock
+
+    def _reconnect(self) -> socket.socket | None:
+        """After a failure: a new connection at most once a second (records go to
+        standard error meanwhile)."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return None
+        self._retry_at = now + RETRY_SECONDS
+        try:
+            self._sock = self._connect()
+        except OSError:
+            return None
+        return self._sock
 
     def message(self, line: str, record: dict[str, Any]) -> bytes:
         event = str(record.get("event", "-"))
@@ -201,9 +236,11 @@ class SyslogSink:
 
     def write(self, line: str, record: dict[str, Any]) -> None:
         message = self.message(line, record)
+        if self._sock is None and self._reconnect() is None:
+            _fallback(line)
+            return
+        assert self._sock is not None
         try:
-            if self._sock is None:
-                self._sock = self._connect()
             if self.address.transport != "tcp":
                 self._sock.send(message)
             elif not self._send_stream(b"%d " % len(message) + message, line):
@@ -224,7 +261,7 @@ class SyslogSink:
         assert self._sock is not None
         try:
             sent = self._sock.send(frame)
-        except BlockingIOError:
+        except BlockingIOError:  # also while a new connection is being made
             sent = 0
         if sent < len(frame):
             self._held.append((frame[sent:], line))

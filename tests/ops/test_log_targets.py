@@ -476,3 +476,37 @@ def test_tcp_syslog_holds_what_a_slow_collector_cannot_take_and_loses_nothing(
     assert over_tcp == sorted(over_tcp) and on_stderr == sorted(on_stderr)
     assert on_stderr, "the test did not get past what is held"
     assert sorted(over_tcp + on_stderr) == list(range(count))
+
+
+def test_a_tcp_collector_that_went_away_is_tried_again_without_blocking(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Records go to standard error while the collector is down (no wait per record),
+    and to the collector again once it is back (tried at most once a second)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    sink = SyslogSink(parse_syslog_address(f"tcp://127.0.0.1:{port}"), 2, "tcp")
+    conn, _ = listener.accept()
+    conn.close()
+    listener.close()  # the collector is gone: connecting is refused
+    started = time.monotonic()
+    deadline = started + 5
+    while time.monotonic() < deadline and "down-3" not in capsys.readouterr().err:
+        for n in range(4):
+            sink.write(f'{{"n":"down-{n}"}}', {"event": "x", "time": "t"})
+        time.sleep(0.05)
+    assert time.monotonic() - started < 5
+    listener = socket.create_server(("127.0.0.1", port))  # back
+    try:
+        time.sleep(1.1)  # past the retry delay
+        sink.write('{"n":"back"}', {"event": "x", "time": "t"})
+        conn, _ = listener.accept()
+        sink.close()  # sends what waited for the connection
+        conn.settimeout(5)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        conn.close()
+    finally:
+        listener.close()
+    assert data.endswith(b' - {"n":"back"}')
