@@ -26,11 +26,13 @@ declare -A packages=(
   [postgresql]="postgresql"
   [nft]="nftables iproute2"
   [chromium]="chromium"
+  [rsyslog]="rsyslog"
   [logrotate]="logrotate"
   [systemd_analyze]="systemd"
 )
-# The last two check the files in deploy/ (tests/ops/test_deploy.py).
-peers=(swaks openssl haproxy postfix postgresql nft chromium logrotate systemd_analyze)
+# rsyslog receives `[logging] target = "syslog"` (tests/ops/test_log_targets.py);
+# the last two check the files in deploy/ (tests/ops/test_deploy.py).
+peers=(swaks openssl haproxy postfix postgresql nft chromium rsyslog logrotate systemd_analyze)
 
 check_swaks() {
   # swaks 20201014 (Debian 12) does TLS through Net::SSLeay alone; `--support`
@@ -153,6 +155,19 @@ check_chromium() {
     --user-data-dir="$profile" --dump-dom 'data:text/html,<p>smtpgate</p>' 2>/dev/null) || true
   rm -rf "$profile"
   grep -q '<p>smtpgate</p>' <<<"$dom" || echo "does not render a page headless (chromium --headless --dump-dom)"
+}
+
+check_rsyslog() {
+  command -v rsyslogd >/dev/null || [ -x /usr/sbin/rsyslogd ] || { echo "no rsyslogd binary"; return; }
+  # What the test's configuration loads: TCP and UDP inputs, a file output.
+  local conf
+  conf=$(mktemp)
+  printf '%s\n' 'module(load="imtcp")' 'module(load="imudp")' \
+    'input(type="imtcp" address="127.0.0.1" port="1")' \
+    'input(type="imudp" address="127.0.0.1" port="1")' \
+    'action(type="omfile" file="/dev/null")' >"$conf"
+  PATH="$PATH:/usr/sbin" rsyslogd -N1 -f "$conf" >/dev/null 2>&1 || echo "cannot load imtcp/imudp (rsyslogd -N1)"
+  rm -f "$conf"
 }
 
 check_logrotate() {

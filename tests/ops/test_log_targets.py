@@ -29,7 +29,8 @@ from smtpgate.config.errors import ConfigError
 from smtpgate.config.loader import parse_config
 from smtpgate.config.netaddr import parse_syslog_address
 from smtpgate.logtargets import FACILITIES, SEVERITY, JournaldSink, SyslogSink, journal_datagram
-from tests.peers import wait_until
+from smtpgate.reserved_port import ReservedPort
+from tests.peers import accepts_connections, require_binary, wait_until
 from tests.peers.smtpgate_proc import Record, SmtpgateProcess, smtpgate_binary
 from tests.peers.upstream import AiosmtpdUpstream
 
@@ -153,8 +154,8 @@ class SocketLoggedGate(SmtpgateProcess):
         workdir: Path,
         logging: dict[str, Any],
         upstream_port: int,
-        received: Received,
-        parse: Callable[[bytes], Record],
+        received: Callable[[], list[Any]],
+        parse: Callable[[Any], Record],
     ) -> None:
         super().__init__(
             workdir, {"policies": [{"name": "in", "upstream": f"127.0.0.1:{upstream_port}"}]}
@@ -165,7 +166,7 @@ class SocketLoggedGate(SmtpgateProcess):
         self.parse = parse
 
     def records(self, event: str | None = None) -> list[Record]:
-        out = [self.parse(item) for item in self.received.snapshot()]
+        out = [self.parse(item) for item in self.received()]
         return [r for r in out if event is None or r.get("event") == event]
 
 
@@ -207,7 +208,9 @@ def test_syslog_over_a_unix_datagram_socket(tmp_path: Path, upstream: AiosmtpdUp
     with datagram_server(socket.AF_UNIX, path) as (_, received):
         logging = {"target": "syslog", "syslog_address": path}
         check_syslog_run(
-            SocketLoggedGate(tmp_path / "gate", logging, upstream.port, received, syslog_record)
+            SocketLoggedGate(
+                tmp_path / "gate", logging, upstream.port, received.snapshot, syslog_record
+            )
         )
 
 
@@ -216,7 +219,9 @@ def test_syslog_over_udp(tmp_path: Path, upstream: AiosmtpdUpstream) -> None:
         port = sock.getsockname()[1]
         logging = {"target": "syslog", "syslog_address": f"udp://127.0.0.1:{port}"}
         check_syslog_run(
-            SocketLoggedGate(tmp_path / "gate", logging, upstream.port, received, syslog_record)
+            SocketLoggedGate(
+                tmp_path / "gate", logging, upstream.port, received.snapshot, syslog_record
+            )
         )
 
 
@@ -224,7 +229,9 @@ def test_syslog_over_tcp_with_octet_counting(tmp_path: Path, upstream: AiosmtpdU
     with tcp_syslog_server() as (port, received):
         logging = {"target": "syslog", "syslog_address": f"tcp://127.0.0.1:{port}"}
         check_syslog_run(
-            SocketLoggedGate(tmp_path / "gate", logging, upstream.port, received, syslog_record)
+            SocketLoggedGate(
+                tmp_path / "gate", logging, upstream.port, received.snapshot, syslog_record
+            )
         )
 
 
@@ -264,7 +271,9 @@ def test_journald_native_protocol(tmp_path: Path, upstream: AiosmtpdUpstream) ->
     path = str(tmp_path / "journal.sock")
     with datagram_server(socket.AF_UNIX, path) as (_, received):
         logging = {"target": "journald", "journald_socket": path}
-        gate = SocketLoggedGate(tmp_path / "gate", logging, upstream.port, received, journal_record)
+        gate = SocketLoggedGate(
+            tmp_path / "gate", logging, upstream.port, received.snapshot, journal_record
+        )
         with gate:
             send(gate)
             (transaction,) = gate.transactions()
@@ -510,3 +519,97 @@ def test_a_tcp_collector_that_went_away_is_tried_again_without_blocking(
     finally:
         listener.close()
     assert data.endswith(b' - {"n":"back"}')
+
+
+# -- a real syslog daemon --------------------------------------------------------------------
+
+RSYSLOG_CONF = """\
+global(workDirectory="{workdir}")
+module(load="imtcp")
+module(load="imudp")
+template(name="fields" type="list") {{
+  property(name="pri-text") constant(value="|")
+  property(name="hostname") constant(value="|")
+  property(name="app-name") constant(value="|")
+  property(name="procid") constant(value="|")
+  property(name="msgid") constant(value="|")
+  property(name="timereported" dateFormat="rfc3339") constant(value="|")
+  property(name="msg") constant(value="\\n")
+}}
+ruleset(name="received") {{
+  action(type="omfile" file="{workdir}/received.log" template="fields")
+}}
+input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="received")
+input(type="imudp" address="127.0.0.1" port="{port}" ruleset="received")
+"""
+
+
+@pytest.fixture
+def rsyslog(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """rsyslogd (Debian's) on a loopback port, TCP and UDP, writing what it parsed."""
+    binary = require_binary("rsyslogd", "rsyslog")
+    workdir = tmp_path / "rsyslog"
+    workdir.mkdir()
+    with ReservedPort() as reserved:
+        port = reserved.port
+    conf = workdir / "rsyslog.conf"
+    conf.write_text(RSYSLOG_CONF.format(workdir=workdir, port=port))
+    proc = subprocess.Popen(
+        [binary, "-n", "-f", str(conf), "-i", str(workdir / "rsyslogd.pid")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "stderr").open("wb"),
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: accepts_connections(port) or None,
+            lambda: f"rsyslogd does not listen: {(workdir / 'stderr').read_text()}",
+            timeout=20,
+        )
+        yield port, workdir / "received.log"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def rsyslog_parsed(line: str) -> Record:
+    """A line of what rsyslog parsed: its fields must be the RFC 5424 header's."""
+    pri, host, app, procid, msgid, reported, msg = line.split("|", 6)
+    record: Record = json.loads(msg)
+    assert (pri, app, msgid) == (
+        f"mail.{ {3: 'err', 4: 'warning', 6: 'info'}[SEVERITY.get(record['event'], 6)] }",
+        "smtpgate",
+        record["event"],
+    )
+    assert host and host != "-"
+    assert reported.startswith(record["time"][:19])
+    record["_pid"] = int(procid)
+    return record
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_rsyslog_parses_what_serve_sends(
+    tmp_path: Path,
+    upstream: AiosmtpdUpstream,
+    rsyslog: tuple[int, Path],
+    transport: str,
+) -> None:
+    port, received_log = rsyslog
+
+    def lines_so_far() -> list[str]:
+        return received_log.read_text().splitlines() if received_log.exists() else []
+
+    logging = {"target": "syslog", "syslog_address": f"{transport}://127.0.0.1:{port}"}
+    gate = SocketLoggedGate(tmp_path / "gate", logging, upstream.port, lines_so_far, rsyslog_parsed)
+    with gate:
+        send(gate)
+        (transaction,) = gate.transactions()
+        assert transaction["outcome"] == "delivered"
+        assert gate.proc is not None
+        assert {r["_pid"] for r in gate.records()} == {gate.proc.pid}
+    assert gate.returncode == 0, gate.diagnostics()
