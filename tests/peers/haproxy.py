@@ -13,6 +13,7 @@ import contextlib
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import ReservedPort, accepts_connections, require_binary, tail
@@ -34,17 +35,35 @@ frontend smtp_in
     default_backend smtp_out
 
 backend smtp_out
-    server target 127.0.0.1:{target} {proxy}
+{servers}
+"""
+
+#: Several backends: round robin, a TCP health check every 200 ms (a connect
+#: closed at once: smtpgate closes it without a record), one failure marks a
+#: server down; a connection refused is retried and then sent to another server.
+BALANCED = """\
+    balance roundrobin
+    option redispatch
+    retries 3
 """
 
 
 class HAProxy:
-    def __init__(self, workdir: Path, target_port: int, *, version: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        target_port: int,
+        *,
+        version: int = 1,
+        more_targets: Sequence[int] = (),
+    ) -> None:
+        """``more_targets``: further backend ports, balanced with health checks."""
         if version not in (1, 2):
             raise ValueError("PROXY protocol version is 1 or 2")
         self.binary = require_binary("haproxy", "haproxy")
         self.workdir = Path(workdir)
         self.target_port = target_port
+        self.more_targets = tuple(more_targets)
         self.version = version
         #: Held until HAProxy listens (see :class:`ReservedPort`).
         self._reserved = contextlib.ExitStack()
@@ -56,9 +75,15 @@ class HAProxy:
     def start(self, timeout: float = 10) -> HAProxy:
         self.workdir.mkdir(parents=True, exist_ok=True)
         proxy = "send-proxy" if self.version == 1 else "send-proxy-v2"
-        self.config_file.write_text(
-            CONFIG.format(port=self.port, target=self.target_port, proxy=proxy)
-        )
+        if self.more_targets:
+            targets = (self.target_port, *self.more_targets)
+            servers = BALANCED + "\n".join(
+                f"    server s{i} 127.0.0.1:{port} {proxy} check inter 200 fall 1 rise 2"
+                for i, port in enumerate(targets)
+            )
+        else:
+            servers = f"    server target 127.0.0.1:{self.target_port} {proxy}"
+        self.config_file.write_text(CONFIG.format(port=self.port, servers=servers))
         check = subprocess.run(
             [self.binary, "-c", "-f", str(self.config_file)],
             capture_output=True,

@@ -1,0 +1,227 @@
+"""Several instances (issue 13 item 4): a real HAProxy (Debian) in TCP mode with
+``send-proxy-v2`` and health checks in front of two ``smtpgate serve`` sharing one
+PostgreSQL traffic database. Under a bounded load one instance gets SIGTERM: its
+sessions in progress finish, new ones go to the other, nothing is lost; client
+addresses are preserved in the logs and the traffic records, and one console
+shows both instances' records."""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from email.parser import BytesHeaderParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtpgate.reserved_port import ReservedPort
+from tests.api.helpers import ConsoleUnderTest
+from tests.peers import wait_until
+from tests.peers.haproxy import HAProxy
+from tests.peers.postgres import PostgresServer
+from tests.peers.smtpgate_proc import SmtpgateProcess
+from tests.peers.upstream import AiosmtpdUpstream
+
+MESSAGES = 40
+CLIENTS = 4
+#: The upstream takes this long to answer the final dot: sessions are in progress
+#: when SIGTERM comes.
+DATA_DELAY = 0.3
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
+    with PostgresServer(tmp_path / "postgres") as server:
+        yield server
+
+
+@pytest.fixture
+def upstream() -> Iterator[AiosmtpdUpstream]:
+    server = AiosmtpdUpstream(data_delay=DATA_DELAY).start()
+    yield server
+    server.stop()
+
+
+def instance(
+    workdir: Path, name: str, upstream: AiosmtpdUpstream, database: str, console_port: int | None
+) -> SmtpgateProcess:
+    config: dict[str, Any] = {
+        "gateway": {"hostname": f"{name}.example.test"},
+        "console": {"database": database},
+        "policies": [
+            {"name": "in", "upstream": f"127.0.0.1:{upstream.port}", "proxy_protocol": True}
+        ],
+    }
+    if console_port is not None:
+        config["console"].update(enabled=True, listen=f"127.0.0.1:{console_port}")
+    return SmtpgateProcess(workdir / name, config)
+
+
+class Sender:
+    """An MTA's behaviour: each message is sent until a 250 takes it (a connection that
+    breaks or a 4xx before that is retried), one connection per message."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.lock = threading.Lock()
+        #: Message-ID -> the client address (our end) of the attempt that got 250.
+        self.accepted: dict[str, str] = {}
+        self.retries = 0
+        self.errors: list[str] = []
+
+    def send(self, number: int) -> None:
+        message_id = f"<load-{number}@sender.example>"
+        content = f"Message-ID: {message_id}\r\nSubject: load {number}\r\n\r\nbody\r\n"
+        for _ in range(10):
+            try:
+                with smtplib.SMTP("127.0.0.1", self.port, timeout=20) as client:
+                    assert client.sock is not None
+                    host, port = client.sock.getsockname()[:2]
+                    refused = client.sendmail("a@sender.example", ["b@rcpt.example"], content)
+                    assert refused == {}
+                with self.lock:
+                    self.accepted[message_id] = f"{host}:{port}"
+                return
+            except (OSError, smtplib.SMTPException) as exc:
+                with self.lock:
+                    self.retries += 1
+                    self.errors.append(f"{message_id}: {exc!r}")
+                time.sleep(0.1)
+        raise AssertionError(f"{message_id} never accepted: {self.errors[-3:]}")
+
+    def run(self, numbers: list[int]) -> None:
+        for number in numbers:
+            self.send(number)
+
+
+class HeldSession:
+    """A client that reaches the first instance directly, as the balancer would (a PROXY
+    header first), and stops in the middle of its message body."""
+
+    MESSAGE_ID = "<held@sender.example>"
+
+    def __init__(self, port: int, client_ip: str, client_port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        header = f"PROXY TCP4 {client_ip} 127.0.0.1 {client_port} {port}\r\n"
+        self.sock.sendall(header.encode())
+        self.replies = self.sock.makefile("rb")
+
+    def reply(self) -> int:
+        while True:
+            line = self.replies.readline()
+            assert line, "connection closed"
+            if line[3:4] != b"-":
+                return int(line[:3])
+
+    def command(self, line: str) -> int:
+        self.sock.sendall(line.encode() + b"\r\n")
+        return self.reply()
+
+    def start_body(self) -> None:
+        assert self.reply() == 220
+        assert self.command("EHLO held.example") == 250
+        assert self.command("MAIL FROM:<a@sender.example>") == 250
+        assert self.command("RCPT TO:<b@rcpt.example>") == 250
+        assert self.command("DATA") == 354
+        self.sock.sendall(f"Message-ID: {self.MESSAGE_ID}\r\nSubject: held\r\n\r\n".encode())
+
+    def finish(self) -> int:
+        self.sock.sendall(b"the rest of the body\r\n.\r\n")
+        code = self.reply()
+        self.command("QUIT")
+        self.sock.close()
+        return code
+
+
+def received_ids(upstream: AiosmtpdUpstream) -> list[str]:
+    parser = BytesHeaderParser()
+    return [str(parser.parsebytes(m.content)["Message-ID"]) for m in upstream.messages]
+
+
+def test_two_instances_behind_haproxy_lose_nothing_when_one_stops(
+    tmp_path: Path, postgres: PostgresServer, upstream: AiosmtpdUpstream
+) -> None:
+    with contextlib.ExitStack() as stack, ReservedPort() as console:
+        first = instance(tmp_path, "first", upstream, postgres.url, None)
+        second = instance(tmp_path, "second", upstream, postgres.url, console.port)
+        stack.enter_context(first)
+        stack.enter_context(second)
+        second.wait_record("console_listening")
+        balancer = HAProxy(
+            tmp_path / "haproxy", first.port(), version=2, more_targets=[second.port()]
+        )
+        stack.enter_context(balancer)
+        time.sleep(0.5)  # both servers checked up (rise 2 x 200 ms)
+
+        sender = Sender(balancer.port)
+        threads = [
+            threading.Thread(target=sender.run, args=(list(range(c, MESSAGES, CLIENTS)),))
+            for c in range(CLIENTS)
+        ]
+        for thread in threads:
+            thread.start()
+        # In the middle of the load, with sessions of the first instance in progress:
+        wait_until(
+            lambda: len(sender.accepted) >= MESSAGES // 3 or None,
+            lambda: f"only {len(sender.accepted)} accepted",
+            timeout=60,
+        )
+        # A session surely in progress on the first instance: in the middle of its body.
+        held = HeldSession(first.port(), "192.0.2.25", 40025)
+        held.start_body()
+        assert first.proc is not None
+        first.proc.terminate()  # SIGTERM
+        first.wait_record("stopping")
+        assert held.finish() == 250  # its session in progress finished
+        for thread in threads:
+            thread.join(120)
+        assert first.proc.wait(60) == 0
+
+        # Nothing lost: every message was accepted, and each accepted one arrived.
+        assert len(sender.accepted) == MESSAGES
+        arrived = received_ids(upstream)
+        assert set(sender.accepted) <= set(arrived)
+        assert HeldSession.MESSAGE_ID in arrived
+        # The first instance's sessions in progress finished; none was cut.
+        (stopping,) = first.records("stopping")
+        assert stopping["sessions"] >= 1
+        assert first.records("stopped")
+        assert "server_shutdown" not in {r["reason"] for r in first.records("session_end")}
+        (held_record,) = first.transactions(message_id=HeldSession.MESSAGE_ID)
+        assert (held_record["client"], held_record["outcome"]) == ("192.0.2.25:40025", "delivered")
+        # New sessions went to the second instance, and both took mail.
+        delivered = {
+            name: [t for t in gate.records("transaction") if t["outcome"] == "delivered"]
+            for name, gate in (("first", first), ("second", second))
+        }
+        assert delivered["first"] and delivered["second"]
+        stopped_at = first.records("stopping")[0]["time"]
+        assert all(t["time"] > stopped_at for t in delivered["second"][-3:])
+        # The client address in each record is the sender's, from the PROXY header.
+        for record in delivered["first"] + delivered["second"]:
+            if sender.accepted.get(record["message_id"]) is not None:
+                assert record["client"] == sender.accepted[record["message_id"]]
+        matched = {
+            r["message_id"]
+            for r in delivered["first"] + delivered["second"]
+            if r["client"] == sender.accepted.get(r["message_id"])
+        }
+        assert matched == set(sender.accepted)
+
+        # One console shows both instances' records, client addresses included.
+        console_client = ConsoleUnderTest(second, console.port).admin()
+
+        def rows() -> list[dict[str, Any]] | None:
+            page = console_client.get("/api/v1/traffic", params={"limit": 500}).json()
+            found = [r for r in page["records"] if r["outcome"] == "delivered"]
+            return found if len(found) >= MESSAGES + 1 else None
+
+        shown = wait_until(rows, lambda: "the console does not show every record", timeout=30)
+        assert {r["instance"] for r in shown} == {"first.example.test", "second.example.test"}
+        expected = {**sender.accepted, HeldSession.MESSAGE_ID: "192.0.2.25:40025"}
+        assert {r["message_id"]: r["client"] for r in shown} == expected
