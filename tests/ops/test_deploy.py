@@ -327,7 +327,7 @@ def test_the_manifests_agree_with_the_configuration_they_carry(tmp_path: Path) -
     # Readiness on the SMTP port: the policy's listener, which takes PROXY headers.
     assert container["readinessProbe"]["tcpSocket"]["port"] == "smtp"
     assert ports == {"smtp": policy.listen.port, "metrics": config.metrics.listen.port}
-    assert policy.proxy_protocol and config.metrics.enabled
+    assert policy.proxy_protocol and policy.proxy_protocol_from and config.metrics.enabled
     service = resources["Service/smtpgate"]
     assert service["spec"]["ports"][0]["targetPort"] == "smtp"
     assert service["spec"]["externalTrafficPolicy"] == "Local"

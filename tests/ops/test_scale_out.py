@@ -19,6 +19,10 @@ from typing import Any
 
 import pytest
 
+from smtpgate.config.errors import ConfigError
+from smtpgate.config.loader import parse_config
+from smtpgate.config.netaddr import in_networks, parse_network
+from smtpgate.config.warnings import config_warnings
 from smtpgate.reserved_port import ReservedPort
 from tests.api.helpers import ConsoleUnderTest
 from tests.peers import wait_until
@@ -54,7 +58,12 @@ def instance(
         "gateway": {"hostname": f"{name}.example.test"},
         "console": {"database": database},
         "policies": [
-            {"name": "in", "upstream": f"127.0.0.1:{upstream.port}", "proxy_protocol": True}
+            {
+                "name": "in",
+                "upstream": f"127.0.0.1:{upstream.port}",
+                "proxy_protocol": True,
+                "proxy_protocol_from": ["127.0.0.1"],  # the balancer
+            }
         ],
     }
     if console_port is not None:
@@ -225,3 +234,69 @@ def test_two_instances_behind_haproxy_lose_nothing_when_one_stops(
         assert {r["instance"] for r in shown} == {"first.example.test", "second.example.test"}
         expected = {**sender.accepted, HeldSession.MESSAGE_ID: "192.0.2.25:40025"}
         assert {r["message_id"]: r["client"] for r in shown} == expected
+
+
+# -- trusted balancers -----------------------------------------------------------------------
+
+
+def test_a_proxy_header_from_an_untrusted_address_is_refused(
+    tmp_path: Path, upstream: AiosmtpdUpstream
+) -> None:
+    config = {
+        "policies": [
+            {
+                "name": "in",
+                "upstream": f"127.0.0.1:{upstream.port}",
+                "proxy_protocol": True,
+                "proxy_protocol_from": ["192.0.2.0/24", "2001:db8::/32"],
+            }
+        ],
+    }
+    with SmtpgateProcess(tmp_path / "gate", config) as gate:
+        # HAProxy on loopback is not among the trusted balancers: its header is not read.
+        balancer = HAProxy(tmp_path / "haproxy", gate.port(), version=2)
+        with balancer, socket.create_connection(("127.0.0.1", balancer.port), timeout=10) as c:
+            assert c.recv(100) == b""  # closed without a greeting
+        # (HAProxy's own readiness probe was a connection too.)
+        refused = gate.wait_record("proxy_header_error")
+        assert {(r["policy"], r["reason"]) for r in refused} == {
+            ("in", "127.0.0.1 is not a trusted balancer (proxy_protocol_from)")
+        }
+        assert gate.records("session_start") == []
+        assert upstream.messages == []
+
+
+@pytest.mark.parametrize(
+    ("address", "trusted"),
+    [
+        ("192.0.2.7", True),
+        ("::ffff:192.0.2.7", True),  # a dual-stack listener's view of an IPv4 peer
+        ("2001:db8::1", True),
+        ("198.51.100.7", False),
+        ("2001:db9::1", False),
+        ("", False),
+        ("unknown", False),
+    ],
+)
+def test_trusted_balancer_addresses(address: str, trusted: bool) -> None:
+    networks = (parse_network("192.0.2.0/24"), parse_network("2001:db8::/32"))
+    assert in_networks(address, networks) is trusted
+
+
+def test_proxy_protocol_from_errors_and_warnings(tmp_path: Path) -> None:
+    policy = '[[policies]]\nname = "in"\nlisten = "127.0.0.1:2525"\nupstream = "10.0.0.1:25"\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            policy + 'proxy_protocol = true\nproxy_protocol_from = ["10.0.0.1/8"]\n', tmp_path
+        )
+    assert str(caught.value) == (
+        "policies[1].proxy_protocol_from[1]: '10.0.0.1/8' is not an IP address or network "
+        "(10.0.0.1/8 has host bits set); write e.g. 192.0.2.10, 10.0.0.0/8 or 2001:db8::/32"
+    )
+    config = parse_config(policy + 'proxy_protocol_from = ["10.0.0.0/8"]\n', tmp_path)
+    assert [(w.key, w.reason) for w in config_warnings(config)] == [
+        (
+            "policies[1].proxy_protocol_from",
+            "has no effect: proxy_protocol is false (no PROXY header is read)",
+        )
+    ]

@@ -106,6 +106,52 @@ def parse_syslog_address(text: str) -> SyslogAddress:
     )
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_network(text: str) -> IPNetwork:
+    """``192.0.2.10`` (one address) or ``10.0.0.0/8``; ``ValueError`` when invalid."""
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(
+            f"{text!r} is not an IP address or network ({exc}); "
+            "write e.g. 192.0.2.10, 10.0.0.0/8 or 2001:db8::/32"
+        ) from None
+
+
+def in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    """Whether ``address`` (an IPv4-mapped IPv6 address counts as its IPv4 one) is
+    in one of ``networks``; False for what is no IP address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+def _validate_network(value: object) -> IPNetwork:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("ip_network", "expected an IP address or network string")
+    try:
+        return parse_network(value)
+    except ValueError as exc:
+        raise PydanticCustomError("ip_network", "{reason}", {"reason": str(exc)}) from None
+
+
+Network = Annotated[
+    IPNetwork,
+    PlainValidator(_validate_network),
+    PlainSerializer(str),
+    WithJsonSchema({"type": "string", "examples": ["192.0.2.10", "10.0.0.0/8"]}),
+]
+"""A validated IP network (or address: a /32 or /128), written back as text."""
+
+
 def _check_host(host: str, text: str) -> str:
     try:
         return str(ipaddress.IPv4Address(host))

@@ -44,6 +44,7 @@ from smtpgate.config.netaddr import (
     TRANSPARENT,
     Address,
     HostPort,
+    Network,
     Upstream,
     parse_syslog_address,
 )
@@ -421,6 +422,8 @@ class Policy(_Model):
     proxy_protocol: bool = False
     #: Listen with IP_TRANSPARENT for a TPROXY rule (``upstream = "transparent"`` only).
     tproxy: bool = False
+    #: The balancers whose PROXY headers are believed; empty: any peer's.
+    proxy_protocol_from: tuple[Network, ...] = Field(default=(), strict=False)
 
 
 # --- the whole file ------------------------------------------------------------------

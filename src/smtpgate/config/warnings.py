@@ -57,6 +57,7 @@ def covers(earlier: DomainPattern, later: DomainPattern) -> bool:
 def _warnings(config: Config) -> Iterator[tuple[Loc, str]]:
     for i, action in enumerate(config.proxy_actions):
         yield from _action_warnings(config, i, action)
+    yield from _policy_warnings(config)
     yield from _unused(config)
 
 
@@ -95,6 +96,15 @@ def _action_warnings(config: Config, i: int, action: ProxyAction) -> Iterator[tu
                     "every sender and recipient this rule would",
                 )
                 break
+
+
+def _policy_warnings(config: Config) -> Iterator[tuple[Loc, str]]:
+    for i, policy in enumerate(config.policies):
+        if policy.proxy_protocol_from and not policy.proxy_protocol:
+            yield (
+                ("policies", i, "proxy_protocol_from"),
+                "has no effect: proxy_protocol is false (no PROXY header is read)",
+            )
 
 
 def _unused(config: Config) -> Iterator[tuple[Loc, str]]:

@@ -29,7 +29,7 @@ from typing import Any
 
 from smtpgate.config.errors import ConfigError, Loc
 from smtpgate.config.files import file_key
-from smtpgate.config.netaddr import TRANSPARENT, HostPort
+from smtpgate.config.netaddr import TRANSPARENT, HostPort, in_networks
 from smtpgate.config.schema import Config
 from smtpgate.config.warnings import config_warnings
 from smtpgate.logs import EventLog, describe_error
@@ -393,6 +393,13 @@ class Gateway:
             client, receive, close = connection.peer, connection.receive, connection.sock.close
         first_bytes = b""
         if rt.proxy_protocol:
+            peer_ip = client[0] if client else ""
+            if rt.proxy_protocol_from and not in_networks(peer_ip, rt.proxy_protocol_from):
+                # Anyone else could claim any client address: closed before reading.
+                reason = f"{peer_ip or 'unknown'} is not a trusted balancer (proxy_protocol_from)"
+                self.log.emit("proxy_header_error", policy=rt.name, reason=reason)
+                close()
+                return None
             try:
                 header = await read_proxy_header(receive)
                 if header is not None and isinstance(connection, PeekingSocket):

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-from smtpgate.config.netaddr import TRANSPARENT, HostPort
+from smtpgate.config.netaddr import TRANSPARENT, HostPort, IPNetwork
 from smtpgate.config.schema import Config, Policy, TLSProfile
 from smtpgate.policy.decisions import UpstreamTLS, advertise_starttls
 from smtpgate.policy.rules import RuleSet
@@ -38,6 +38,8 @@ class PolicyRuntime:
     listen_port: int
     implicit_tls: bool
     proxy_protocol: bool
+    #: Peers whose PROXY header is believed; empty: any peer's.
+    proxy_protocol_from: tuple[IPNetwork, ...]
     #: Empty and 0 when ``transparent``.
     upstream_host: str
     upstream_port: int
@@ -148,6 +150,7 @@ def compile_policy(
         listen_port=policy.listen.port,
         implicit_tls=policy.implicit_tls,
         proxy_protocol=policy.proxy_protocol,
+        proxy_protocol_from=policy.proxy_protocol_from,
         upstream_host=upstream_host,
         upstream_port=upstream_port,
         upstream_implicit_tls=policy.upstream_implicit_tls,
