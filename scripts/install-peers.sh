@@ -229,7 +229,7 @@ install_packages() {
 
 check_all
 if [ ${#problems[@]} -eq 0 ]; then
-  say "ok: ${peers[*]} can do what the tests need"
+  say "ok: ${peers[*]} can do what the interop tests need"
   exit 0
 fi
 printf 'install-peers: %s\n' "${problems[@]}" >&2
@@ -246,4 +246,4 @@ if [ ${#problems[@]} -ne 0 ]; then
   say "installed ${missing_packages[*]}, but the peers above still cannot do what the tests need"
   exit 1
 fi
-say "ok: ${peers[*]} can do what the tests need"
+say "ok: ${peers[*]} can do what the interop tests need"
