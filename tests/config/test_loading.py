@@ -79,6 +79,7 @@ def test_action_defaults() -> None:
     assert general.command_timeout == 300.0
     assert general.data_timeout == 600.0
     assert general.bare_newline == "reject"
+    assert general.nul_bytes == "reject"
     assert general.received_header
     assert action.esmtp.enabled
     assert action.esmtp.keywords == (
@@ -219,6 +220,7 @@ def test_bad_enum_values() -> None:
         ("max_line_length = 998", "max_line_length"),
         ("max_recipients = 0", "max_recipients"),
         ('bare_newline = "allow"', "bare_newline"),
+        ('nul_bytes = "drop"', "nul_bytes"),
     ],
 )
 def test_general_limits(line: str, path: str) -> None:

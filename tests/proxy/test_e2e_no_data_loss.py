@@ -1,6 +1,6 @@
 """SPEC 2.3: no data loss — replies relayed, failures stay temporary, nothing
-partial delivered, canonical output (bare LF, smuggling, dot-stuffing), and
-STARTTLS injection."""
+partial delivered, canonical output (dot-stuffing), and STARTTLS injection.
+Smuggling (bare CR, LF, NUL around the dot): test_e2e_smuggling.py."""
 
 from __future__ import annotations
 
@@ -247,85 +247,6 @@ def test_client_disconnect_mid_data_over_tls_upstream(
     )
     gate.wait_record("session_end")
     assert upstream.messages == []
-
-
-# --- canonical output: bare LF, smuggling -------------------------------------------------------
-
-SMUGGLING_SEPARATORS = [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r\n.\r", b"\r\n\r.\r\n"]
-SMUGGLED = (
-    b"MAIL FROM:<evil@attacker.example>\r\n"
-    b"RCPT TO:<victim@rcpt.example>\r\n"
-    b"DATA\r\n"
-    b"Subject: smuggled\r\n\r\nevil\r\n"
-)
-
-
-def smuggling_body(separator: bytes) -> bytes:
-    return b"Subject: carrier\r\n\r\nbefore" + separator + SMUGGLED + b".\r\n"
-
-
-def second_mail(client: RawClient) -> None:
-    """A legitimate follow-up transaction in the same session."""
-    assert client.cmd("MAIL FROM:<good@sender.example>").code == 250
-    assert client.cmd("RCPT TO:<b@rcpt.example>").code == 250
-    assert client.cmd("DATA").code == 354
-    assert client.cmd(b"Subject: second\r\n\r\nfine\r\n.").code == 250
-
-
-@pytest.mark.parametrize("separator", SMUGGLING_SEPARATORS, ids=repr)
-def test_bare_newline_reject_blocks_smuggling(
-    make_gate: Any, make_upstream: Make, upstream_cert: Any, separator: bytes
-) -> None:
-    upstream = make_upstream(starttls=server_context(upstream_cert))
-    gate = make_gate(
-        upstream.port,
-        rules=[rule(recipient_encryption="required")],
-        general={"bare_newline": "reject"},
-    )
-    with open_transaction(gate) as client:
-        client.send(smuggling_body(separator))
-        answer = client.reply()
-        assert str(answer) == "550 5.6.0 Message contains bare CR or LF; use CRLF line endings"
-        second_mail(client)
-        client.cmd("QUIT")
-    (received,) = upstream.messages  # only the legitimate second mail
-    assert received.mail_from == "good@sender.example"
-    assert not any("evil" in arg or "victim" in arg for _, arg, _ in upstream.commands)
-    rejected, delivered = gate.transaction(1), gate.transaction(2)
-    assert (rejected["outcome"], rejected["reply"]) == ("rejected", 550)
-    # The summary still describes the upstream leg that was used (and abandoned).
-    assert (rejected["upstream_tls"], rejected["upstream_verify"]) == ("TLSv1.3", "ok")
-    assert (delivered["outcome"], delivered["reply"]) == ("delivered", 250)
-
-
-@pytest.mark.parametrize("separator", SMUGGLING_SEPARATORS, ids=repr)
-def test_bare_newline_normalize_never_makes_a_second_message(
-    make_gate: Any, make_scripted_upstream: MakeRaw, separator: bytes
-) -> None:
-    upstream = make_scripted_upstream()
-    gate = make_gate(upstream.port, general={"bare_newline": "normalize", "received_header": False})
-    with open_transaction(gate) as client:
-        client.send(smuggling_body(separator))
-        assert client.reply().code == 250
-        second_mail(client)
-        client.cmd("QUIT")
-    first, _ = upstream.messages
-    assert upstream.mail_commands == 2
-    assert [m.mail_from for m in upstream.messages] == [
-        b"<a@sender.example>",
-        b"<good@sender.example>",
-    ]
-    assert all(m.rcpt_tos == [b"<b@rcpt.example>"] for m in upstream.messages)
-    wire = first.wire
-    # Canonical: every CR and LF is part of a CRLF, and the smuggled text stayed body.
-    assert wire.count(b"\r") == wire.count(b"\n") == wire.count(b"\r\n")
-    assert b"MAIL FROM:<evil@attacker.example>\r\n" in wire
-    assert wire.startswith(b"Subject: carrier\r\n\r\nbefore\r\n")
-    assert wire.endswith(b"\r\nevil\r\n")
-    if separator.startswith((b"\n", b"\r.")):
-        # A dot after a bare newline was not at a line start: it stays, stuffed.
-        assert b"\r\n..\r\n" in wire
-    assert gate.transaction(1)["outcome"] == "delivered"
 
 
 # --- STARTTLS injection ----------------------------------------------------------------------

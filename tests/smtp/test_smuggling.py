@@ -1,10 +1,14 @@
 """SMTP smuggling regressions (SEC Consult, 2023): a fake end of data never starts a second message.
 
-Each case hides a second transaction behind a line ending that some MTA might
-read as the end of data. The server role must see exactly one message (one
-BodyEnd, or one rejection) and no MailFrom from the smuggled part, however the
-bytes are split and in both bare_newline modes; in normalize mode, what the
-client role would send upstream must contain exactly one end of data too.
+Each case hides a second transaction behind a line ending (or a NUL byte) that
+some MTA might read as the end of data (tests/peers/smuggling.py: the published
+variants and every combination around the dot). The server role must see
+exactly one message (one BodyEnd, or one rejection with the promised reply) and
+no MailFrom from the smuggled part, however the bytes are split, in every
+combination of ``bare_newline`` and ``nul_bytes``; what the client role then
+sends upstream holds exactly one end of data, even for a receiver that drops
+NUL bytes and takes a dot between any CR or LF as the end.
+The end-to-end version against a recording upstream: tests/proxy/test_e2e_smuggling.py.
 """
 
 from __future__ import annotations
@@ -20,27 +24,29 @@ from smtpgate.smtp import (
     RcptTo,
     ServerLimits,
 )
+from tests.peers.smuggling import FAKE_ENDS, canonical, carrier, expected_refusal, lenient_ends
 
 from .conversation import AcceptAll, body_of, converse, new_server, pump, wire
 
-FAKE_ENDS = [b"\n.\n", b"\r.\r", b"\r\n.\r", b"\n.\r\n", b"\r\n.\n"]
-SMUGGLED = (
-    b"MAIL FROM:<evil@attacker.example>\r\n"
-    b"RCPT TO:<victim@example.com>\r\n"
-    b"DATA\r\n"
-    b"From: ceo@example.com\r\n\r\nwire the money\r\n"
-)
-
-# Body prefixes: the fake end after some text, and right at the start of the body.
-CASES = [(b"Subject: hi\r\n\r\nhello" + end, end) for end in FAKE_ENDS] + [
-    (b".\n", b".\n"),
-    (b".\r", b".\r"),
-    (b"x\r\n.\r\r\n", b"\r\n.\r\r\n"),
+# The fake end after some text, and right at the start of the body.
+STREAMS = [carrier(end) for end in FAKE_ENDS] + [
+    carrier(b".\n", before=b""),
+    carrier(b".\r", before=b""),
+    carrier(b"\x00.\r\n", before=b""),
+    carrier(b".\x00\r\n", before=b""),
+    carrier(b"\r\n.\r\r\n", before=b"x"),
+]
+MODES = [
+    ("reject", "reject"),
+    ("reject", "strip"),
+    ("normalize", "reject"),
+    ("normalize", "strip"),
 ]
 
 
-def session(mode: str) -> object:
-    server = new_server(limits=ServerLimits(bare_newline=mode))  # type: ignore[arg-type]
+def session(bare_newline: str, nul_bytes: str) -> object:
+    limits = ServerLimits(bare_newline=bare_newline, nul_bytes=nul_bytes)  # type: ignore[arg-type]
+    server = new_server(limits=limits)
     converse(
         server,
         """
@@ -67,50 +73,47 @@ def run(server: object, stream: bytes, step: int) -> tuple[list[object], bytes]:
     return events, server.data_to_send()  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("prefix", "fake_end"), CASES, ids=[repr(c[1]) for c in CASES])
-@pytest.mark.parametrize("step", [1, 3, 7, 10_000])
-def test_reject_mode_refuses_the_whole_thing_once(
-    prefix: bytes, fake_end: bytes, step: int
-) -> None:
-    stream = prefix + SMUGGLED + b".\r\nNOOP\r\n"
-    events, out = run(session("reject"), stream, step)
-    assert not any(isinstance(e, MailFrom | RcptTo | BodyEnd) for e in events)
-    assert [e for e in events if isinstance(e, BodyInvalid)] == [
-        BodyInvalid(550, "5.6.0 Message contains bare CR or LF; use CRLF line endings")
-    ]
-    assert out == (
-        b"550 5.6.0 Message contains bare CR or LF; use CRLF line endings\r\n250 2.0.0 Ok\r\n"
-    )
-
-
-@pytest.mark.parametrize(("prefix", "fake_end"), CASES, ids=[repr(c[1]) for c in CASES])
-@pytest.mark.parametrize("step", [1, 3, 7, 10_000])
-def test_normalize_mode_sees_one_message_and_relays_one(
-    prefix: bytes, fake_end: bytes, step: int
-) -> None:
-    stream = prefix + SMUGGLED + b".\r\nNOOP\r\n"
-    events, out = run(session("normalize"), stream, step)
-    assert not any(isinstance(e, MailFrom | RcptTo | BodyInvalid) for e in events)
-    assert sum(isinstance(e, BodyEnd) for e in events) == 1
-    assert out == b"250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n"
-    body = body_of(events)
-    assert b"wire the money" in body
-    assert body.count(b"\r") == body.count(b"\n") == body.count(b"\r\n")  # canonical
-
-    # What the client role sends upstream, decoded by a fresh decoder: exactly one message.
+def relayed(body: bytes, step: int) -> bytes:
+    """What the client role writes upstream for ``body``, handed over in ``step`` pieces."""
     client = ClientConnection()
     client.send_data()
     wire(client)
     for i in range(0, len(body), step):
         client.send_body(body[i : i + step])
     client.send_end_of_data()
-    upstream = wire(client)
+    return wire(client)
+
+
+@pytest.mark.parametrize(("bare_newline", "nul_bytes"), MODES)
+@pytest.mark.parametrize("stream", STREAMS, ids=repr)
+@pytest.mark.parametrize("step", [1, 3, 7, 10_000])
+def test_one_message_or_one_refusal(
+    bare_newline: str, nul_bytes: str, stream: bytes, step: int
+) -> None:
+    events, out = run(session(bare_newline, nul_bytes), stream + b"NOOP\r\n", step)
+    assert not any(isinstance(e, MailFrom | RcptTo) for e in events)
+    refusal = expected_refusal(stream, bare_newline, nul_bytes)
+    if refusal is not None:
+        assert not any(isinstance(e, BodyEnd) for e in events)
+        code, text = refusal.split(" ", 1)
+        assert [e for e in events if isinstance(e, BodyInvalid)] == [BodyInvalid(int(code), text)]
+        assert out == refusal.encode() + b"\r\n250 2.0.0 Ok\r\n"
+        return
+    assert not any(isinstance(e, BodyInvalid) for e in events)
+    assert sum(isinstance(e, BodyEnd) for e in events) == 1
+    assert out == b"250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n"
+    body = body_of(events)
+    assert b"wire the money" in body
+    assert canonical(body)
+
+    # What the client role sends upstream, decoded by a fresh decoder: exactly one message,
+    # and nothing a lenient receiver could take for an end before the real one.
+    upstream = relayed(body, step)
     decoder = DataDecoder(max_size=1 << 20, max_line_length=1000, bare_newline="reject")
     chunks, done, trailing = decoder.feed(upstream)
     assert done and trailing == b"" and decoder.violation is None
     assert b"".join(bytes(c) for c in chunks) == body
-    end = upstream.find(b"\r\n.\r\n")
-    assert end == len(upstream) - 5 or (end == -1 and upstream == b".\r\n")
+    assert lenient_ends(upstream[:-3]) == []
 
 
 def test_the_client_role_never_writes_a_bare_line_ending_dot() -> None:

@@ -336,6 +336,7 @@ class GeneralSettings(_Model):
     command_timeout: Duration = Field(default=300.0, validate_default=True)
     data_timeout: Duration = Field(default=600.0, validate_default=True)
     bare_newline: Literal["reject", "normalize"] = "reject"
+    nul_bytes: Literal["reject", "strip"] = "reject"
     received_header: bool = True
 
     @field_validator("max_message_size")

@@ -165,6 +165,7 @@ def compile_policy(
             max_message_size=general.max_message_size,
             max_recipients=general.max_recipients,
             bare_newline=general.bare_newline,
+            nul_bytes=general.nul_bytes,
         ),
         esmtp_enabled=esmtp.enabled,
         ehlo_keywords_clear=(*keywords, "STARTTLS") if offer_starttls else keywords,

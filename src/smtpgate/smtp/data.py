@@ -10,6 +10,12 @@ Bare CR or LF never ends data and never starts a line for unstuffing; with
 ``"normalize"`` each bare CR or LF becomes CRLF and the encoder stuffs any
 line that now begins with a dot, so the upstream sees exactly the message
 boundaries smtpgate saw.
+
+NUL bytes: receivers that drop them would read ``CRLF NUL . CRLF`` as the end
+of data. With ``nul_bytes="reject"`` a message holding one is refused at its
+real end; with ``"strip"`` they are removed (after bare CR and LF are dealt
+with, so the result is still canonical CRLF text) and the encoder stuffs any
+line that now begins with a dot.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from typing import Literal
 _END = b"\r\n.\r\n"
 # re searches a memoryview without copying it; bytes.find cannot.
 _LINE_STARTS_WITH_DOT = re.compile(rb"\r\n\.")
+_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 # Suffixes of a buffer that may be the start of an end marker or of "CRLF .":
 # they are kept back until the next chunk decides what they are.
 _END_PREFIXES = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
 
 BareNewlinePolicy = Literal["reject", "normalize"]
+NulPolicy = Literal["reject", "strip"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +45,7 @@ class DataViolation:
 BARE_NEWLINE = DataViolation(550, "5.6.0 Message contains bare CR or LF; use CRLF line endings")
 TOO_BIG = DataViolation(552, "5.3.4 Message size exceeds fixed maximum message size")
 LINE_TOO_LONG = DataViolation(550, "5.6.0 Message line too long")
+NUL_BYTE = DataViolation(550, "5.6.0 Message contains NUL bytes")
 
 
 class DataDecoder:
@@ -55,14 +64,23 @@ class DataDecoder:
         "_max_size",
         "_normalize",
         "_pending",
+        "_strip_nul",
         "size",
         "violation",
     )
 
-    def __init__(self, *, max_size: int, max_line_length: int, bare_newline: BareNewlinePolicy):
+    def __init__(
+        self,
+        *,
+        max_size: int,
+        max_line_length: int,
+        bare_newline: BareNewlinePolicy,
+        nul_bytes: NulPolicy = "reject",
+    ):
         self._max_size = max_size
         self._max_line = max_line_length
         self._normalize = bare_newline == "normalize"
+        self._strip_nul = nul_bytes == "strip"
         self._pending = b""
         self._at_start = True
         self._carry_line = 0
@@ -117,12 +135,22 @@ class DataDecoder:
             return None
         crlf = buf.count(b"\r\n", start, stop)
         bare = buf.count(b"\n", start, stop) != crlf or buf.count(b"\r", start, stop) != crlf
-        if bare and not self._normalize:
-            self.violation = BARE_NEWLINE
+        nul = buf.find(b"\0", start, stop)
+        refuse_bare = bare and not self._normalize
+        refuse_nul = nul >= 0 and not self._strip_nul
+        if refuse_bare or refuse_nul:
+            # The first offending byte names the refusal, wherever the reads split.
+            nul_first = refuse_nul and (not refuse_bare or nul < _first_bare(buf, start, stop))
+            self.violation = NUL_BYTE if nul_first else BARE_NEWLINE
             return None
         if not self._lines_fit(buf, start, stop):
             self.violation = LINE_TOO_LONG
             return None
+        if nul >= 0:
+            # Canonical first: a NUL between CR and LF must not join them into a CRLF
+            # (the outcome would then depend on where the reads happened to split).
+            content = canonicalize(buf[start:stop]) if bare else buf[start:stop]
+            return content.replace(b"\0", b"") or None
         if bare:
             return canonicalize(buf[start:stop])
         if start == 0 and stop == len(buf):
@@ -143,6 +171,12 @@ class DataDecoder:
         last = buf.rfind(b"\n", start, stop)
         self._carry_line = stop - last - 1 if last >= 0 else self._carry_line + stop - start
         return True
+
+
+def _first_bare(buf: bytes, start: int, stop: int) -> int:
+    """Where the first CR or LF that is not part of a CRLF is (only called on a refusal)."""
+    found = _BARE_CR_OR_LF.search(buf, start, stop)
+    return found.start() if found is not None else stop
 
 
 def canonicalize(content: bytes) -> bytes:

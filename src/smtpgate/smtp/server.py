@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from smtpgate.smtp.address import AddressError, is_hello_name, parse_path
-from smtpgate.smtp.data import BareNewlinePolicy, DataDecoder
+from smtpgate.smtp.data import BareNewlinePolicy, DataDecoder, NulPolicy
 from smtpgate.smtp.events import (
     NEED_DATA,
     PAUSED,
@@ -52,6 +52,7 @@ class ServerLimits:
     max_errors: int = 20
     max_buffer: int = 256 * 1024
     bare_newline: BareNewlinePolicy = "reject"
+    nul_bytes: NulPolicy = "reject"
     vrfy: bool = True
 
 
@@ -194,6 +195,7 @@ class ServerConnection:
                 max_size=limits.max_message_size,
                 max_line_length=limits.max_data_line,
                 bare_newline=limits.bare_newline,
+                nul_bytes=limits.nul_bytes,
             )
         elif command == "BODY":
             self._reset_transaction()
