@@ -28,6 +28,7 @@ from smtpgate.console.admin_cli import admin_app
 from smtpgate.logs import EventLog
 from smtpgate.logtargets import destination, open_error, open_sink
 from smtpgate.pidfile import pid_file, remove_pid_file, write_pid_file
+from smtpgate.proxy.limits import raise_open_files_limit
 from smtpgate.tls.certificates import CertificateError, CertificateStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -81,6 +82,9 @@ async def _serve(cfg: Config, path: Path | None) -> None:
     from smtpgate.traffic.store import open_store
 
     log = _open_log(cfg, path)
+    # Sessions hold two descriptors each; the default soft limit (often 1024) would
+    # cut max_connections in half. Past what the limit allows, clients get 421.
+    raise_open_files_limit()
     for warning in config_warnings(cfg):
         log.emit("config_warning", key=warning.key, warning=warning.reason)
     before = _files_under(cfg.gateway.state_dir)

@@ -80,6 +80,10 @@ def test_action_defaults() -> None:
     assert general.data_timeout == 600.0
     assert general.bare_newline == "reject"
     assert general.nul_bytes == "reject"
+    assert (general.max_command_line, general.max_errors) == (2048, 20)
+    assert general.max_commands == 10_000
+    assert (general.command_deadline, general.data_deadline) == (300.0, 3600.0)
+    assert (general.min_data_rate, general.tls_handshake_timeout) == (500, 60.0)
     assert general.received_header
     assert action.esmtp.enabled
     assert action.esmtp.keywords == (
@@ -221,6 +225,13 @@ def test_bad_enum_values() -> None:
         ("max_recipients = 0", "max_recipients"),
         ('bare_newline = "allow"', "bare_newline"),
         ('nul_bytes = "drop"', "nul_bytes"),
+        ("max_command_line = 511", "max_command_line"),
+        ("max_errors = 0", "max_errors"),
+        ("max_commands = 9", "max_commands"),
+        ('command_deadline = "0s"', "command_deadline"),
+        ('data_deadline = "soon"', "data_deadline"),
+        ('min_data_rate = "fast"', "min_data_rate"),
+        ("tls_handshake_timeout = 0", "tls_handshake_timeout"),
     ],
 )
 def test_general_limits(line: str, path: str) -> None:
@@ -414,3 +425,19 @@ def test_dump_config_round_trips() -> None:
     again = load(dump_config(config))
     assert again == config
     assert isinstance(again, Config)
+
+
+@pytest.mark.parametrize(
+    ("line", "path"),
+    [
+        ("max_connections = 0", "gateway.max_connections"),
+        ('max_connections_per_client = "many"', "gateway.max_connections_per_client"),
+    ],
+)
+def test_connection_limits(line: str, path: str) -> None:
+    assert error_paths(f"[gateway]\n{line}\n") == [path]
+
+
+def test_connection_limit_defaults() -> None:
+    gateway = load("").gateway
+    assert (gateway.max_connections, gateway.max_connections_per_client) == (1000, 50)

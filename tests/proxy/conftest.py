@@ -100,7 +100,10 @@ def make_gate(
         with ReservedPort() as listen:  # held until the gateway listens on it
             config = gate_config(
                 upstream_port,
-                gateway={"state_dir": str(kwargs.pop("state_dir", state_dir))},
+                gateway={
+                    "state_dir": str(kwargs.pop("state_dir", state_dir)),
+                    **kwargs.pop("gateway", {}),
+                },
                 policy={"listen": f"127.0.0.1:{listen.port}", **kwargs.pop("policy", {})},
                 profile={"ca_file": str(ca_file), **kwargs.pop("profile", {})},
                 general={**GENERAL, **kwargs.pop("general", {})},

@@ -63,8 +63,9 @@ def test_a_client_that_does_not_read_its_replies_is_not_read_either(
     """Pipelined EHLOs, no reply read: once the proxy's write buffer is over its high-water
     mark it stops reading, so the client's sends block within a bound (kernel buffers plus
     smtpgate's 256 KiB read limit); without back-pressure it would read on forever,
-    queueing every reply in memory. Then the client reads: every reply is there."""
-    gate = make_gate(make_scripted_upstream().port)
+    queueing every reply in memory. Then the client reads: every reply is there
+    (max_commands raised: that limit is not what this is about)."""
+    gate = make_gate(make_scripted_upstream().port, general={"max_commands": 10_000_000})
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # Small kernel buffers on our side keep the bound tight and the test fast.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
@@ -110,8 +111,11 @@ def test_a_client_that_never_takes_its_replies_is_cut_after_command_timeout(
 ) -> None:
     """The proxy does not wait forever for a client to read: after command_timeout of not
     taking replies the session ends (no "421 4.4.2 Timeout", which is for a client that
-    sends nothing, and would be queued behind what this one is not reading)."""
-    gate = make_gate(make_scripted_upstream().port, general={"command_timeout": "1s"})
+    sends nothing, and would be queued behind what this one is not reading).
+    max_commands is raised, so that limit is not what ends it."""
+    gate = make_gate(
+        make_scripted_upstream().port, general={"command_timeout": "1s", "max_commands": 10_000_000}
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)

@@ -155,6 +155,11 @@ class Gateway(_Model):
     state_dir: RequiredPath = Field(default="state", validate_default=True)
     #: Saved versions kept in state_dir/versions (issue 8); the oldest go first.
     keep_versions: int = Field(default=50, ge=1, le=10_000)
+    #: Client connections at once, all listeners together; past it ``421 4.7.0``.
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    #: Client connections at once from one address (Postfix's
+    #: smtpd_client_connection_count_limit); past it ``421 4.7.0``.
+    max_connections_per_client: int = Field(default=50, ge=1, le=1_000_000)
 
     @field_validator("hostname")
     @classmethod
@@ -333,8 +338,25 @@ class GeneralSettings(_Model):
     max_recipients: int = Field(default=100, ge=1, le=100_000)
     # Bytes including CRLF. RFC 5321 4.5.3.1.6: 1000 must be accepted.
     max_line_length: int = Field(default=1000, ge=1000, le=1_048_576)
+    # Bytes including CRLF; RFC 5321 4.5.3.1.4 says 512, extensions may extend it.
+    max_command_line: int = Field(default=2048, ge=512, le=65_536)
+    #: Erroneous commands per session, then 421 (Postfix's smtpd_hard_error_limit).
+    max_errors: int = Field(default=20, ge=1, le=100_000)
+    #: Commands per session, then 421.
+    max_commands: int = Field(default=10_000, ge=10, le=10_000_000)
+    #: Silence while a command is expected (and the upstream's silence).
     command_timeout: Duration = Field(default=300.0, validate_default=True)
+    #: Time for one whole command line, however it trickles in.
+    command_deadline: Duration = Field(default=300.0, validate_default=True)
+    #: Silence inside DATA (and the upstream's answer to the final dot).
     data_timeout: Duration = Field(default=600.0, validate_default=True)
+    #: Time for the whole DATA phase, from 354 to the final dot.
+    data_deadline: Duration = Field(default=3600.0, validate_default=True)
+    #: Bytes per second a client must keep up during DATA (0: off), as Postfix's
+    #: smtpd_min_data_rate.
+    min_data_rate: ByteSize = Field(default=500, validate_default=True)
+    #: Time for the client leg's TLS handshake (STARTTLS or implicit TLS).
+    tls_handshake_timeout: Duration = Field(default=60.0, validate_default=True)
     bare_newline: Literal["reject", "normalize"] = "reject"
     nul_bytes: Literal["reject", "strip"] = "reject"
     received_header: bool = True

@@ -29,6 +29,7 @@ from smtpgate.proxy.commands import (
     SendUpstream,
     StartTLS,
 )
+from smtpgate.proxy.deadlines import ReadClock
 from smtpgate.proxy.events import (
     ClientData,
     ConnectionLost,
@@ -84,6 +85,7 @@ class SessionDriver:
         #: The upstream leg the session holds, and its connection.
         self.leg: UpstreamLeg | None = None
         self.upstream: Stream | None = None
+        self._clock = ReadClock()
 
     async def run(self, first_bytes: bytes = b"") -> None:
         """Until the session is over. ``first_bytes``: read with a PROXY header."""
@@ -110,6 +112,8 @@ class SessionDriver:
                 self.upstream = self.leg = None
 
     async def _next_event(self, wait: Wait) -> ProxyEvent:
+        now = asyncio.get_running_loop().time
+        timeout, expiry = self._clock.next_read(wait, self.session.server.commands, now())
         if wait.side is Side.CLIENT:
             upstream = self.upstream
             if upstream is not None:
@@ -127,15 +131,19 @@ class SessionDriver:
                 client.abort()  # closing would wait for it to read what is queued
                 return ConnectionLost(Side.CLIENT, "client_not_reading")
             try:
-                data = await client.read(wait.timeout, wait.max_bytes)
+                data = await client.read(timeout, wait.max_bytes)
             except TimeoutError:
-                return TimedOut(Side.CLIENT)
-            return ClientData(data) if data else ConnectionLost(Side.CLIENT)
+                return TimedOut(Side.CLIENT, expiry)
+            if not data:
+                return ConnectionLost(Side.CLIENT)
+            if wait.min_rate:
+                self._clock.received(wait, len(data), now())
+            return ClientData(data)
         upstream = self.upstream
         if upstream is None:
             return ConnectionLost(Side.UPSTREAM, "upstream closed the connection")
         try:
-            data = await upstream.read(wait.timeout)
+            data = await upstream.read(timeout)
         except TimeoutError:
             return TimedOut(Side.UPSTREAM)
         if not data:
@@ -217,7 +225,9 @@ class SessionDriver:
             client = self.client
             try:
                 await client.start_tls(
-                    self.rt.client_tls_context, server_side=True, timeout=self.rt.command_timeout
+                    self.rt.client_tls_context,
+                    server_side=True,
+                    timeout=self.rt.tls_handshake_timeout,
                 )
             except (OSError, ConnectionError, TimeoutError) as exc:
                 return TLSFailed(side, describe_error(exc))

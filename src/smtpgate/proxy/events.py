@@ -68,9 +68,11 @@ class TLSFailed:
 
 @dataclass(frozen=True, slots=True)
 class TimedOut:
-    """Nothing arrived on ``side`` within the session's :attr:`~Session.wait` timeout."""
+    """Nothing arrived on ``side`` within the session's :attr:`~Session.wait` timeout,
+    or the phase's deadline passed; ``reason`` says which (the ``session_end`` reason)."""
 
     side: Side
+    reason: str = "timeout"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import ipaddress
 import itertools
+import math
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -46,6 +48,7 @@ from smtpgate.proxy.interception import (
     parse_sockaddr,
     platform_problem,
 )
+from smtpgate.proxy.limits import ConnectionLimits, Refusal, descriptors_needed
 from smtpgate.proxy.pool import UpstreamPool
 from smtpgate.proxy.preamble import Opening, PeekingSocket, read_proxy_header
 from smtpgate.proxy.proxyproto import ProxyHeaderError
@@ -203,6 +206,8 @@ class Gateway:
         #: Listening addresses of the running configuration.
         self._listeners: dict[Address, Listener] = {}
         self._sessions: set[asyncio.Task[None]] = set()
+        #: Client connections now, across reloads ([gateway] max_connections...).
+        self._connections = ConnectionLimits()
         self._stopped = asyncio.Event()
         #: One reload at a time, and none once stop() has begun.
         self._reload_lock = asyncio.Lock()
@@ -228,6 +233,20 @@ class Gateway:
             }
             for address in opened:
                 self._log_listening(self._listeners[address])
+            self._check_descriptors()
+
+    def _check_descriptors(self) -> None:
+        """A warning when the open-files limit is below what max_connections may need."""
+        wanted = self.config.gateway.max_connections
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        needed = descriptors_needed(wanted)
+        if soft != resource.RLIM_INFINITY and needed > soft:
+            self.log.emit(
+                "config_warning",
+                key="gateway.max_connections",
+                warning=f"{wanted} connections may need {needed} open files, the limit is "
+                f"{soft}: past what it allows clients get 421 4.7.0",
+            )
 
     def _bind_new(self, runtimes: dict[str, PolicyRuntime]) -> dict[Address, list[socket.socket]]:
         """Listening sockets for the addresses of ``runtimes`` that are not listened
@@ -304,7 +323,7 @@ class Gateway:
                 self._on_stream(serving),
                 sock=own,
                 ssl=rt.client_tls_context if rt.implicit_tls else None,
-                ssl_handshake_timeout=rt.command_timeout if rt.implicit_tls else None,
+                ssl_handshake_timeout=rt.tls_handshake_timeout if rt.implicit_tls else None,
                 backlog=512,
             )
         except BaseException:
@@ -355,7 +374,17 @@ class Gateway:
             assert connection.task is not None
             self._track(connection.task)
         rt = serving.runtime
+        limits = self.config.gateway
+        counts = self._connections
+        refusal = counts.take(limits.max_connections)
+        if refusal is not None:
+            # Before any reading: on a listener that looks first, before TLS, so nothing
+            # can be said and the socket is just closed.
+            peer = connection.peername if isinstance(connection, Stream) else connection.peer
+            self._refuse(connection, rt, peer, refusal)
+            return
         stream: Stream | None = None
+        address: str | None = None
         try:
             interception = None
             if rt.transparent:  # before a handshake: the socket is the accepted one
@@ -369,6 +398,13 @@ class Gateway:
             if opened is None:
                 return
             stream, client, tls, first_bytes = opened
+            # The client's address: from the PROXY header where there is one.
+            address = client[0] if client else "unknown"
+            refusal = counts.take_client(address, limits.max_connections_per_client)
+            if refusal is not None:
+                address = None
+                self._refuse(stream, rt, client, refusal)
+                return
             await self._run_session(
                 stream, serving, client, tls=tls, first_bytes=first_bytes, interception=interception
             )
@@ -380,6 +416,34 @@ class Gateway:
                 connection.abort()
             else:
                 connection.sock.close()
+        finally:
+            counts.release()
+            if address is not None:
+                counts.release_client(address)
+
+    def _refuse(
+        self,
+        connection: Stream | PeekingSocket,
+        rt: PolicyRuntime,
+        client: tuple[str, int] | None,
+        refusal: Refusal,
+    ) -> None:
+        """``421 4.7.0`` and close (a socket not yet read from is closed without a word)."""
+        if isinstance(connection, Stream):
+            connection.write(refusal.reply)
+            connection.close()
+        else:
+            connection.sock.close()
+        refused = self._connections.refused(refusal, asyncio.get_running_loop().time())
+        if refused:
+            self.log.emit(
+                "connection_refused",
+                policy=rt.name,
+                client=f"{client[0]}:{client[1]}" if client else "unknown",
+                reason=refusal.reason,
+                connections=self._connections.total,
+                refused=refused,
+            )
 
     async def _open(
         self, connection: Stream | PeekingSocket, rt: PolicyRuntime
@@ -552,6 +616,7 @@ class Gateway:
             self._log_listening(self._listeners[address])
         for warning in config_warnings(config):
             self.log.emit("config_warning", key=warning.key, warning=warning.reason)
+        self._check_descriptors()
 
     def request_stop(self) -> None:
         self._stopped.set()
@@ -597,7 +662,7 @@ async def _stream_on_accepted(sock: socket.socket, rt: PolicyRuntime, tls: bool)
         rt.client_tls_context,
         handshake,
         server_side=True,
-        ssl_handshake_timeout=max(1, int(rt.command_timeout)),
+        ssl_handshake_timeout=math.ceil(rt.tls_handshake_timeout),  # typed as whole seconds
     )
     transport, _ = await loop.connect_accepted_socket(lambda: tls_protocol, sock)
     try:

@@ -26,10 +26,6 @@ from smtpgate.tls.contexts import TLSContextCache
 from smtpgate.tls.trust import TrustAnchors
 from smtpgate.tls.verification import UpstreamVerifier
 
-#: Command lines may carry ESMTP parameters beyond RFC 5321's 512 octets
-#: (RFC 1869 section 4.1.2 allows extensions to extend it); Postfix allows 2048.
-MAX_COMMAND_LINE = 2048
-
 
 @dataclass(frozen=True, slots=True)
 class PolicyRuntime:
@@ -62,7 +58,12 @@ class PolicyRuntime:
     rules: RuleSet
     received_header: bool
     command_timeout: float
+    command_deadline: float
     data_timeout: float
+    data_deadline: float
+    #: Bytes per second during DATA, 0: no minimum.
+    min_data_rate: int
+    tls_handshake_timeout: float
     profile: TLSProfile
     client_tls_context: ssl.SSLContext
     #: Where the upstream leg goes, per TLS mode of SPEC 2.2.
@@ -160,10 +161,12 @@ def compile_policy(
         hostname=config.gateway.hostname,
         action_name=action.name,
         limits=ServerLimits(
-            max_command_line=MAX_COMMAND_LINE,
+            max_command_line=general.max_command_line,
             max_data_line=general.max_line_length,
             max_message_size=general.max_message_size,
             max_recipients=general.max_recipients,
+            max_errors=general.max_errors,
+            max_commands=general.max_commands,
             bare_newline=general.bare_newline,
             nul_bytes=general.nul_bytes,
         ),
@@ -174,7 +177,11 @@ def compile_policy(
         rules=rules,
         received_header=general.received_header,
         command_timeout=general.command_timeout,
+        command_deadline=general.command_deadline,
         data_timeout=general.data_timeout,
+        data_deadline=general.data_deadline,
+        min_data_rate=general.min_data_rate,
+        tls_handshake_timeout=general.tls_handshake_timeout,
         profile=profile,
         client_tls_context=client_ctx,
         upstream_targets=MappingProxyType(targets),

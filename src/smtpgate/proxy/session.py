@@ -214,6 +214,8 @@ def closed_by_core_reason(server: ServerConnection, event: ConnectionClosed) -> 
         return "client_quit"
     if server.errors >= server.limits.max_errors:
         return "too_many_errors"
+    if server.commands > server.limits.max_commands:
+        return "too_many_commands"
     return "input_flood"  # more unanswered input than the core holds
 
 
@@ -266,10 +268,17 @@ class Wait:
     """What the driver reads next, and for how long before :class:`TimedOut`."""
 
     side: Side
+    #: The longest silence: restarts on every read.
     timeout: float
     #: Read at most this much: commands come in pieces the core's flood guard takes
     #: (input a client piled up while back-pressure held it waits in the stream).
     max_bytes: int | None = None
+    #: The whole phase (one command line; the DATA phase) within this, however the
+    #: bytes trickle in; ``deadline_reason`` ends the session when it passes.
+    deadline: float | None = None
+    deadline_reason: str = "deadline"
+    #: Bytes per second the phase must keep up (0: no minimum); see proxy/deadlines.py.
+    min_rate: int = 0
 
 
 class Session:
@@ -316,8 +325,20 @@ class Session:
         self._opening_since = 0.0
         self._upstream_tls_since: float | None = None
         self._out: list[Command] = []
-        self._wait_client = Wait(Side.CLIENT, rt.command_timeout, rt.limits.max_buffer // 2)
-        self._wait_body = Wait(Side.CLIENT, rt.data_timeout)
+        self._wait_client = Wait(
+            Side.CLIENT,
+            rt.command_timeout,
+            rt.limits.max_buffer // 2,
+            deadline=rt.command_deadline,
+            deadline_reason="command_deadline",
+        )
+        self._wait_body = Wait(
+            Side.CLIENT,
+            rt.data_timeout,
+            deadline=rt.data_deadline,
+            deadline_reason="data_deadline",
+            min_rate=rt.min_data_rate,
+        )
         self._wait_upstream = Wait(Side.UPSTREAM, rt.command_timeout)
         self._wait_verdict = Wait(Side.UPSTREAM, rt.data_timeout)
 
@@ -386,7 +407,7 @@ class Session:
                 self._upstream_failed(reason)
             else:
                 if isinstance(event, TimedOut):
-                    self.end_reason = "timeout"
+                    self.end_reason = event.reason
                     self._out.append(SendClient(REPLY_CLIENT_TIMEOUT))
                     self._end_transaction("aborted", 421)
                 else:

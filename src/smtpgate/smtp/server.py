@@ -50,6 +50,7 @@ class ServerLimits:
     max_message_size: int = 10 * 1024 * 1024
     max_recipients: int = 100
     max_errors: int = 20
+    max_commands: int = 10_000
     max_buffer: int = 256 * 1024
     bare_newline: BareNewlinePolicy = "reject"
     nul_bytes: NulPolicy = "reject"
@@ -102,6 +103,8 @@ class ServerConnection:
         #: EHLO keywords of our last EHLO answer: the parameters a client may use.
         self.offered: frozenset[str] = frozenset()
         self.errors = 0
+        #: Command lines dispatched so far (one too long is an error, not a command).
+        self.commands = 0
         #: Plaintext bytes that followed STARTTLS and were thrown away (injection attempts).
         self.discarded_after_starttls = b""
         self.recipients = 0
@@ -305,6 +308,10 @@ class ServerConnection:
     # -- commands -----------------------------------------------------------------------------
 
     def _dispatch(self, line: bytes) -> None:
+        self.commands += 1
+        if self.commands > self.limits.max_commands:
+            self._fail(421, "4.7.0 Too many commands, closing connection")
+            return
         verb, _, arg = line.partition(b" ")
         verb = verb.upper()
         handler = _COMMANDS.get(verb)
