@@ -17,6 +17,11 @@ test's temporary directory and stops it by its PID:
 - :mod:`tests.peers.smtpgate_proc`: the proxy itself as a subprocess
 - :mod:`tests.peers.relay`: smtpgate in front of an aiosmtpd upstream, the common setup
 - :mod:`tests.peers.ocsp`: an OCSP responder and the test CA it signs for
+- :mod:`tests.peers.mitm`: a man in the middle between smtpgate and its upstream
+  (strips STARTTLS, answers it 454, breaks the handshake, injects replies), recording
+  what smtpgate sent on the wire
+- :mod:`tests.peers.smuggling`: the SMTP smuggling variants (CR, LF, NUL around the
+  dot) and how a lenient receiver would read relayed bytes
 
 Nothing here talks to anything but 127.0.0.0/8, and nothing touches the
 system-wide mail setup (``/etc/postfix`` and ``/var/spool/postfix`` are only read).
