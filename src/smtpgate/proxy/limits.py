@@ -103,21 +103,20 @@ def out_of_descriptors(sessions: int) -> bool:
     """Whether one more session would leave fewer than :data:`DESCRIPTORS_SPARE`
     descriptors under the open-files limit.
 
-    The descriptors in use are only counted (``/proc/self/fd``) when the sessions
-    alone could come near the limit, so with a generous limit this is one
-    ``getrlimit`` per connection.
+    The descriptors in use are only counted (``/proc/self/fd``) when two per
+    session could come within twice the spare of the limit, so with a generous
+    limit this is one ``getrlimit`` per connection.
     """
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return False
-    room = soft - DESCRIPTORS_SPARE - DESCRIPTORS_PER_SESSION
-    if (sessions + 1) * DESCRIPTORS_PER_SESSION < room // 2:
+    if (sessions + 1) * DESCRIPTORS_PER_SESSION + 2 * DESCRIPTORS_SPARE < soft:
         return False
     try:
         in_use = len(os.listdir("/proc/self/fd"))
     except OSError:  # no /proc, or no descriptor left to read it with
-        in_use = soft
-    return in_use > room
+        return True
+    return in_use + DESCRIPTORS_PER_SESSION + DESCRIPTORS_SPARE > soft
 
 
 def raise_open_files_limit() -> tuple[int, int]:
