@@ -165,22 +165,22 @@ def test_a_command_trickled_byte_by_byte_meets_the_command_deadline(
 ) -> None:
     gate = make_gate(
         make_scripted_upstream().port,
-        general={"command_timeout": "1s", "command_deadline": "2s"},
+        general={"command_timeout": "2s", "command_deadline": "3s"},
     )
     with RawClient(gate.port) as client:
         port = client.sock.getsockname()[1]
-        # Every byte within the 1 s timeout; the line never ends.
-        took = trickle(client, b"NOOP " + b"x" * 100, every=0.3, until=8)
+        # Every byte well within the 2 s timeout; the line never ends.
+        took = trickle(client, b"NOOP " + b"x" * 100, every=0.2, until=10)
         assert client.pending(1) == TIMEOUT_REPLY
-        assert 1.8 < took < 5
+        assert 2.8 < took < 8
     assert session_end(gate, port)["reason"] == "command_deadline"
 
 
 @pytest.mark.parametrize(
     ("general", "reason"),
     [
-        ({"data_timeout": "1s", "data_deadline": "2s", "min_data_rate": 0}, "data_deadline"),
-        ({"data_timeout": "1s", "data_deadline": "1h", "min_data_rate": "1KB"}, "data_rate"),
+        ({"data_timeout": "2s", "data_deadline": "3s", "min_data_rate": 0}, "data_deadline"),
+        ({"data_timeout": "2s", "data_deadline": "1h", "min_data_rate": "1KB"}, "data_rate"),
     ],
     ids=["deadline", "rate"],
 )
@@ -195,9 +195,9 @@ def test_a_body_trickled_byte_by_byte_meets_the_data_deadline_or_rate(
         assert client.cmd("MAIL FROM:<a@sender.example>").code == 250
         assert client.cmd("RCPT TO:<b@rcpt.example>").code == 250
         assert client.cmd("DATA").code == 354
-        took = trickle(client, b"Subject: slow\r\n\r\n" + b"x" * 200, every=0.3, until=8)
+        took = trickle(client, b"Subject: slow\r\n\r\n" + b"x" * 200, every=0.2, until=10)
         assert client.pending(1) == TIMEOUT_REPLY
-        assert took < 5
+        assert 1.8 < took < 8
     assert session_end(gate, port)["reason"] == reason
     record = gate.transaction()
     assert (record["outcome"], record["reply"]) == ("aborted", 421)
