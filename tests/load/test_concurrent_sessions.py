@@ -80,6 +80,8 @@ async def _run(tmp_path: Path, pki: TestPKI) -> None:
         rules=[rule(recipient_encryption="required")],
         profile={"ca_file": str(pki.ca_file)},
         server_cert=leaf,  # the clients trust the test CA
+        # Every client comes from 127.0.0.1: the connection limits are not under test here.
+        gateway={"max_connections": 2 * SESSIONS, "max_connections_per_client": 2 * SESSIONS},
     )
     gate = SmtpgateProcess(tmp_path / "gate", config)
     # Started from a thread: the upstream in this loop must answer while smtpgate starts.
