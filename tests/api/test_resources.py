@@ -52,6 +52,14 @@ def test_auditor_reads_but_every_change_is_403(console: ConsoleUnderTest) -> Non
     assert console.gate.config_file.read_text() == before
 
 
+def test_choices_offer_the_body_settings_picked_from_a_list(console: ConsoleUnderTest) -> None:
+    """The action editor's drop-downs for bare_newline and nul_bytes come from here."""
+    with console.client(token=console.add_token("editor-page", role="auditor")) as client:
+        choices = client.get("/api/v1/choices").json()
+    assert choices["bare_newline"] == ["reject", "normalize"]
+    assert choices["nul_bytes"] == ["reject", "strip"]
+
+
 def test_a_stale_etag_is_409_and_writes_nothing(console: ConsoleUnderTest) -> None:
     with console.admin() as client:
         old = etag(client)

@@ -277,6 +277,7 @@ CHOICES: dict[str, Any] = {
     },
     "direction": _literal(ProxyAction, "direction"),
     "bare_newline": _literal(GeneralSettings, "bare_newline"),
+    "nul_bytes": _literal(GeneralSettings, "nul_bytes"),
     "min_version": _literal(TLSProfile, "min_version"),
     "pfs": _literal(TLSProfile, "pfs"),
 }
