@@ -23,14 +23,38 @@ import asyncio
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 
 from smtpgate.tls import describe_tls
 
-__all__ = ["ReceivedMessage", "ScriptedUpstream"]
+__all__ = ["FAULT_STAGES", "Fault", "ReceivedMessage", "ScriptedUpstream"]
 
 OK_QUEUED = b"250 2.0.0 Ok queued\r\n"
 NOT_A_HANDSHAKE = b"this is not a TLS ServerHello\r\n" * 4
 _END_OF_DATA = b"\r\n.\r\n"
+
+
+class Fault(Enum):
+    """What a scripted stage does instead of its normal answer (see ``faults``)."""
+
+    CLOSE = "close"  # close the connection without answering
+    STALL = "stall"  # answer nothing more; keep reading (and recording) until the peer closes
+
+
+#: The stages ``faults`` can script, in the order a transaction meets them.
+FAULT_STAGES = (
+    "connect",  # the connection was accepted: no greeting yet
+    "greeting",  # the greeting was sent
+    "EHLO",
+    "HELO",
+    "STARTTLS",
+    "handshake",  # STARTTLS was answered 220: the TLS handshake is due
+    "MAIL",
+    "RCPT",
+    "DATA",
+    "body",  # the first body bytes arrived (STALL: stop reading the socket)
+    "dot",  # the final dot arrived: its reply is due
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +103,13 @@ class ScriptedUpstream:
     ``messages_per_connection``: after this many accepted messages on a connection, the
     next MAIL gets ``421 4.7.0`` and the connection is closed (Exim's
     ``smtp_accept_max_per_connection``).
+    ``faults``: ``{stage: Fault.CLOSE | Fault.STALL | reply bytes}``, one entry per
+    stage of :data:`FAULT_STAGES` that misbehaves (the fault matrix): at ``connect`` the
+    bytes replace the greeting, after ``greeting`` only CLOSE applies, at a command
+    the bytes answer it without changing any state (a refusal), at ``handshake`` they
+    are sent instead of TLS and the connection closes, at ``dot`` they are the reply
+    (a 2xx stores the message). Set :attr:`faults` again to change the script for the
+    next connections and commands.
     ``keep_messages``: off, only :attr:`accepted` counts (the benchmark).
     """
 
@@ -98,6 +129,7 @@ class ScriptedUpstream:
         dot_reply: bytes | None = OK_QUEUED,
         drop_after_body_bytes: int | None = None,
         messages_per_connection: int | None = None,
+        faults: Mapping[str, Fault | bytes] | None = None,
         keep_messages: bool = True,
         idle_timeout: float = 300.0,
     ) -> None:
@@ -114,10 +146,18 @@ class ScriptedUpstream:
         self.dot_reply = dot_reply
         self.drop_after_body_bytes = drop_after_body_bytes
         self.messages_per_connection = messages_per_connection
+        self.faults: Mapping[str, Fault | bytes] = dict(faults or {})
+        unknown = set(self.faults) - set(FAULT_STAGES)
+        if unknown:
+            raise ValueError(f"no such stages: {sorted(unknown)}; stages: {FAULT_STAGES}")
         self.keep_messages = keep_messages
         self.idle_timeout = idle_timeout
         self.offers_starttls = (
-            starttls_context is not None or starttls_reply is not None or after_starttls is not None
+            starttls_context is not None
+            or starttls_reply is not None
+            or after_starttls is not None
+            or "STARTTLS" in self.faults
+            or "handshake" in self.faults
         )
         self.messages: list[ReceivedMessage] = []
         #: Messages answered 2xx (also counted when ``keep_messages`` is off).
@@ -158,6 +198,12 @@ class ScriptedUpstream:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+    async def hang_up(self) -> None:
+        """Cut every open connection (as an idle timeout would); keep listening."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def __aenter__(self) -> ScriptedUpstream:
         await self.start()
@@ -242,10 +288,17 @@ class _Conversation:
 
     async def run(self) -> None:
         server = self.server
-        if server.greeting is None:
+        at_connect = server.faults.get("connect")
+        if at_connect is Fault.CLOSE:
+            return
+        greeting = at_connect if isinstance(at_connect, bytes) else server.greeting
+        if greeting is None or at_connect is Fault.STALL:
             await self.listen_only()
             return
-        self.writer.write(server.greeting)
+        self.writer.write(greeting)
+        if server.faults.get("greeting") is Fault.CLOSE:
+            await self.writer.drain()
+            return
         buf = b""
         body: bytearray | None = None  # inside DATA: what arrived of the body so far
         while True:
@@ -267,11 +320,18 @@ class _Conversation:
                         limit = server.drop_after_body_bytes
                         if limit is not None and arrived >= max(limit, 1):
                             raise _Hangup
+                        if arrived and server.faults.get("body") is Fault.STALL:
+                            self.writer.write(b"".join(out))
+                            await self.stall_reading()
+                            return
                         if end < 0:
                             break
                         wire, buf = bytes(body[:end]), bytes(body[end + 3 :])
                         body = None
-                        if server.dot_reply is None:
+                        at_dot = server.faults.get("dot")
+                        if at_dot is Fault.CLOSE:
+                            raise _Hangup
+                        if server.dot_reply is None or at_dot is Fault.STALL:
                             self.writer.write(b"".join(out))
                             await self.listen_only()
                             return
@@ -303,6 +363,10 @@ class _Conversation:
                 self.writer.write(b"".join(out))
             await self.writer.drain()
 
+    async def stall_reading(self) -> None:
+        """Read nothing more: what the peer sends piles up in the socket buffers."""
+        await asyncio.sleep(self.server.idle_timeout)
+
     async def start_tls(self, out: list[bytes]) -> None:
         context = self.server.starttls_context
         assert context is not None
@@ -316,6 +380,16 @@ class _Conversation:
         server = self.server
         server.commands.append(line.rstrip(b"\r\n"))
         verb = line[:4].upper()
+        fault = server.faults.get(_STAGES_BY_VERB.get(bytes(verb), ""))
+        if fault is Fault.CLOSE:
+            raise _Hangup
+        if fault is Fault.STALL:
+            self.writer.write(b"".join(out))
+            out.clear()
+            return _LISTEN
+        if isinstance(fault, bytes):
+            out.append(fault)
+            return None
         if verb == b"EHLO":
             offer = server.offers_starttls and not self.tls
             lines = [server.hostname, *server.ehlo_keywords, *(["STARTTLS"] * offer)]
@@ -328,10 +402,19 @@ class _Conversation:
         elif verb == b"HELO":
             out.append(f"250 {server.hostname}\r\n".encode())
         elif verb == b"STAR" and server.offers_starttls and not self.tls:
+            at_handshake = server.faults.get("handshake")
             if server.starttls_reply is not None:
                 out.append(server.starttls_reply)
-            elif server.after_starttls is not None:
-                out.append(b"220 2.0.0 Go ahead\r\n" + server.after_starttls)
+            elif at_handshake is Fault.STALL:
+                out.append(b"220 2.0.0 Ready to start TLS\r\n")
+                self.writer.write(b"".join(out))
+                out.clear()
+                return _LISTEN
+            elif server.after_starttls is not None or at_handshake is not None:
+                instead = server.after_starttls
+                if instead is None:
+                    instead = at_handshake if isinstance(at_handshake, bytes) else b""
+                out.append(b"220 2.0.0 Go ahead\r\n" + instead)
                 self.writer.write(b"".join(out))
                 out.clear()
                 # Half-close, then read what comes: closing with the ClientHello unread
@@ -382,7 +465,8 @@ class _Conversation:
 
     def end_of_data(self, wire: bytes) -> bytes:
         server = self.server
-        reply = server.dot_reply
+        at_dot = server.faults.get("dot")
+        reply = at_dot if isinstance(at_dot, bytes) else server.dot_reply
         assert reply is not None
         if reply.startswith(b"2"):
             self.delivered += 1
@@ -393,6 +477,14 @@ class _Conversation:
 
 
 _DATA, _LISTEN, _QUIT, _TLS = object(), object(), object(), object()
+_STAGES_BY_VERB = {
+    b"EHLO": "EHLO",
+    b"HELO": "HELO",
+    b"STAR": "STARTTLS",
+    b"MAIL": "MAIL",
+    b"RCPT": "RCPT",
+    b"DATA": "DATA",
+}
 
 
 def _address(argument: bytes) -> str:
