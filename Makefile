@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv peers test lint typecheck pytest bench demo clean
+.PHONY: venv peers test lint typecheck pytest fuzz bench demo clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ pytest: venv peers
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest
+
+# The fuzz harness (tests/fuzz) with 100 times the examples `make test` runs: one to two
+# hours on a 2-core machine. What it finds stays in .hypothesis/ and is
+# retried first next time; add it to the test as an @example.
+fuzz: venv
+	SMTPGATE_FUZZ=long $(VENV)/bin/pytest tests/fuzz -m fuzz -o timeout=0 -x
 
 bench: venv peers
 	$(PY) -m bench
