@@ -81,14 +81,38 @@ def _parse_v1(buf: bytes) -> tuple[tuple[str, int] | None, int] | None:
     parts = buf[:end].decode("ascii", "replace").split(" ")
     if len(parts) >= 2 and parts[1] == "UNKNOWN":
         return None, end + 2
-    if len(parts) != 6 or parts[1] not in ("TCP4", "TCP6"):
+    if len(parts) != 6 or parts[1] not in _V1_FAMILIES:
         raise ProxyHeaderError("malformed PROXY v1 header")
+    family = _V1_FAMILIES[parts[1]]
+    ip, _ = (_v1_address(family, address, parts[1]) for address in parts[2:4])
+    source_port, _ = (_v1_port(port) for port in parts[4:6])
+    return (str(ip), source_port), end + 2
+
+
+#: The v1 protocol names and the address each one must carry.
+_V1_FAMILIES: dict[str, type[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {
+    "TCP4": ipaddress.IPv4Address,
+    "TCP6": ipaddress.IPv6Address,
+}
+
+
+def _v1_address(
+    family: type[ipaddress.IPv4Address | ipaddress.IPv6Address], text: str, protocol: str
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
-        ip = ipaddress.ip_address(parts[2])
-        port = int(parts[4])
-    except ValueError as exc:
-        raise ProxyHeaderError(f"malformed PROXY v1 address: {exc}") from exc
-    return (str(ip), port), end + 2
+        return family(text)
+    except ValueError:
+        raise ProxyHeaderError(
+            f"malformed PROXY v1 address: {text!r} is not a {protocol} address"
+        ) from None
+
+
+def _v1_port(text: str) -> int:
+    """A v1 port: decimal digits, 0..65535 (not what ``int`` also takes: ``+25``, ``1_000``,
+    ``-1``, other scripts' digits)."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535):
+        raise ProxyHeaderError(f"malformed PROXY v1 address: port {text!r} is not 0..65535")
+    return int(text)
 
 
 def _parse_v2(buf: bytes) -> tuple[tuple[str, int] | None, int] | None:
@@ -98,8 +122,11 @@ def _parse_v2(buf: bytes) -> tuple[tuple[str, int] | None, int] | None:
     total = 16 + length
     if len(buf) < total:
         return None
-    if version_command & 0x0F == 0:  # LOCAL: health check from the proxy itself
+    command = version_command & 0x0F
+    if command == 0:  # LOCAL: health check from the proxy itself
         return None, total
+    if command != 1:  # PROXY; the specification says to drop anything else
+        raise ProxyHeaderError(f"unsupported PROXY v2 command {command}")
     body = buf[16:total]
     if family >> 4 == 1 and len(body) >= 12:
         return (str(ipaddress.IPv4Address(body[0:4])), struct.unpack("!H", body[8:10])[0]), total
