@@ -13,9 +13,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Real peers for the interop tests (Postfix, swaks, HAProxy, openssl), from Debian.
-peers:
+# Real peers for the interop tests (Postfix, swaks, HAProxy, openssl, testssl.sh), from
+# Debian; sslyze from PyPI in a virtualenv of its own (its cryptography pin conflicts
+# with ours: tests/scanners/sslyze-requirements.txt).
+SCANNERS := $(VENV)/scanners/.installed
+
+peers: $(SCANNERS)
 	bash scripts/install-peers.sh
+
+$(SCANNERS): tests/scanners/sslyze-requirements.txt
+	python3 -m venv $(VENV)/scanners
+	$(VENV)/scanners/bin/python -m pip install -q -r tests/scanners/sslyze-requirements.txt
+	touch $(SCANNERS)
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the real SMTP peers the interop tests drive (swaks, openssl,
 # HAProxy, Postfix, nftables for the firewall of the transparent-mode tests),
-# the PostgreSQL server the traffic store's tests start and the browser of
-# the console tests (Debian's chromium), and checks that each can do what the
-# tests need, not only
-# that its binary exists: a swaks without Net::SSLeay is installed but cannot
-# say STARTTLS. What gets installed is decided by those checks, so a machine
-# with swaks but without Net::SSLeay gets fixed, and a second run installs
-# nothing. Needs root only when something is missing (CI runs as root).
+# the PostgreSQL server the traffic store's tests start, the browser of the
+# console tests (Debian's chromium) and the TLS scanner testssl.sh, and checks
+# that each can do what the tests need, not only that its binary exists: a
+# swaks without Net::SSLeay is installed but cannot say STARTTLS. What gets
+# installed is decided by those checks, so a machine with swaks but without
+# Net::SSLeay gets fixed, and a second run installs nothing. Needs root only
+# when something is missing (CI runs as root).
 #
 # Installing Postfix does not start or reconfigure a system mail service (the
 # tests run their own instances under /tmp), and no package's daemon is started
@@ -29,10 +29,12 @@ declare -A packages=(
   [rsyslog]="rsyslog"
   [logrotate]="logrotate"
   [systemd_analyze]="systemd"
+  [testssl]="testssl.sh"
 )
 # rsyslog receives `[logging] target = "syslog"` (tests/ops/test_log_targets.py);
-# the last two check the files in deploy/ (tests/ops/test_deploy.py).
-peers=(swaks openssl haproxy postfix postgresql nft chromium rsyslog logrotate systemd_analyze)
+# logrotate and systemd_analyze check the files in deploy/ (tests/ops/test_deploy.py);
+# testssl judges the client leg's TLS (tests/scanners).
+peers=(swaks openssl haproxy postfix postgresql nft chromium rsyslog logrotate systemd_analyze testssl)
 
 check_swaks() {
   # swaks 20201014 (Debian 12) does TLS through Net::SSLeay alone; `--support`
@@ -180,6 +182,19 @@ check_systemd_analyze() {
   local help
   help=$(systemd-analyze --help 2>&1) || true
   grep -q -- '--offline' <<<"$help" || echo "systemd-analyze has no --offline (systemd older than 250)"
+}
+
+check_testssl() {
+  # tests/peers/scanners.py: `testssl -t smtp` with these options (Debian's testssl.sh
+  # package names its script /usr/bin/testssl).
+  command -v testssl >/dev/null || { echo "no testssl binary"; return; }
+  local help option
+  help=$(testssl --help 2>&1) || true
+  grep -q 'smtp' <<<"$(grep -A1 -- '--starttls' <<<"$help")" || echo "cannot do STARTTLS for smtp (-t smtp)"
+  for option in --jsonfile --add-ca --nodns --openssl-timeout --connect-timeout --quiet \
+    --protocols --std --fs --renegotiation --compression --server-defaults; do
+    grep -q -- "$option" <<<"$help" || echo "has no $option option"
+  done
 }
 
 # check_all: sets problems to a "peer: what it cannot do" line per failed
