@@ -205,6 +205,8 @@ UPSTREAM_CASES: dict[str, UpstreamCase] = {
     "stall-at-connect": UpstreamCase({"connect": Fault.STALL}, "RCPT", UPSTREAM_UNAVAILABLE),
     "stall-at-EHLO": UpstreamCase({"EHLO": Fault.STALL}, "RCPT", UPSTREAM_UNAVAILABLE),
     "stall-at-STARTTLS": UpstreamCase({"STARTTLS": Fault.STALL}, "RCPT", UPSTREAM_UNAVAILABLE),
+    # preferred: the handshake times out, then a new connection in clear.
+    "stall-in-handshake": UpstreamCase({"handshake": Fault.STALL}),
     "stall-in-handshake-required": UpstreamCase(
         {"handshake": Fault.STALL}, "RCPT", UPSTREAM_TLS_UNAVAILABLE, REQUIRED
     ),
