@@ -183,6 +183,10 @@ UPSTREAM_CASES: dict[str, UpstreamCase] = {
     "454-STARTTLS-required": UpstreamCase(
         {"STARTTLS": b"454 4.7.0 TLS not available\r\n"}, "RCPT", UPSTREAM_TLS_UNAVAILABLE, REQUIRED
     ),
+    "554-STARTTLS": UpstreamCase({"STARTTLS": b"554 5.7.0 No TLS for you\r\n"}),
+    "554-STARTTLS-required": UpstreamCase(
+        {"STARTTLS": b"554 5.7.0 No TLS for you\r\n"}, "RCPT", UPSTREAM_TLS_UNAVAILABLE, REQUIRED
+    ),
     "451-MAIL": UpstreamCase(
         {"MAIL": b"451 4.3.0 Sender check failed\r\n"}, "RCPT", "451 4.3.0 Sender check failed"
     ),
