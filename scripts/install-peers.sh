@@ -192,7 +192,7 @@ check_testssl() {
   help=$(testssl --help 2>&1) || true
   grep -q 'smtp' <<<"$(grep -A1 -- '--starttls' <<<"$help")" || echo "cannot do STARTTLS for smtp (-t smtp)"
   for option in --jsonfile --add-ca --nodns --openssl-timeout --connect-timeout --quiet \
-    --protocols --std --fs --renegotiation --compression --server-defaults; do
+    --protocols --std --renegotiation --compression --server-defaults; do
     grep -q -- "$option" <<<"$help" || echo "has no $option option"
   done
 }

@@ -386,7 +386,7 @@ def test_install_peers_finds_every_peer_able() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == (
         "install-peers: ok: swaks openssl haproxy postfix postgresql nft chromium"
-        " rsyslog logrotate systemd_analyze can do what the interop tests need\n"
+        " rsyslog logrotate systemd_analyze testssl can do what the interop tests need\n"
     )
 
 
@@ -404,4 +404,29 @@ def test_install_peers_installs_by_capability_not_by_binary() -> None:
         "install-peers: swaks: cannot do STARTTLS/TLS "
         "(*** TLS not available: requires Net::SSLeay)",
         "install-peers: need root to apt-get install swaks libnet-ssleay-perl",
+    ]
+
+
+def test_install_peers_wants_a_testssl_that_can_scan_smtp() -> None:
+    """A testssl without STARTTLS for SMTP or the options tests/peers/scanners.py passes
+    (an old or foreign build) is not enough: the installer wants Debian's testssl.sh."""
+    with tempfile.TemporaryDirectory(prefix="sgpeers-") as scratch:
+        Path(scratch).chmod(0o755)
+        bin_dir = Path(scratch) / "bin"
+        bin_dir.mkdir()
+        fake = bin_dir / "testssl"
+        fake.write_text(
+            "#!/bin/sh\n"
+            "echo '     -t, --starttls <protocol>     STARTTLS'\n"
+            "echo '                                   <ftp|imap>'\n"
+            "echo '     --jsonfile <file> --add-ca <file> --nodns --openssl-timeout'\n"
+            "echo '     --connect-timeout --quiet --protocols --std --renegotiation'\n"
+            "echo '     --compression --server-defaults'\n"
+        )
+        fake.chmod(0o755)
+        proc = _run_installer(bin_dir)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "install-peers: testssl: cannot do STARTTLS for smtp (-t smtp)",
+        "install-peers: need root to apt-get install testssl.sh",
     ]
