@@ -55,21 +55,15 @@ def body(marker: str, lines: int = 3) -> bytes:
     )
 
 
-def send_one(
-    port: int, marker: str, *, lines: int = 3, starttls: bool = False
-) -> list[tuple[str, Reply]]:
-    """EHLO, (STARTTLS, EHLO), MAIL, RCPT, DATA, body and dot, stopping at the first
-    reply that is not the one that lets the transaction go on; returns ``(step, reply)``
-    for every step taken."""
+def send_one(port: int, marker: str, *, lines: int = 3) -> list[tuple[str, Reply]]:
+    """EHLO, MAIL, RCPT, DATA, body and dot, stopping at the first reply that is not the
+    one that lets the transaction go on; returns ``(step, reply)`` for every step taken."""
     taken: list[tuple[str, Reply]] = []
     expected = {"EHLO": 250, "MAIL": 250, "RCPT": 250, "DATA": 354}
     with RawClient(port) as client:
         for step in STEPS:
             if step == "EHLO":
                 answer = client.ehlo()
-                if starttls and answer.code == 250:
-                    client.starttls(insecure_client_context())
-                    answer = client.ehlo()
             elif step == "MAIL":
                 answer = client.cmd("MAIL FROM:<a@sender.example>")
             elif step == "RCPT":
@@ -244,7 +238,7 @@ def test_upstream_fault(
     then_delivers(gate, upstream, "m2")
 
 
-def test_upstream_refuses_the_connection(make_gate: Any, make_scripted_upstream: MakeRaw) -> None:
+def test_upstream_refuses_the_connection(make_gate: Any) -> None:
     with ReservedPort() as closed:  # bound, never listening: the connect is refused
         gate = make_gate(closed.port, general=FAST)
         taken = send_one(gate.port, "m1")
@@ -363,6 +357,24 @@ def test_client_disconnects(
             for transcript in upstream.transcripts:
                 assert b"\r\n.\r\n" not in bytes(transcript).partition(b"DATA\r\n")[2]
     assert end["event"] == "session_end"
+    then_delivers(gate, upstream, "m2")
+
+
+@pytest.mark.parametrize("stage", ["RCPT", "mid-body"])
+def test_client_stalls_past_the_timeout(
+    make_gate: Any, make_scripted_upstream: MakeRaw, stage: str
+) -> None:
+    """A client that stops talking (between commands: command_timeout; in the body:
+    data_timeout) is told so and cut; the upstream transaction is abandoned."""
+    upstream = make_scripted_upstream()
+    gate = make_gate(upstream.port, general=FAST)
+    with RawClient(gate.port) as client:
+        walk_until(client, stage)
+        assert str(client.reply()) == CLIENT_TIMEOUT
+    assert gate.wait_record("session_end")[0]["reason"] == "timeout"
+    assert copies(upstream, "m1") == 0
+    for transcript in upstream.transcripts:
+        assert b"\r\n.\r\n" not in bytes(transcript).partition(b"DATA\r\n")[2]
     then_delivers(gate, upstream, "m2")
 
 
