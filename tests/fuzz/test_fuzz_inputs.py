@@ -248,6 +248,20 @@ def test_config_loader_reports_every_mutation_as_a_config_error(
         assert_config_error(error)
 
 
+@pytest.mark.parametrize(
+    ("direction", "shown"), [("[]", "[]"), ("{ a = 1 }", "{'a': 1}"), ("1", "1")], ids=str
+)
+def test_configs_the_fuzzer_found_are_config_errors(direction: str, shown: str) -> None:
+    """Found by the fuzzer: a proxy action whose direction is not a string made the
+    loader raise TypeError (a list is no key of the default-profile table)."""
+    text = f'[[proxy_actions]]\nname = "X"\ndirection = {direction}\n'
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, BASE)
+    assert info.value.errors == [
+        ("proxy_actions[1].direction", f"Input should be 'incoming' or 'outgoing', got {shown}")
+    ]
+
+
 @budget(300)
 @given(text=st.one_of(st.text(max_size=200), nasty_bytes.map(lambda b: b.decode("latin-1"))))
 @example(text="[gateway]\nhostname = 1\n")

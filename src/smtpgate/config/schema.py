@@ -418,7 +418,9 @@ class ProxyAction(_Model):
         starttls = data.get("starttls", {})
         if isinstance(starttls, dict) and "tls_profile" not in starttls:
             direction = data.get("direction", "incoming")
-            profile = DEFAULT_PROFILE_FOR_DIRECTION.get(direction, TLS_SERVER_STANDARD)
+            # A direction of the wrong type (a list, a table) is the field's own error.
+            known = isinstance(direction, str) and direction in DEFAULT_PROFILE_FOR_DIRECTION
+            profile = DEFAULT_PROFILE_FOR_DIRECTION[direction] if known else TLS_SERVER_STANDARD
             data = {**data, "starttls": {**starttls, "tls_profile": profile}}
         return data
 
