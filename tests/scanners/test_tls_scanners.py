@@ -45,7 +45,9 @@ from tests.peers.scanners import (
 )
 from tests.peers.smtpgate_proc import SmtpgateProcess
 
-pytestmark = pytest.mark.scanner
+#: The scans happen in the module's fixture, inside the first test's time: testssl.sh
+#: alone takes one to four minutes on a busy 2-core machine.
+pytestmark = [pytest.mark.scanner, pytest.mark.timeout(900)]
 
 STRICT = "TLS-Server.Standard.1"
 #: The smtpgate targets: the profile the client leg uses, and the profile's own fields
