@@ -1,13 +1,14 @@
 """SIGTERM, SIGHUP and SIGKILL in the middle of a bounded load against ``smtpgate serve``
 (issue 11 item 1, docs/reliability.md).
 
-Twelve clients each open sessions of three messages, one after the other, against the
-real process; every message carries a marker, so each copy at the scripted upstream is
-counted. What may happen to a message depends on the signal:
+Twelve clients (the project's sending MTA, :mod:`tests.peers.mailsender`) each open
+sessions of three messages, one after the other, against the real process; every
+message carries a marker, so each copy at the scripted upstream is counted. What may
+happen to a message depends on the signal:
 
 - SIGTERM: smtpgate stops accepting and finishes the sessions in progress, then exits 0.
   A message is either answered 250 and at the upstream once, or its connection was never
-  served (refused, or closed before the greeting); nothing else.
+  served (refused, or closed before its EHLO was answered: nothing sent); nothing else.
 - SIGHUP: nothing changes for the clients: every message 250, every one upstream once.
 - SIGKILL: every message a client saw 250 for is at the upstream; none is there twice.
 """
@@ -25,8 +26,10 @@ from typing import Any
 
 import pytest
 
+from smtpgate.smtp import UpstreamProtocolError
 from tests.peers import wait_until
 from tests.peers.gate_config import gate_config
+from tests.peers.mailsender import OutgoingMessage, SendError, open_session
 from tests.peers.scripted_upstream import ScriptedUpstream
 from tests.peers.smtpgate_proc import SmtpgateProcess
 from tests.proxy.helpers import LoopThread
@@ -51,63 +54,36 @@ class Load:
         return {marker for marker, reply in self.replies.items() if reply.startswith("250")}
 
 
-class Cut(Exception):
-    """The connection ended while a reply was owed."""
-
-
-async def reply(reader: asyncio.StreamReader) -> str:
-    lines = []
-    while True:
-        line = await reader.readline()
-        if not line.endswith(b"\n"):
-            raise Cut(f"connection closed after {lines!r}")
-        lines.append(line.decode().rstrip("\r\n"))
-        if line[3:4] != b"-":
-            return lines[-1]
-
-
 async def session(port: int, markers: list[str], load: Load) -> bool:
-    """One session of ``len(markers)`` messages; False when smtpgate did not serve it."""
+    """One session of ``len(markers)`` messages, sent by the project's sending MTA
+    (:mod:`tests.peers.mailsender`); False when smtpgate did not serve it (refused, or
+    closed before the session could start: nothing was sent)."""
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
+        opened = await open_session("127.0.0.1", port, timeout=30)
+    except (OSError, SendError, UpstreamProtocolError):
         for marker in markers:
             load.replies[marker] = NOT_SERVED
         return False
+    for marker in markers:
+        load.replies[marker] = "no reply"  # until one comes
     try:
-        try:
-            greeting = await reply(reader)
-        except (Cut, OSError):
-            for marker in markers:
-                load.replies[marker] = NOT_SERVED
-            return False
-        assert greeting.startswith("220"), greeting
         for marker in markers:
-            load.replies[marker] = "no reply"  # until one comes
-        writer.write(b"EHLO load.test\r\n")
-        assert (await reply(reader)).startswith("250")
-        for marker in markers:
-            writer.write(
-                f"MAIL FROM:<load@sender.example>\r\nRCPT TO:<{marker}@rcpt.example>\r\n"
-                f"DATA\r\n".encode()
-            )
-            answers = [await reply(reader) for _ in range(3)]
-            if not answers[2].startswith("354"):
-                load.replies[marker] = answers[2]
-                continue
-            writer.write(
-                f"Subject: load\r\nMessage-Id: <{marker}@client.test>\r\n\r\n".encode()
-                + b"some body text\r\n" * 50
-                + b".\r\n"
-            )
-            load.replies[marker] = await reply(reader)
-        writer.write(b"QUIT\r\n")
-        await reply(reader)
-    except (Cut, OSError):
-        pass  # what each message got is recorded
+            result = await opened.send(message(marker))
+            answer = result.end or result.data or (result.rcpts or [result.mail])[-1]
+            load.replies[marker] = str(answer)
+        await opened.quit()
+    except (OSError, TimeoutError, UpstreamProtocolError):
+        pass  # cut: what each message got is recorded
     finally:
-        writer.close()
+        opened.close()
     return True
+
+
+def message(marker: str) -> OutgoingMessage:
+    body = f"Subject: load\r\nMessage-Id: <{marker}@client.test>\r\n\r\n".encode()
+    return OutgoingMessage(
+        "load@sender.example", [f"{marker}@rcpt.example"], body + b"some body text\r\n" * 50
+    )
 
 
 async def client(port: int, number: int, load: Load) -> None:
