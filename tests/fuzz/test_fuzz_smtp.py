@@ -36,9 +36,10 @@ pytestmark = pytest.mark.fuzz
 
 REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -])[^\r\n]*\r\n")
 #: What a lenient receiver may take as the end of data: a dot alone on a "line" that a
-#: bare CR or LF delimits. The NUL variants (``\r\n\x00.\r\n`` for a receiver that drops
-#: NUL bytes), which this harness found relayed, are issue 11 item 8 and its own tests.
-LENIENT_ENDS = [b"\n.\n", b"\n.\r", b"\r.\n", b"\r.\r"]
+#: bare CR or LF delimits, once it has dropped NUL bytes (``\r\n\x00.\r\n``, which this
+#: harness found relayed before ``nul_bytes`` existed), so the check is made on the
+#: relayed bytes without their NULs too.
+LENIENT_ENDS = [b"\n.\n", b"\n.\r", b"\r.\n", b"\r.\r", b"\r\n.\r\n"]
 
 
 def final_replies(wire: bytes) -> list[bytes]:
@@ -102,14 +103,16 @@ def body_events(events: list[object]) -> tuple[bytes, object]:
     body=nasty_bytes,
     cuts=cut_lists,
     mode=st.sampled_from(["reject", "normalize"]),
+    nul=st.sampled_from(["reject", "strip"]),
 )
 def test_server_relays_no_end_of_data_before_the_end(
-    body: bytes, cuts: list[int], mode: str
+    body: bytes, cuts: list[int], mode: str, nul: str
 ) -> None:
     """Whatever the client sends as a body, what the server role hands on (the body
     chunks) re-encodes to a message with one end of data, at its end, and no sequence a
     lenient receiver could take for one."""
-    server = ServerConnection("mx.test", ServerLimits(bare_newline=mode))  # type: ignore[arg-type]
+    limits = ServerLimits(bare_newline=mode, nul_bytes=nul)  # type: ignore[arg-type]
+    server = ServerConnection("mx.test", limits)
     server.greet()
     head = b"EHLO c.test\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
     stream = head + body + b"\r\n.\r\nNOOP\r\n"
@@ -120,8 +123,9 @@ def test_server_relays_no_end_of_data_before_the_end(
         relayed = b"".join(bytes(p) for p in encoder.encode(content)) + encoder.end()
         assert (b"\r\n" + relayed).find(b"\r\n.\r\n") == len(relayed) - 3
         before_end = relayed[:-3]
+        lenient = before_end.replace(b"\x00", b"")
         for sequence in LENIENT_ENDS:
-            assert sequence not in before_end, (sequence, relayed)
+            assert sequence not in lenient, (sequence, relayed)
         # Canonical: every CR and LF is part of a CRLF.
         assert before_end.count(b"\r") == before_end.count(b"\n") == before_end.count(b"\r\n")
     codes = final_replies(wire)
@@ -172,7 +176,9 @@ def test_client_role_takes_any_server_bytes(replies: list[bytes], cuts: list[int
 # --- the DATA codec -----------------------------------------------------------------------------
 
 canonical_lines = st.lists(
-    st.sampled_from([b".", b"..", b"a", b" ", b"\x00", b"\xc3\xa9", b".x", b"From "]), max_size=10
+    # No NUL: the decoder refuses it by default (nul_bytes), so it cannot round-trip.
+    st.sampled_from([b".", b"..", b"a", b" ", b"\xc3\xa9", b".x", b"From "]),
+    max_size=10,
 ).map(b"".join)
 canonical_bodies = st.lists(canonical_lines, max_size=40).map(
     lambda lines: b"".join(line + b"\r\n" for line in lines)
