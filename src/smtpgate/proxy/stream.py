@@ -17,6 +17,8 @@ from typing import Any, cast
 
 #: Stop reading from the peer once this much is waiting for the session.
 READ_HIGH_WATER = 256 * 1024
+#: How early a timer may fire (libuv counts milliseconds).
+_TIMER_SLACK = 0.002
 
 
 class Stream(asyncio.Protocol):
@@ -30,8 +32,13 @@ class Stream(asyncio.Protocol):
         self._eof = False
         self._reading_paused = False
         self._read_waiter: asyncio.Future[None] | None = None
+        #: When the waiting read times out (None: never), and the timer that checks it.
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._write_paused = False
+        #: The transport's write buffer is over its high-water mark: :meth:`drain` waits.
+        self.writing_paused = False
         self.task: asyncio.Task[None] | None = None
         self._tls = False
 
@@ -60,15 +67,18 @@ class Stream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self._wake_reader()
+        if self._timer is not None:  # it would keep this stream alive until it fires
+            self._timer.cancel()
+            self._timer = None
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.writing_paused = False
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -86,21 +96,23 @@ class Stream(asyncio.Protocol):
         With ``max_bytes``, at most that much; the rest stays for the next call
         (input a peer piled up while we did not read it comes in bounded pieces).
 
-        Raises TimeoutError when nothing arrives for ``timeout`` seconds. A bare
-        timer handle, not ``asyncio.timeout``: this runs several times per message.
+        Raises TimeoutError when nothing arrives for ``timeout`` seconds. Not
+        ``asyncio.timeout``, nor a timer per read: this runs several times per
+        message, and one timer per stream serves them all (:meth:`_expire_at`).
         """
         if not self._chunks:
             if self._eof:
                 return b""
             loop = asyncio.get_running_loop()
             waiter = self._read_waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+            if timeout is not None:
+                self._expire_at(loop, loop.time() + timeout)
+            else:
+                self._deadline = None
             try:
                 await waiter
             finally:
                 self._read_waiter = None
-                if timer is not None:
-                    timer.cancel()
             if not self._chunks:
                 return b""
         chunks = self._chunks
@@ -114,6 +126,37 @@ class Stream(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
         return data
+
+    def _expire_at(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Time the waiting read out at ``deadline``.
+
+        A timer made and cancelled per read costs more than the read's own
+        work, so the timer stays armed across reads: each read only moves the
+        deadline (later, mostly), and the timer is replaced only when the
+        deadline comes before it. When it fires it ends a read that waits past
+        its deadline, arms itself again for a read that waits but whose
+        deadline is later, and lapses when no read waits.
+        """
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or self._timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = deadline
+            self._timer = loop.call_at(deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        waiter, deadline = self._read_waiter, self._deadline
+        if waiter is None or waiter.done() or deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        # Within the event loop's timer resolution: a timer may fire a little early.
+        if loop.time() + _TIMER_SLACK >= deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer_at = deadline
+            self._timer = loop.call_at(deadline, self._check_deadline)
 
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
@@ -138,7 +181,7 @@ class Stream(asyncio.Protocol):
         the transport at :data:`READ_HIGH_WATER`). Raises TimeoutError when the
         buffer does not drop below the mark for ``timeout`` seconds.
         """
-        if self._write_paused and self.transport is not None and not self.transport.is_closing():
+        if self.writing_paused and self.transport is not None and not self.transport.is_closing():
             loop = asyncio.get_running_loop()
             waiter = self._drain_waiter = loop.create_future()
             timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
