@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import Sequence
 from email.utils import formatdate
+from typing import Final
 
 from smtpgate.logs import EventLog, describe_error
 from smtpgate.proxy.commands import (
@@ -68,6 +70,10 @@ class ReceivedDate:
         return self._text
 
 
+#: What :meth:`SessionDriver._carry_out` returns when every command was carried out.
+_DONE: Final[tuple[Command, ...]] = ()
+
+
 class SessionDriver:
     def __init__(
         self,
@@ -90,14 +96,18 @@ class SessionDriver:
     async def run(self, first_bytes: bytes = b"") -> None:
         """Until the session is over. ``first_bytes``: read with a PROXY header."""
         session = self.session
+        handle = session.handle
+        carry_out = self._carry_out
         end = "internal_error"  # a bug: the gateway logs it as session_error
         try:
-            await self._execute(session.start())
-            if first_bytes:
-                await self._execute(session.handle(ClientData(first_bytes)))
+            if rest := carry_out(session.start()):
+                await self._execute(rest)
+            if first_bytes and (rest := carry_out(handle(ClientData(first_bytes)))):
+                await self._execute(rest)
             while (wait := session.wait) is not None:
                 event = await self._next_event(wait)
-                await self._execute(session.handle(event))
+                if rest := carry_out(handle(event)):
+                    await self._execute(rest)
         except asyncio.CancelledError:
             end = "server_shutdown"  # the drain time after SIGTERM ran out
             raise
@@ -115,21 +125,23 @@ class SessionDriver:
         now = asyncio.get_running_loop().time
         timeout, expiry = self._clock.next_read(wait, self.session.server.commands, now())
         if wait.side is Side.CLIENT:
+            client = self.client
             upstream = self.upstream
             if upstream is not None:
                 if not usable(upstream):
                     upstream.abort()
                     self.upstream = self.leg = None
                     return ConnectionLost(Side.UPSTREAM, "upstream closed the connection")
-                # Back-pressure: no more client bytes until the upstream takes what we sent.
-                await upstream.drain()
-            client = self.client
-            try:
-                # Replies the client does not take: read nothing more until it does.
-                await client.drain(self.rt.command_timeout)
-            except TimeoutError:
-                client.abort()  # closing would wait for it to read what is queued
-                return ConnectionLost(Side.CLIENT, "client_not_reading")
+                if upstream.writing_paused:
+                    # Back-pressure: no more client bytes until the upstream takes what we sent.
+                    await upstream.drain()
+            if client.writing_paused:
+                try:
+                    # Replies the client does not take: read nothing more until it does.
+                    await client.drain(self.rt.command_timeout)
+                except TimeoutError:
+                    client.abort()  # closing would wait for it to read what is queued
+                    return ConnectionLost(Side.CLIENT, "client_not_reading")
             try:
                 data = await client.read(timeout, wait.max_bytes)
             except TimeoutError:
@@ -152,24 +164,42 @@ class SessionDriver:
             return ConnectionLost(Side.UPSTREAM, "upstream closed the connection")
         return UpstreamData(data)
 
-    async def _execute(self, commands: list[Command]) -> None:
-        while commands:
-            answer: ProxyEvent | None = None
-            for command in commands:
-                if isinstance(command, SendClient):
+    def _carry_out(self, commands: Sequence[Command]) -> Sequence[Command]:
+        """Carry out ``commands`` in order up to the first that is answered by an event
+        (:class:`OpenUpstream`, :class:`StartTLS`); returns that one and those after it,
+        for :meth:`_execute` (empty when all are done: most batches, with no await at all).
+
+        Most frequent first: this runs for every event.
+        """
+        for i, command in enumerate(commands):
+            match command:
+                case SendClient():
                     self.client.write(command.data)
-                elif isinstance(command, SendUpstream):
+                case Log():
+                    self.log.write(command.event, command.fields)
+                case SendUpstream():
                     if self.upstream is not None:
                         self.upstream.writelines(command.data)
-                elif isinstance(command, Log):
-                    self.log.emit(command.event, **command.fields)
-                elif isinstance(command, OpenUpstream):
-                    answer = await self._open(command.target)
-                elif isinstance(command, StartTLS):
-                    answer = await self._start_tls(command.side)
-                else:
+                case OpenUpstream() | StartTLS():
+                    return commands[i:]
+                case _:
                     self._finish(command)
-            commands = self.session.handle(answer) if answer is not None else []
+        return _DONE
+
+    async def _execute(self, rest: Sequence[Command]) -> None:
+        """``rest`` starts with a command that is answered by an event: await it, carry
+        out the others, hand the answer to the session, and so on with its commands."""
+        while rest:
+            answer: ProxyEvent | None = None
+            while rest:
+                command = rest[0]
+                if isinstance(command, OpenUpstream):
+                    answer = await self._open(command.target)
+                else:
+                    assert isinstance(command, StartTLS)
+                    answer = await self._start_tls(command.side)
+                rest = self._carry_out(rest[1:])
+            rest = self._carry_out(self.session.handle(answer)) if answer is not None else _DONE
 
     def _execute_now(self, commands: list[Command]) -> None:
         """What can be done without awaiting: at the end, when nobody waits for answers."""
@@ -177,7 +207,7 @@ class SessionDriver:
             if isinstance(command, SendClient):
                 self.client.write(command.data)
             elif isinstance(command, Log):
-                self.log.emit(command.event, **command.fields)
+                self.log.write(command.event, command.fields)
             elif isinstance(command, ReleaseUpstream | AbortUpstream | CloseClient):
                 self._finish(command)
 

@@ -1,7 +1,9 @@
 """What happens to a proxy session: the driver turns I/O into these and hands
 them to :meth:`smtpgate.proxy.session.Session.handle`.
 
-Frozen and slotted: several are created per message.
+Slotted, not frozen: several are created per message, and a frozen dataclass's
+``__init__`` costs twice as much (``object.__setattr__`` per field). Nobody
+changes one after it is made.
 """
 
 from __future__ import annotations
@@ -19,21 +21,21 @@ class Side(Enum):
     UPSTREAM = "upstream"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientData:
     """Bytes from the client, everything that arrived since the last read."""
 
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamData:
     """Bytes from the upstream server (replies, possibly several)."""
 
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamConnected:
     """The :class:`~smtpgate.proxy.commands.OpenUpstream` succeeded.
 
@@ -44,7 +46,7 @@ class UpstreamConnected:
     leg: UpstreamLeg
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamConnectFailed:
     """The TCP connect (or the implicit-TLS handshake, ``tls``) failed."""
 
@@ -52,7 +54,7 @@ class UpstreamConnectFailed:
     tls: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TLSDone:
     """A :class:`~smtpgate.proxy.commands.StartTLS` handshake finished."""
 
@@ -60,13 +62,13 @@ class TLSDone:
     facts: TLSFacts
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TLSFailed:
     side: Side
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TimedOut:
     """Nothing arrived on ``side`` within the session's :attr:`~Session.wait` timeout,
     or the phase's deadline passed; ``reason`` says which (the ``session_end`` reason)."""
@@ -75,7 +77,7 @@ class TimedOut:
     reason: str = "timeout"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionLost:
     """``side`` closed its connection (or the driver found it closed, or ended it).
 

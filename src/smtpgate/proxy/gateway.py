@@ -24,7 +24,7 @@ import socket
 import ssl
 import sys
 from asyncio import sslproto
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -492,7 +492,7 @@ class Gateway:
             return None
         return stream, client, encrypted, b""
 
-    async def _run_session(
+    def _run_session(
         self,
         stream: Stream,
         serving: Serving,
@@ -501,7 +501,9 @@ class Gateway:
         tls: bool,
         first_bytes: bytes = b"",
         interception: Interception | None = None,
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
+        """The session's driver run, for the caller to await: not a coroutine of its own,
+        which every read of the session would pass through twice more."""
         rt = serving.runtime
         session = Session(
             rt,
@@ -512,7 +514,7 @@ class Gateway:
             log_addresses=self.log.addresses,
             interception=interception,
         )
-        await SessionDriver(session, stream, rt, serving.pool, self.log).run(first_bytes)
+        return SessionDriver(session, stream, rt, serving.pool, self.log).run(first_bytes)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -87,7 +87,6 @@ from smtpgate.smtp.events import (
     BodyInvalid,
     ConnectionClosed,
     DataRequested,
-    Event,
     Hello,
     MailFrom,
     RcptTo,
@@ -123,9 +122,10 @@ def _token(text: str) -> str:
     return _NOT_IN_TOKEN.sub("?", text) or "?"
 
 
-_OPENING: Final = frozenset({LegState.GREETING, LegState.HELLO, LegState.STARTTLS})
+# Tuples, not sets: membership by identity, without Enum.__hash__ (a Python call) per test.
+_OPENING: Final = (LegState.GREETING, LegState.HELLO, LegState.STARTTLS)
 #: The leg is in a handshake (the driver answers) or gone: no reply to read.
-_NOT_READING: Final = frozenset({LegState.HANDSHAKE, LegState.LOST})
+_NOT_READING: Final = (LegState.HANDSHAKE, LegState.LOST)
 
 
 class Transaction:
@@ -263,7 +263,7 @@ class AwaitReset:
 Pending = AwaitRcpt | AwaitData | AwaitEnd | AwaitReset
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Wait:
     """What the driver reads next, and for how long before :class:`TimedOut`."""
 
@@ -383,50 +383,68 @@ class Session:
             self._close()
             return self._take()
         self.server.greet("ESMTP smtpgate")
-        self._run()
-        return self._take()
+        return self._run()
 
     def handle(self, event: ProxyEvent) -> list[Command]:
         if self.closed:
             return []
-        if type(event) is ClientData:
-            self.server.receive_data(event.data)
-        elif type(event) is UpstreamData:
-            self._upstream_data(event.data)
-        elif isinstance(event, UpstreamConnected):
-            self._upstream_connected(event.leg)
-        elif isinstance(event, UpstreamConnectFailed):
-            self._upstream_connect_failed(event)
-        elif isinstance(event, TLSDone | TLSFailed):
-            self._tls_result(event)
-        elif isinstance(event, TimedOut | ConnectionLost):
-            if event.side is Side.UPSTREAM:
-                reason = (
-                    "upstream timed out" if isinstance(event, TimedOut) else event.reason
-                ) or "upstream closed the connection"
-                self._upstream_failed(reason)
-            else:
-                if isinstance(event, TimedOut):
-                    self.end_reason = event.reason
-                    self._out.append(SendClient(REPLY_CLIENT_TIMEOUT))
-                    self._end_transaction("aborted", 421)
-                else:
-                    # Client gone (or cut by the driver): nothing delivered.
-                    self.end_reason = event.reason or "client_disconnected"
-                    self._end_transaction("aborted", 0)
-                self._close()
-                return self._take()
-        self._run()
+        # By exact type through a table: the chain of isinstance tests this replaces
+        # ran several times per message.
+        if _EVENT_HANDLERS[type(event)](self, event):
+            return self._run()
         return self._take()
 
     def _take(self) -> list[Command]:
         out, self._out = self._out, []
         return out
 
+    # -- the events, one method each; True: go on with what is buffered ------------------------
+
+    def _on_client_data(self, event: ClientData) -> bool:
+        self.server.receive_data(event.data)
+        return True
+
+    def _on_upstream_data(self, event: UpstreamData) -> bool:
+        self._upstream_data(event.data)
+        return True
+
+    def _on_upstream_connected(self, event: UpstreamConnected) -> bool:
+        self._upstream_connected(event.leg)
+        return True
+
+    def _on_upstream_connect_failed(self, event: UpstreamConnectFailed) -> bool:
+        self._upstream_connect_failed(event)
+        return True
+
+    def _on_tls(self, event: TLSDone | TLSFailed) -> bool:
+        self._tls_result(event)
+        return True
+
+    def _on_timed_out(self, event: TimedOut) -> bool:
+        if event.side is Side.UPSTREAM:
+            self._upstream_failed("upstream timed out")
+            return True
+        self.end_reason = event.reason  # the timeout, or which deadline or budget ran out
+        self._out.append(SendClient(REPLY_CLIENT_TIMEOUT))
+        self._end_transaction("aborted", 421)
+        self._close()
+        return False
+
+    def _on_connection_lost(self, event: ConnectionLost) -> bool:
+        if event.side is Side.UPSTREAM:
+            self._upstream_failed(event.reason or "upstream closed the connection")
+            return True
+        # Client gone (or cut by the driver): nothing delivered.
+        self.end_reason = event.reason or "client_disconnected"
+        self._end_transaction("aborted", 0)
+        self._close()
+        return False
+
     # -- the loop -------------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        """Handle what is buffered on both legs until one must wait for the other."""
+    def _run(self) -> list[Command]:
+        """Handle what is buffered on both legs until one must wait for the other; returns
+        the commands, with what is queued for each leg last, one write each."""
         server = self.server
         while not self.closed:
             if self.pending is not None:
@@ -444,21 +462,20 @@ class Session:
             if event is PAUSED:
                 self._start_client_tls()
                 break
-            self._client_event(event)
-        self._flush()
-
-    def _flush(self) -> None:
+            _CLIENT_EVENT_HANDLERS[type(event)](self, event)
+        out, self._out = self._out, []
         if self.closed:
-            return
+            return out
         if self.pending is None:
-            out = self.server.data_to_send()
-            if out:
-                self._out.append(SendClient(out))
+            replies = server.data_to_send()
+            if replies:
+                out.append(SendClient(replies))
         leg = self.leg
         if leg is not None and leg.state is not LegState.LOST:
             chunks = leg.data_to_send()
             if chunks:
-                self._out.append(SendUpstream(chunks))
+                out.append(SendUpstream(chunks))
+        return out
 
     def _next_reply(self, leg: UpstreamLeg) -> bool:
         """Handle one buffered upstream reply; False when none is complete yet."""
@@ -479,45 +496,46 @@ class Session:
 
     # -- client events --------------------------------------------------------------------------
 
-    def _client_event(self, event: Event) -> None:
-        server = self.server
-        if isinstance(event, BodyChunk):
-            leg = self.leg
-            if leg is not None and leg.state is LegState.BODY:
-                data = event.data
-                leg.body(data)
-                txn = self.txn
-                assert txn is not None
-                txn.size += len(data)
-                if not txn.headers.done:
-                    txn.headers.feed(data)
-        elif isinstance(event, RcptTo):
-            self._rcpt(event)
-        elif isinstance(event, MailFrom):
-            self._mail(event)
-        elif isinstance(event, DataRequested):
-            self._data()
-        elif isinstance(event, BodyEnd):
-            self._body_end()
-        elif isinstance(event, BodyInvalid):
-            # Abandon the upstream transaction without its final dot: nothing is delivered.
-            self._end_transaction("rejected", event.code)
-        elif isinstance(event, Hello):
-            if self.txn is not None:  # EHLO/HELO ends a transaction, like RSET (RFC 5321 4.1.4)
-                self._reset(then=event)
-            else:
-                self._hello(event)
-        elif isinstance(event, StartTLSRequested):
-            if self.txn is not None:
-                # As Postfix: the envelope given in clear must not straddle the switch.
-                server.reply(503, "5.5.1 Error: MAIL transaction in progress")
-            else:
-                server.accept_starttls()
-        elif isinstance(event, Reset):
-            self._reset()
-        elif isinstance(event, ConnectionClosed):
-            self.end_reason = closed_by_core_reason(server, event)
-            self._end_transaction("aborted", 0)
+    def _body_chunk(self, event: BodyChunk) -> None:
+        leg = self.leg
+        if leg is not None and leg.state is LegState.BODY:
+            data = event.data
+            leg.body(data)
+            txn = self.txn
+            assert txn is not None
+            txn.size += len(data)
+            if not txn.headers.done:
+                txn.headers.feed(data)
+
+    def _data_requested(self, event: DataRequested) -> None:
+        self._data()
+
+    def _body_ended(self, event: BodyEnd) -> None:
+        self._body_end()
+
+    def _body_invalid(self, event: BodyInvalid) -> None:
+        # Abandon the upstream transaction without its final dot: nothing is delivered.
+        self._end_transaction("rejected", event.code)
+
+    def _hello_received(self, event: Hello) -> None:
+        if self.txn is not None:  # EHLO/HELO ends a transaction, like RSET (RFC 5321 4.1.4)
+            self._reset(then=event)
+        else:
+            self._hello(event)
+
+    def _starttls_requested(self, event: StartTLSRequested) -> None:
+        if self.txn is not None:
+            # As Postfix: the envelope given in clear must not straddle the switch.
+            self.server.reply(503, "5.5.1 Error: MAIL transaction in progress")
+        else:
+            self.server.accept_starttls()
+
+    def _reset_received(self, event: Reset) -> None:
+        self._reset()
+
+    def _core_closed(self, event: ConnectionClosed) -> None:
+        self.end_reason = closed_by_core_reason(self.server, event)
+        self._end_transaction("aborted", 0)
 
     def _hello(self, event: Hello) -> None:
         rt = self.rt
@@ -1031,3 +1049,30 @@ class Session:
                 self._out.append(ReleaseUpstream(leg))
         self._log("session_end", session=self.id, client=self.client_addr, reason=self.end_reason)
         self.closed = True
+
+
+#: What :meth:`Session.handle` does with each event, by exact type.
+_EVENT_HANDLERS: Final[dict[type, Callable[[Session, Any], bool]]] = {
+    ClientData: Session._on_client_data,
+    UpstreamData: Session._on_upstream_data,
+    UpstreamConnected: Session._on_upstream_connected,
+    UpstreamConnectFailed: Session._on_upstream_connect_failed,
+    TLSDone: Session._on_tls,
+    TLSFailed: Session._on_tls,
+    TimedOut: Session._on_timed_out,
+    ConnectionLost: Session._on_connection_lost,
+}
+
+#: What the session does with each event of the client leg's SMTP core, by exact type.
+_CLIENT_EVENT_HANDLERS: Final[dict[type, Callable[[Session, Any], None]]] = {
+    BodyChunk: Session._body_chunk,
+    RcptTo: Session._rcpt,
+    MailFrom: Session._mail,
+    DataRequested: Session._data_requested,
+    BodyEnd: Session._body_ended,
+    BodyInvalid: Session._body_invalid,
+    Hello: Session._hello_received,
+    StartTLSRequested: Session._starttls_requested,
+    Reset: Session._reset_received,
+    ConnectionClosed: Session._core_closed,
+}
