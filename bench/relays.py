@@ -51,9 +51,14 @@ class Relay:
     delivered: Callable[[], int] | None = None
 
 
-def wait_port(port: int, timeout: float = 15.0) -> None:
+def wait_port(port: int, timeout: float = 15.0, process: Process | None = None) -> None:
+    """Until something listens on ``port``; ``process``: the one that should, whose
+    exit (a configuration it refuses, a dependency missing) is reported with its words."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.proc.poll() is not None:
+            _, err = process.proc.communicate()
+            raise RuntimeError(f"exited {process.proc.returncode} before listening: {err}")
         try:
             with socket.create_connection((HOST, port), timeout=0.5):
                 return
@@ -136,7 +141,7 @@ def start_smtpgate(
             break  # a baseline build older than the limits: without them
     with reserved:
         gate = Process([binary, "serve", "--config", str(config)])
-        wait_port(listen)
+        wait_port(listen, process=gate)
     return Relay(label, listen, gate.pid, sink.implicit, gate.stop)
 
 
