@@ -110,7 +110,8 @@ class ScriptedUpstream:
     are sent instead of TLS and the connection closes, at ``dot`` they are the reply
     (a 2xx stores the message). Set :attr:`faults` again to change the script for the
     next connections and commands.
-    ``keep_messages``: off, only :attr:`accepted` counts (the benchmark).
+    ``keep_messages``: off, only :attr:`accepted` counts (the benchmark): no message,
+    command or transcript is kept, so a long run's memory stays flat.
     """
 
     def __init__(
@@ -232,7 +233,8 @@ class ScriptedUpstream:
         self._tasks.add(task)
         self.connections += 1
         transcript = bytearray()
-        self.transcripts.append(transcript)
+        if self.keep_messages:
+            self.transcripts.append(transcript)
         try:
             await _Conversation(self, reader, writer, transcript).run()
         except (TimeoutError, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
@@ -278,7 +280,8 @@ class _Conversation:
     async def read(self) -> bytes:
         async with asyncio.timeout(self.server.idle_timeout):
             data = await self.reader.read(65536)
-        self.transcript.extend(data)
+        if self.server.keep_messages:
+            self.transcript.extend(data)
         return data
 
     async def listen_only(self) -> None:
@@ -378,7 +381,8 @@ class _Conversation:
 
     async def command(self, line: bytes, out: list[bytes]) -> object:
         server = self.server
-        server.commands.append(line.rstrip(b"\r\n"))
+        if server.keep_messages:
+            server.commands.append(line.rstrip(b"\r\n"))
         verb = line[:4].upper()
         fault = server.faults.get(_STAGES_BY_VERB.get(bytes(verb), ""))
         if fault is Fault.CLOSE:
