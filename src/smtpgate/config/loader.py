@@ -22,6 +22,7 @@ from smtpgate.config.names import SMTP_INCOMING_STANDARD
 from smtpgate.config.paths import BASE_DIR_CONTEXT_KEY
 from smtpgate.config.schema import Config
 from smtpgate.config.toml_writer import dumps
+from smtpgate.config.upstream import UPSTREAM_FORMS
 
 _TOML_POSITION = re.compile(r"^(?P<msg>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 _MAX_SHOWN_INPUT = 60
@@ -130,12 +131,19 @@ def _shown(value: object) -> str:
     return text if len(text) <= _MAX_SHOWN_INPUT else text[: _MAX_SHOWN_INPUT - 3] + "..."
 
 
+def _without_union_tag(loc: Loc) -> Loc:
+    """``policies[1].upstream[2]``: the key path without the form pydantic tried."""
+    if len(loc) > 3 and loc[0] == "policies" and loc[2] == "upstream" and loc[3] in UPSTREAM_FORMS:
+        return loc[:3] + loc[4:]
+    return loc
+
+
 def _validation_errors(
     exc: ValidationError, remap: Callable[[Loc], Loc], *, format1: bool
 ) -> list[tuple[Loc, str]]:
     out: list[tuple[Loc, str]] = []
     for error in exc.errors(include_url=False):
-        loc: Loc = tuple(error["loc"])
+        loc = _without_union_tag(tuple(error["loc"]))
         kind = error["type"]
         if kind == "extra_forbidden":
             reason = "unknown key"

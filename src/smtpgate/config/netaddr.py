@@ -191,16 +191,45 @@ TRANSPARENT: Final = "transparent"
 (docs/deployment.md)."""
 
 
-def _validate_upstream(value: object) -> HostPort | str:
-    if value == TRANSPARENT:
-        return TRANSPARENT
-    return _validate(value)
+DNS_PORT = 53
 
 
-Upstream = Annotated[
-    HostPort | Literal["transparent"],
-    PlainValidator(_validate_upstream),
-    PlainSerializer(str),
-    WithJsonSchema({"type": "string", "examples": ["127.0.0.1:2526", "[::1]:2526", TRANSPARENT]}),
+def parse_nameserver(text: str) -> HostPort:
+    """A DNS server: an IP address, with ``:port`` (``[v6]:port``) when not 53."""
+    try:
+        return HostPort(str(ipaddress.ip_address(text)), DNS_PORT)
+    except ValueError:
+        pass
+    try:
+        address = parse_host_port(text)
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a DNS server address; write an IP address, "
+            "optionally with a port (192.0.2.53, 127.0.0.1:5353, [::1]:5353)"
+        ) from None
+    return address
+
+
+def _validate_nameserver(value: object) -> HostPort:
+    if isinstance(value, HostPort):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("nameserver", "expected an IP address string")
+    try:
+        return parse_nameserver(value)
+    except ValueError as exc:
+        raise PydanticCustomError("nameserver", "{reason}", {"reason": str(exc)}) from None
+
+
+def _nameserver_text(value: HostPort) -> str:
+    return value.host if value.port == DNS_PORT and ":" not in value.host else str(value)
+
+
+Nameserver = Annotated[
+    HostPort,
+    PlainValidator(_validate_nameserver),
+    PlainSerializer(_nameserver_text),
+    WithJsonSchema({"type": "string", "examples": ["192.0.2.53", "127.0.0.1:5353"]}),
 ]
-"""A policy's ``upstream``: ``host:port`` or :data:`TRANSPARENT`; written back as text."""
+"""A DNS server for ``[gateway] resolvers``, written back without ``:53``."""

@@ -44,12 +44,13 @@ from smtpgate.config.netaddr import (
     TRANSPARENT,
     Address,
     HostPort,
+    Nameserver,
     Network,
-    Upstream,
     parse_syslog_address,
 )
 from smtpgate.config.paths import OptionalPath, RequiredPath
 from smtpgate.config.units import ByteSize, Duration
+from smtpgate.config.upstream import MX, Upstream, configured_hosts
 from smtpgate.policy.patterns import ANY_DOMAIN, DomainPattern, PatternError, PatternKind
 from smtpgate.policy.rules import EncryptionRule, RecipientEncryption, RuleSet, SenderEncryption
 from smtpgate.tls.profile import pfs_contradiction
@@ -160,6 +161,10 @@ class Gateway(_Model):
     #: Client connections at once from one address (Postfix's
     #: smtpd_client_connection_count_limit); past it ``421 4.7.0``.
     max_connections_per_client: int = Field(default=50, ge=1, le=1_000_000)
+    #: DNS servers for ``upstream = "mx"``; empty: the system's (/etc/resolv.conf).
+    resolvers: tuple[Nameserver, ...] = Field(default=(), strict=False, max_length=10)
+    #: How long one DNS lookup may take, all servers and retries included.
+    dns_timeout: Duration = Field(default=10.0, validate_default=True)
 
     @field_validator("hostname")
     @classmethod
@@ -442,6 +447,8 @@ class Policy(_Model):
     listen: Address
     implicit_tls: bool = False
     upstream: Upstream
+    #: The port of the MX hosts when ``upstream = "mx"`` (25; another only for labs and tests).
+    mx_port: int = Field(default=25, ge=1, le=65535)
     upstream_implicit_tls: bool = False
     proxy_action: Name = SMTP_INCOMING_STANDARD
     proxy_protocol: bool = False
@@ -626,15 +633,9 @@ def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
                 f'tproxy needs upstream = "{TRANSPARENT}" '
                 "(a TPROXY listener takes connections meant for other hosts)",
             )
-        for j, other in enumerate(config.policies):
-            if isinstance(policy.upstream, HostPort) and policy.upstream.reaches(other.listen):
-                yield (
-                    ("policies", i, "upstream"),
-                    f"{policy.upstream} is smtpgate's own listener "
-                    f"{format_loc(('policies', j, 'listen'))} "
-                    "(mail loop)",
-                )
-                break
+        yield from _loop_problems(config, i, policy)
+        if policy.mx_port != 25 and policy.upstream != MX:
+            yield (("policies", i, "mx_port"), 'only used with upstream = "mx"')
         if config.console.enabled and config.console.listen.overlaps(policy.listen):
             yield (
                 ("console", "listen"),
@@ -665,6 +666,23 @@ def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
         yield ("logging", "file"), f'a file is set, but target = "{logging.target}"'
 
     yield from _certificate_problems(config.certificates)
+
+
+def _loop_problems(config: Config, i: int, policy: Policy) -> Iterator[tuple[Loc, str]]:
+    """A configured upstream that is one of smtpgate's own listeners (a mail loop)."""
+    hosts = configured_hosts(policy.upstream)
+    for k, host in enumerate(hosts):
+        for j, other in enumerate(config.policies):
+            if host.reaches(other.listen):
+                at: Loc = ("policies", i, "upstream")
+                if not isinstance(policy.upstream, HostPort):
+                    at += (k,)
+                yield (
+                    at,
+                    f"{host} is smtpgate's own listener "
+                    f"{format_loc(('policies', j, 'listen'))} (mail loop)",
+                )
+                break
 
 
 def _certificate_problems(certs: Certificates) -> Iterator[tuple[Loc, str]]:
