@@ -12,7 +12,11 @@ order the session must produce or receive it:
 - ``R: line``  the upstream replies (consecutive lines: one packet);
 - ``> open MODE`` / ``> open MODE in clear``  the session asks for an upstream
   leg of that TLS mode (``required``, ``opportunistic``, ``none``), with or
-  without STARTTLS;
+  without STARTTLS; ``> open MODE to HOST`` also names the next hop's host;
+- ``> resolve DOMAIN``  the session asks for the next hops of DOMAIN
+  (``upstream = "mx"``), answered by ``< route HOST@PREF HOST@PREF ...`` (MX
+  hosts in the order to try; ``HOST`` alone: an implicit MX) or
+  ``< no route null-mx|dns-temporary|no-domain|no-mail-server REASON``;
 - ``> starttls client|upstream``, ``> release``, ``> abort``, ``> close``:
   the other commands;
 - ``< connected``, ``< connected tls`` (implicit TLS), ``< reused`` (a parked
@@ -44,6 +48,7 @@ from smtpgate.proxy.commands import (
     Log,
     OpenUpstream,
     ReleaseUpstream,
+    ResolveNextHops,
     SendClient,
     SendUpstream,
     StartTLS,
@@ -51,6 +56,7 @@ from smtpgate.proxy.commands import (
 from smtpgate.proxy.events import (
     ClientData,
     ConnectionLost,
+    NextHopsResolved,
     ProxyEvent,
     Side,
     TimedOut,
@@ -65,6 +71,17 @@ from smtpgate.proxy.interception import Interception
 from smtpgate.proxy.runtime import PolicyRuntime
 from smtpgate.proxy.session import Session
 from smtpgate.proxy.upstream import Opened, TLSFacts, UpstreamLeg, UpstreamTarget
+from smtpgate.routing.nexthops import (
+    REPLY_DNS_TEMPORARY,
+    REPLY_NO_MAIL_SERVER,
+    REPLY_NO_SUCH_DOMAIN,
+    REPLY_NULL_MX,
+    NextHop,
+    NoRoute,
+    Route,
+    Via,
+    mx_key,
+)
 from smtpgate.tls.contexts import TLSContextCache
 from smtpgate.tls.result import OK, VerificationResult
 from tests.peers.gate_config import gate_config
@@ -74,6 +91,13 @@ DATE = "Sun, 29 Nov 2026 12:00:00 -0000"
 CLIENT_ADDR = "192.0.2.7:40000"
 UPSTREAM_TLS = TLSFacts("TLSv1.3", "TLS_AES_256_GCM_SHA384", OK)
 CLIENT_TLS = TLSFacts("TLSv1.3", "TLS_AES_128_GCM_SHA256")
+#: What ``< no route WORD`` answers.
+NO_ROUTE_REPLIES = {
+    "null-mx": REPLY_NULL_MX,
+    "dns-temporary": REPLY_DNS_TEMPORARY,
+    "no-domain": REPLY_NO_SUCH_DOMAIN,
+    "no-mail-server": REPLY_NO_MAIL_SERVER,
+}
 #: What a typical receiving server offers (a parked leg's, so no STARTTLS left to do).
 UPSTREAM_KEYWORDS = ("PIPELINING", "8BITMIME", "SIZE 10240000", "DSN")
 
@@ -89,6 +113,17 @@ def runtime(state_dir: Path, **kwargs: Any) -> PolicyRuntime:
     )
     config = parse_config(toml_writer.dumps(data), state_dir)
     return compile_runtimes(config, TLSContextCache())["p"]
+
+
+def route(*hosts: str, port: int = 25) -> Route:
+    """MX hosts ``name@preference`` in the order to try (one address each, from
+    192.0.2.0/24); a bare ``name`` is the implicit MX of a domain without MX records."""
+    hops: list[NextHop] = []
+    for i, text in enumerate(hosts, start=1):
+        name, _, preference = text.partition("@")
+        via = Via.MX if preference else Via.IMPLICIT_MX
+        hops.append(NextHop(name, port, f"192.0.2.{i}", int(preference or 0), via))
+    return Route(tuple(hops), mx_key([(h.preference or 0, h.host) for h in hops]))
 
 
 def parked_leg(
@@ -180,11 +215,18 @@ class Playbook:
         if words[0] == "open":
             command = self._next(OpenUpstream, script_line=line)
             assert isinstance(command, OpenUpstream)
+            if "to" in words:
+                at = words.index("to")
+                assert command.target.host == words[at + 1], (command.target.hop, line)
+                del words[at : at + 2]
             assert command.target.mode is UpstreamTLS(words[1]), (command, line)
             assert command.target.starttls is (words[2:] != ["in", "clear"]) or (
                 command.target.mode is UpstreamTLS.NONE
             ), (command, line)
             self.target = command.target
+        elif words[0] == "resolve":
+            command = self._next(ResolveNextHops, script_line=line)
+            assert isinstance(command, ResolveNextHops) and command.domain == words[1], command
         elif words[0] == "starttls":
             command = self._next(StartTLS, script_line=line)
             assert isinstance(command, StartTLS) and command.side is Side(words[1])
@@ -223,6 +265,10 @@ class Playbook:
                 reason = " ".join(words[3:])
                 facts = TLSFacts(facts.version, facts.cipher, VerificationResult("failed", reason))
             event = TLSDone(side, facts)
+        elif words[0] == "route":
+            event = NextHopsResolved("", route(*words[1:]))
+        elif words[:2] == ["no", "route"]:
+            event = NextHopsResolved("", NoRoute(NO_ROUTE_REPLIES[words[2]], " ".join(words[3:])))
         elif words[0] == "lost":
             event = ConnectionLost(Side(words[1]), " ".join(words[2:]))
         elif words[0] == "timeout":

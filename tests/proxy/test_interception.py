@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from smtpgate.config.netaddr import HostPort
-from smtpgate.policy.decisions import UpstreamTLS
 from smtpgate.proxy.interception import (
     REPLY_LOOP,
     REPLY_NOT_INTERCEPTED,
@@ -202,7 +201,7 @@ def test_the_session_relays_to_the_original_destination(transparent_rt: PolicyRu
         "10.200.2.2:25",
     )
     # Parked legs are kept by destination: another destination's session never takes it.
-    assert pool_key(book.target) == ("10.200.2.2", 25, book.target.mode)
+    assert pool_key(book.target) == ("10.200.2.2", "", 25, book.target.mode)
 
 
 @pytest.mark.parametrize(
@@ -242,5 +241,4 @@ def test_an_outgoing_transparent_policy_compiles_without_a_host(state_dir: Path)
     assert (rt.transparent, rt.upstream) == (True, "transparent")
     assert rt.client_tls_context.sni_callback is not None
     assert rt.own_listeners == (HostPort("127.0.0.1", 2525),)
-    target = rt.targets_to(DESTINATION)[UpstreamTLS.REQUIRED]
-    assert (target.host, target.port) == ("10.200.2.2", 25)
+    assert rt.route is None  # each session's route is its original destination

@@ -38,6 +38,14 @@ class OpenUpstream:
     target: UpstreamTarget
 
 
+@dataclass(frozen=True, slots=True)
+class ResolveNextHops:
+    """Look up where mail to ``domain`` goes (``upstream = "mx"``); answered by
+    :class:`~smtpgate.proxy.events.NextHopsResolved`."""
+
+    domain: str
+
+
 @dataclass(slots=True)
 class StartTLS:
     """Handshake on ``side`` (the client leg as server, the upstream leg as client);
@@ -77,6 +85,7 @@ Command = (
     SendClient
     | SendUpstream
     | OpenUpstream
+    | ResolveNextHops
     | StartTLS
     | ReleaseUpstream
     | AbortUpstream

@@ -27,6 +27,7 @@ from smtpgate.proxy.commands import (
     Log,
     OpenUpstream,
     ReleaseUpstream,
+    ResolveNextHops,
     SendClient,
     SendUpstream,
     StartTLS,
@@ -35,6 +36,7 @@ from smtpgate.proxy.deadlines import ReadClock
 from smtpgate.proxy.events import (
     ClientData,
     ConnectionLost,
+    NextHopsResolved,
     ProxyEvent,
     Side,
     TimedOut,
@@ -180,7 +182,7 @@ class SessionDriver:
                 case SendUpstream():
                     if self.upstream is not None:
                         self.upstream.writelines(command.data)
-                case OpenUpstream() | StartTLS():
+                case OpenUpstream() | StartTLS() | ResolveNextHops():
                     return commands[i:]
                 case _:
                     self._finish(command)
@@ -195,6 +197,9 @@ class SessionDriver:
                 command = rest[0]
                 if isinstance(command, OpenUpstream):
                     answer = await self._open(command.target)
+                elif isinstance(command, ResolveNextHops):
+                    resolution = await self.rt.resolver.route(command.domain, self.rt.mx_port)
+                    answer = NextHopsResolved(command.domain, resolution)
                 else:
                     assert isinstance(command, StartTLS)
                     answer = await self._start_tls(command.side)
@@ -235,7 +240,7 @@ class SessionDriver:
         implicit = target.implicit_tls
         try:
             stream = await open_stream(
-                target.host,
+                target.hop.connect_to,
                 target.port,
                 ssl_context=target.context if implicit else None,
                 server_hostname=target.host if implicit else None,
@@ -247,6 +252,8 @@ class SessionDriver:
             return UpstreamConnectFailed(describe_error(exc))
         facts = await upstream_tls_facts(stream, target) if implicit else CLEAR
         self.leg = UpstreamLeg(target, facts)
+        peer = stream.peername
+        self.leg.peer = peer[0] if peer is not None else ""
         self.upstream = stream
         return UpstreamConnected(self.leg)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from smtpgate.proxy.upstream import TLSFacts, UpstreamLeg
+from smtpgate.routing.nexthops import Resolution
 
 
 class Side(Enum):
@@ -52,6 +53,15 @@ class UpstreamConnectFailed:
 
     reason: str
     tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NextHopsResolved:
+    """The answer to :class:`~smtpgate.proxy.commands.ResolveNextHops`: the route,
+    or why there is none."""
+
+    domain: str
+    resolution: Resolution
 
 
 @dataclass(slots=True)
@@ -95,6 +105,7 @@ ProxyEvent = (
     | UpstreamData
     | UpstreamConnected
     | UpstreamConnectFailed
+    | NextHopsResolved
     | TLSDone
     | TLSFailed
     | TimedOut

@@ -52,7 +52,12 @@ from smtpgate.proxy.limits import ConnectionLimits, Refusal, descriptors_needed
 from smtpgate.proxy.pool import UpstreamPool
 from smtpgate.proxy.preamble import Opening, PeekingSocket, read_proxy_header
 from smtpgate.proxy.proxyproto import ProxyHeaderError
-from smtpgate.proxy.runtime import PolicyRuntime, compile_policy, load_certificates
+from smtpgate.proxy.runtime import (
+    PolicyRuntime,
+    compile_policy,
+    load_certificates,
+    make_resolver,
+)
 from smtpgate.proxy.session import Session
 from smtpgate.proxy.stream import Stream
 from smtpgate.proxy.upstream import TLSFacts
@@ -66,7 +71,8 @@ def compile_runtimes(config: Config, contexts: TLSContextCache) -> dict[str, Pol
     """Everything sessions need, built before anything listens (errors stop the start).
 
     Called again on reload with a new ``contexts``: nothing cached under the
-    previous configuration (contexts, trust anchors, verdicts) is carried over.
+    previous configuration (contexts, trust anchors, verdicts, DNS answers) is
+    carried over.
     ``smtpgate check`` runs this too. A file that cannot be used is a
     :class:`ConfigError` naming the key that set it.
     """
@@ -76,6 +82,7 @@ def compile_runtimes(config: Config, contexts: TLSContextCache) -> dict[str, Pol
         # The only error without a file is the host name a certificate is made for.
         raise _file_error(config, exc, ("gateway", "hostname")) from exc
     trust = TrustAnchors()
+    resolver = make_resolver(config)
     runtimes = {}
     for i, policy in enumerate(config.policies):
         if policy.upstream == TRANSPARENT:
@@ -83,7 +90,9 @@ def compile_runtimes(config: Config, contexts: TLSContextCache) -> dict[str, Pol
             if problem is not None:
                 raise ConfigError.at([(("policies", i, "upstream"), problem)])
         try:
-            runtimes[policy.name] = compile_policy(config, policy, certificates, contexts, trust)
+            runtimes[policy.name] = compile_policy(
+                config, policy, certificates, contexts, trust, resolver
+            )
         except (CertificateError, OSError) as exc:
             # Without a file: the upstream host name an outgoing leaf is made for.
             raise _file_error(config, exc, ("policies", i, "upstream")) from exc

@@ -25,15 +25,17 @@ from smtpgate.proxy.stream import Stream
 from smtpgate.proxy.upstream import UpstreamLeg, UpstreamTarget
 
 IDLE_SECONDS = 10.0
-MAX_IDLE_PER_MODE = 32
+MAX_IDLE_PER_KEY = 32
 
 Parked = tuple[float, UpstreamLeg, Stream]
-#: Host, port and TLS mode: legs of a transparent policy go to many destinations.
-PoolKey = tuple[str, int, UpstreamTLS]
+#: Next hop (host name, address, port) and TLS mode: legs of an MX or transparent
+#: policy go to many servers, and only one to the same server in the same mode serves.
+PoolKey = tuple[str, str, int, UpstreamTLS]
 
 
 def pool_key(target: UpstreamTarget) -> PoolKey:
-    return target.host, target.port, target.mode
+    hop = target.hop
+    return hop.host, hop.address, hop.port, target.mode
 
 
 def usable(stream: Stream) -> bool:
@@ -49,7 +51,7 @@ def close_quietly(stream: Stream) -> None:
 
 
 class UpstreamPool:
-    def __init__(self, idle_seconds: float = IDLE_SECONDS, max_idle: int = MAX_IDLE_PER_MODE):
+    def __init__(self, idle_seconds: float = IDLE_SECONDS, max_idle: int = MAX_IDLE_PER_KEY):
         self._idle_seconds = idle_seconds
         self._max_idle = max_idle
         self._idle: dict[PoolKey, deque[Parked]] = {}

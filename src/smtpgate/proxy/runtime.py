@@ -3,23 +3,26 @@
 Everything a session consults per command is precomputed here (SSL
 contexts, the EHLO keyword list, limits), so the hot path only reads
 attributes. What is cached while the configuration runs (upstream
-certificate verdicts, parsed trust anchors) hangs off the runtime too, so a
-reload, which builds new runtimes, starts without any of it; the idle
-upstream legs are the gateway's, which replaces them on reload.
+certificate verdicts, parsed trust anchors, DNS answers) hangs off the
+runtime too, so a reload, which builds new runtimes, starts without any of
+it; the idle upstream legs are the gateway's, which replaces them on reload.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from smtpgate.config.netaddr import TRANSPARENT, HostPort, IPNetwork
 from smtpgate.config.schema import Config, Policy, TLSProfile
+from smtpgate.config.upstream import configured_hosts
 from smtpgate.policy.decisions import UpstreamTLS, advertise_starttls
 from smtpgate.policy.rules import RuleSet
 from smtpgate.proxy.upstream import UpstreamTarget
+from smtpgate.routing.nexthops import NextHop, Route, Via, configured_route
+from smtpgate.routing.resolver import NextHopResolver
 from smtpgate.smtp.server import ServerLimits
 from smtpgate.tls.certificates import CertificateStore
 from smtpgate.tls.contexts import TLSContextCache
@@ -36,9 +39,14 @@ class PolicyRuntime:
     proxy_protocol: bool
     #: Peers whose PROXY header is believed; empty: any peer's.
     proxy_protocol_from: tuple[IPNetwork, ...]
-    #: Empty and 0 when ``transparent``.
-    upstream_host: str
-    upstream_port: int
+    #: The ``upstream`` setting as the ``listening`` record shows it.
+    upstream: str
+    #: The configured next hops; None with ``upstream = "mx"`` (each domain's, from DNS).
+    route: Route | None
+    #: Looks up MX routes; shared by the policies of one configuration (one cache).
+    resolver: NextHopResolver
+    #: The port of MX hosts (``upstream = "mx"``).
+    mx_port: int
     upstream_implicit_tls: bool
     #: ``upstream = "transparent"``: each connection goes on to its original destination.
     transparent: bool
@@ -66,22 +74,9 @@ class PolicyRuntime:
     tls_handshake_timeout: float
     profile: TLSProfile
     client_tls_context: ssl.SSLContext
-    #: Where the upstream leg goes, per TLS mode of SPEC 2.2.
+    #: How the upstream leg is set up, per TLS mode of SPEC 2.2, towards the first
+    #: configured next hop (:meth:`UpstreamTarget.to` turns it to another).
     upstream_targets: Mapping[UpstreamTLS, UpstreamTarget]
-
-    @property
-    def upstream(self) -> str:
-        if self.transparent:
-            return TRANSPARENT
-        return f"{self.upstream_host}:{self.upstream_port}"
-
-    def targets_to(self, destination: HostPort) -> Mapping[UpstreamTLS, UpstreamTarget]:
-        """:attr:`upstream_targets` towards ``destination`` (a transparent session's):
-        the same settings, another host."""
-        return {
-            mode: replace(target, host=destination.host, port=destination.port)
-            for mode, target in self.upstream_targets.items()
-        }
 
 
 def compile_policy(
@@ -90,8 +85,10 @@ def compile_policy(
     certificates: CertificateStore,
     contexts: TLSContextCache,
     trust: TrustAnchors,
+    resolver: NextHopResolver,
 ) -> PolicyRuntime:
-    """``trust`` is shared by the policies of one configuration (one parse per file)."""
+    """``trust`` and ``resolver`` are shared by the policies of one configuration
+    (one parse per file, one DNS cache)."""
     action = config.action(policy.proxy_action)
     profile = config.profile_for(action)
     general = action.general
@@ -109,13 +106,18 @@ def compile_policy(
         starttls_enabled=starttls.enabled,
         rules=rules,
     )
-    upstream = policy.upstream
-    transparent = upstream == TRANSPARENT
-    # Transparent: no host is known before the client connects, so an outgoing
-    # action's leaf is issued for the name the client asks for by SNI.
-    if action.direction == "outgoing" and isinstance(upstream, HostPort):
-        client_ctx = contexts.client_leg_context_for_upstream(profile, certificates, upstream.host)
+    hosts = configured_hosts(policy.upstream)
+    route = configured_route(hosts) if hosts else None
+    transparent = policy.upstream == TRANSPARENT
+    # The first hop; with MX or transparent a stand-in that each recipient's route
+    # (each session's destination) replaces.
+    first = route.hops[0] if route is not None else NextHop("", policy.mx_port, via=Via.MX)
+    if action.direction == "outgoing" and route is not None:
+        # The client leg poses as the upstream: the primary.
+        client_ctx = contexts.client_leg_context_for_upstream(profile, certificates, first.host)
     elif action.direction == "outgoing":
+        # MX, transparent: no host is known before the client connects, so the leaf is
+        # issued for the name the client asks for by SNI.
         client_ctx = contexts.client_leg_context(profile, certificates, outgoing=True)
     else:
         client_ctx = contexts.client_leg_context(profile, certificates, outgoing=False)
@@ -123,13 +125,10 @@ def compile_policy(
     unverified = contexts.upstream_leg_context(profile, verify=False)
     verifier = UpstreamVerifier(profile, trust)
     targets = {}
-    # Transparent: each session puts its own destination in (PolicyRuntime.targets_to).
-    upstream_host, upstream_port = upstream if isinstance(upstream, HostPort) else ("", 0)
     for mode in UpstreamTLS:
         verify = mode is UpstreamTLS.REQUIRED and profile.validate_certificates
         targets[mode] = UpstreamTarget(
-            host=upstream_host,
-            port=upstream_port,
+            hop=first,
             mode=mode,
             # An implicit-TLS upstream cannot be spoken to in clear, whatever the mode.
             implicit_tls=policy.upstream_implicit_tls,
@@ -152,8 +151,10 @@ def compile_policy(
         implicit_tls=policy.implicit_tls,
         proxy_protocol=policy.proxy_protocol,
         proxy_protocol_from=policy.proxy_protocol_from,
-        upstream_host=upstream_host,
-        upstream_port=upstream_port,
+        upstream=", ".join(str(host) for host in hosts) or str(policy.upstream),
+        route=route,
+        resolver=resolver,
+        mx_port=policy.mx_port,
         upstream_implicit_tls=policy.upstream_implicit_tls,
         transparent=transparent,
         tproxy=policy.tproxy,
@@ -186,6 +187,12 @@ def compile_policy(
         client_tls_context=client_ctx,
         upstream_targets=MappingProxyType(targets),
     )
+
+
+def make_resolver(config: Config) -> NextHopResolver:
+    """The DNS resolver of a configuration: ``[gateway] resolvers`` and ``dns_timeout``."""
+    gateway = config.gateway
+    return NextHopResolver([(ns.host, ns.port) for ns in gateway.resolvers], gateway.dns_timeout)
 
 
 def load_certificates(config: Config) -> CertificateStore:

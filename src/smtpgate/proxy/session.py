@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from smtpgate.config.netaddr import HostPort
@@ -47,6 +47,7 @@ from smtpgate.proxy.commands import (
     Log,
     OpenUpstream,
     ReleaseUpstream,
+    ResolveNextHops,
     SendClient,
     SendUpstream,
     StartTLS,
@@ -54,6 +55,7 @@ from smtpgate.proxy.commands import (
 from smtpgate.proxy.events import (
     ClientData,
     ConnectionLost,
+    NextHopsResolved,
     ProxyEvent,
     Side,
     TimedOut,
@@ -73,10 +75,12 @@ from smtpgate.proxy.upstream import (
     Opened,
     TLSFacts,
     UpstreamLeg,
+    UpstreamTarget,
     UpstreamUnavailable,
     connect_failed,
     connect_failure,
 )
+from smtpgate.routing.nexthops import NoRoute, Route, configured_route
 from smtpgate.smtp.address import Address
 from smtpgate.smtp.client import UpstreamProtocolError
 from smtpgate.smtp.events import (
@@ -141,6 +145,7 @@ class Transaction:
         "recipients",
         "refused_reply",
         "relay_seconds",
+        "route",
         "rule",
         "sender",
         "sender_address",
@@ -161,6 +166,8 @@ class Transaction:
         self.smtputf8 = smtputf8
         #: The upstream TLS mode fixed by the first accepted recipient (SPEC 2.2).
         self.mode: UpstreamTLS | None = None
+        #: The next hops fixed by the first accepted recipient: others must share them.
+        self.route: Route | None = None
         self.recipient_domains: list[str] = []
         #: The accepted recipients, as the client gave them; formatted only for the record.
         self.recipients: list[Address] = []
@@ -219,7 +226,38 @@ def closed_by_core_reason(server: ServerConnection, event: ConnectionClosed) -> 
     return "input_flood"  # more unanswered input than the core holds
 
 
+def hop_fields(leg: UpstreamLeg | None) -> dict[str, Any]:
+    """The next hop a leg went to, as records show it (docs/logs.md)."""
+    if leg is None:
+        return {
+            "next_hop": "",
+            "next_hop_address": "",
+            "mx_preference": None,
+            "next_hop_via": "",
+            "tls_name": "",
+        }
+    hop = leg.target.hop
+    return {
+        "next_hop": str(hop),
+        "next_hop_address": leg.peer or hop.address,
+        "mx_preference": hop.preference,
+        "next_hop_via": str(hop.via),
+        # The name sent as SNI and, under validate_certificates, checked in the certificate.
+        "tls_name": hop.host if leg.tls.version != "none" else "",
+    }
+
+
 # -- what waits for the upstream ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AwaitRoute:
+    """A RCPT whose next hops are being looked up (``upstream = "mx"``)."""
+
+    event: RcptTo
+    domain: str
+    rule: str
+    mode: UpstreamTLS
 
 
 @dataclass(slots=True)
@@ -230,6 +268,11 @@ class AwaitRcpt:
     domain: str
     rule: str
     mode: UpstreamTLS
+    route: Route
+    #: Which of ``route.hops`` is tried (the next one when it cannot be opened).
+    hop: int = 0
+    #: Why the hops tried before failed, for the log when all do.
+    failures: list[str] = field(default_factory=list)
     #: This RCPT carries the transaction's MAIL upstream.
     mail_here: bool = False
     #: ... and the upstream accepted it (a reused leg lost before that is replaced once).
@@ -260,7 +303,7 @@ class AwaitReset:
     then: Hello | None = None
 
 
-Pending = AwaitRcpt | AwaitData | AwaitEnd | AwaitReset
+Pending = AwaitRoute | AwaitRcpt | AwaitData | AwaitEnd | AwaitReset
 
 
 @dataclass(slots=True)
@@ -302,10 +345,11 @@ class Session:
         self.id = session_id
         self.client_addr = client_addr
         self.interception = interception
-        #: Where the upstream leg goes, per TLS mode: the policy's, or the original destination.
-        self.upstream_targets = rt.upstream_targets
+        #: Where the upstream leg goes: the policy's next hops, or (transparent) the
+        #: original destination; None: each recipient domain's MX hosts.
+        self.route = rt.route
         if interception is not None and interception.destination is not None:
-            self.upstream_targets = rt.targets_to(interception.destination)
+            self.route = configured_route([interception.destination])
         self.server = ServerConnection(rt.hostname, rt.limits, tls=client_tls is not None)
         self.client_tls = client_tls or CLEAR
         self.received_date = received_date
@@ -416,6 +460,10 @@ class Session:
         self._upstream_connect_failed(event)
         return True
 
+    def _on_next_hops_resolved(self, event: NextHopsResolved) -> bool:
+        self._next_hops_resolved(event)
+        return True
+
     def _on_tls(self, event: TLSDone | TLSFailed) -> bool:
         self._tls_result(event)
         return True
@@ -448,6 +496,8 @@ class Session:
         server = self.server
         while not self.closed:
             if self.pending is not None:
+                if type(self.pending) is AwaitRoute:
+                    break  # the driver answers with the route
                 leg = self.leg
                 if leg is None or leg.state in _NOT_READING or not self._next_reply(leg):
                     break
@@ -621,19 +671,69 @@ class Session:
                 txn, event, domain, match.label, REPLY_UPSTREAM_FAILED[0], LOST_EARLIER
             )
             return
-        pending = self.pending = AwaitRcpt(event, domain, match.label, mode)
-        if leg is not None and leg.mode is mode:
-            self._send_envelope(pending, leg)
-        else:
-            self._open(mode)
+        route = self.route
+        if route is None:  # upstream = "mx": the driver asks DNS
+            self.pending = AwaitRoute(event, domain, match.label, mode)
+            self._out.append(ResolveNextHops(domain))
+            return
+        self._relay_rcpt(AwaitRcpt(event, domain, match.label, mode, route))
 
-    def _open(self, mode: UpstreamTLS) -> None:
+    def _next_hops_resolved(self, event: NextHopsResolved) -> None:
+        pending = self.pending
+        assert isinstance(pending, AwaitRoute)
+        self.pending = None
+        resolution = event.resolution
+        if isinstance(resolution, NoRoute):
+            txn = self.txn
+            assert txn is not None
+            self.server.reply(*resolution.reply)
+            self._rcpt_rejected(
+                txn,
+                pending.event,
+                pending.domain,
+                pending.rule,
+                resolution.reply[0],
+                resolution.reason,
+            )
+            return
+        self._relay_rcpt(
+            AwaitRcpt(pending.event, pending.domain, pending.rule, pending.mode, resolution)
+        )
+
+    def _relay_rcpt(self, pending: AwaitRcpt) -> None:
+        """Relay a RCPT on the transaction's leg, or open one to its first next hop."""
+        txn = self.txn
+        assert txn is not None
+        route = pending.route
+        if txn.route is not None and txn.route.key != route.key:
+            # Another next hop: as for another TLS mode, another transaction (SPEC 2.2).
+            self.server.reply(*REPLY_OTHER_TRANSACTION)
+            reason = f"its next hop {route.hops[0]} is not the transaction's"
+            self._rcpt_rejected(
+                txn, pending.event, pending.domain, pending.rule, REPLY_OTHER_TRANSACTION[0], reason
+            )
+            return
+        self.pending = pending
         leg = self.leg
+        if leg is not None and leg.mode is pending.mode and leg.target.hop in route:
+            pending.hop = route.position(leg.target.hop)
+            self._send_envelope(pending, leg)
+            return
         if leg is not None:
             self.leg = None
             self._out.append(ReleaseUpstream(leg))
+        self._open_upstream(self._target(pending))
+
+    def _target(self, pending: AwaitRcpt) -> UpstreamTarget:
+        """The upstream leg for the next hop ``pending`` is at, in its TLS mode."""
+        target = self.rt.upstream_targets[pending.mode]
+        hop = pending.route.hops[pending.hop]
+        return target if target.hop is hop else target.to(hop)
+
+    def _open_upstream(self, target: UpstreamTarget) -> None:
+        """Ask for a leg to ``target``; its setup time counts from here."""
         self._opening_since, self._upstream_tls_since = self._clock(), None
-        self._out.append(OpenUpstream(self.upstream_targets[mode]))
+        self._out.append(OpenUpstream(target))
 
     def _send_envelope(self, pending: AwaitRcpt, leg: UpstreamLeg) -> None:
         """MAIL (with the first recipient) and RCPT upstream, pipelined when offered."""
@@ -729,8 +829,7 @@ class Session:
     def _upstream_connect_failed(self, event: UpstreamConnectFailed) -> None:
         pending = self.pending
         assert isinstance(pending, AwaitRcpt)
-        target = self.upstream_targets[pending.mode]
-        self._open_failed(connect_failed(target, event.reason, tls=event.tls))
+        self._open_failed(connect_failed(self._target(pending), event.reason, tls=event.tls))
 
     def _tls_result(self, event: TLSDone | TLSFailed) -> None:
         if event.side is Side.CLIENT:
@@ -783,6 +882,7 @@ class Session:
                 "upstream_connected",
                 session=self.id,
                 upstream=leg.target.address,
+                **hop_fields(leg),
                 mode=str(leg.mode),
                 upstream_tls=leg.tls.version,
                 upstream_cipher=leg.tls.cipher,
@@ -796,15 +896,37 @@ class Session:
             self._send_envelope(pending, leg)
 
     def _open_failed(self, exc: UpstreamUnavailable) -> None:
+        """The next hop could not be opened as the rule demands: try the next one;
+        after the last, the recipient gets the last one's reply (all temporary)."""
         pending = self.pending
         assert isinstance(pending, AwaitRcpt)
-        self.pending = None
         self._drop_leg()
         self.leg = None
+        hops = pending.route.hops
+        failed = hops[pending.hop]
+        if pending.hop + 1 < len(hops):
+            pending.hop += 1
+            pending.failures.append(f"{failed}: {exc.reason}")
+            self._log(
+                "next_hop_failed",
+                session=self.id,
+                next_hop=str(failed),
+                next_hop_address=failed.address,
+                mx_preference=failed.preference,
+                reason=exc.reason,
+                trying=str(hops[pending.hop]),
+            )
+            self._open_upstream(self._target(pending))
+            return
+        self.pending = None
         txn = self.txn
         assert txn is not None
+        reason = exc.reason
+        if pending.failures:
+            tried = "; ".join([*pending.failures, f"{failed}: {reason}"])
+            reason = f"all {len(hops)} next hops failed: {tried}"
         self.server.reply(exc.code, exc.text)
-        self._rcpt_rejected(txn, pending.event, pending.domain, pending.rule, exc.code, exc.reason)
+        self._rcpt_rejected(txn, pending.event, pending.domain, pending.rule, exc.code, reason)
 
     def _reply(self, reply: Reply) -> None:
         pending = self.pending
@@ -881,6 +1003,7 @@ class Session:
         if answer.is_positive:
             if txn.mode is None:
                 txn.mode = pending.mode
+                txn.route = pending.route
                 txn.rule = pending.rule
             txn.recipient_domains.append(pending.domain)
             txn.recipients.append(pending.event.recipient)
@@ -916,11 +1039,16 @@ class Session:
             ):
                 # A parked leg the upstream had closed: once more on a fresh connection.
                 self.leg = None
-                self.pending = AwaitRcpt(
-                    pending.event, pending.domain, pending.rule, pending.mode, retried=True
+                self.pending = pending = AwaitRcpt(
+                    pending.event,
+                    pending.domain,
+                    pending.rule,
+                    pending.mode,
+                    pending.route,
+                    pending.hop,
+                    retried=True,
                 )
-                self._opening_since, self._upstream_tls_since = self._clock(), None
-                self._out.append(OpenUpstream(self.upstream_targets[pending.mode]))
+                self._open_upstream(self._target(pending))
                 return
             self.pending = None
             if not txn.recipient_domains:
@@ -987,6 +1115,7 @@ class Session:
             upstream_cipher=tls.cipher,
             upstream_verify=str(tls.verification),
             upstream_fallback=leg.fallback if leg is not None else "",
+            **hop_fields(leg),
             **txn.record(
                 outcome,
                 reply,
@@ -1057,6 +1186,7 @@ _EVENT_HANDLERS: Final[dict[type, Callable[[Session, Any], bool]]] = {
     UpstreamData: Session._on_upstream_data,
     UpstreamConnected: Session._on_upstream_connected,
     UpstreamConnectFailed: Session._on_upstream_connect_failed,
+    NextHopsResolved: Session._on_next_hops_resolved,
     TLSDone: Session._on_tls,
     TLSFailed: Session._on_tls,
     TimedOut: Session._on_timed_out,

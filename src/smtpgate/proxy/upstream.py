@@ -27,6 +27,7 @@ from enum import Enum
 from typing import Final
 
 from smtpgate.policy.decisions import REPLY_UPSTREAM_TLS_UNAVAILABLE, UpstreamTLS
+from smtpgate.routing.nexthops import NextHop
 from smtpgate.smtp.client import ClientConnection, UpstreamProtocolError
 from smtpgate.smtp.events import NEED_DATA, PAUSED, Reply
 from smtpgate.smtp.extensions import MAIL_PARAMETERS, RCPT_PARAMETERS, offered_parameters
@@ -64,8 +65,8 @@ CLEAR: Final = TLSFacts()
 class UpstreamTarget:
     """Where an upstream leg goes and how it is encrypted: all it needs, nothing more."""
 
-    host: str
-    port: int
+    #: The server: its name (SNI, the certificate name checked), port, address from DNS.
+    hop: NextHop
     mode: UpstreamTLS
     #: TLS from the first byte (port 465 style); STARTTLS otherwise.
     implicit_tls: bool
@@ -85,8 +86,21 @@ class UpstreamTarget:
     fallback: str = ""
 
     @property
+    def host(self) -> str:
+        return self.hop.host
+
+    @property
+    def port(self) -> int:
+        return self.hop.port
+
+    @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """``host:port`` as logs show it."""
+        return str(self.hop)
+
+    def to(self, hop: NextHop) -> UpstreamTarget:
+        """The same settings towards another next hop."""
+        return replace(self, hop=hop)
 
     def without_starttls(self, why: str) -> UpstreamTarget:
         """The same upstream in clear: an opportunistic handshake failed (RFC 7435)."""
@@ -145,7 +159,7 @@ class Opened(Enum):
 
 
 class UpstreamLeg:
-    __slots__ = ("client", "fallback", "reused", "state", "target", "tls")
+    __slots__ = ("client", "fallback", "peer", "reused", "state", "target", "tls")
 
     def __init__(self, target: UpstreamTarget, tls: TLSFacts = CLEAR) -> None:
         self.target = target
@@ -156,6 +170,8 @@ class UpstreamLeg:
         self.reused = False
         #: Why an opportunistic leg is in clear (no STARTTLS offered, refused, handshake failed).
         self.fallback = target.fallback
+        #: The address connected to, when the driver knows it (for the log).
+        self.peer = ""
 
     @property
     def mode(self) -> UpstreamTLS:
