@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real SMTP peers the interop tests drive (swaks, openssl,
-# HAProxy, Postfix, nftables for the firewall of the transparent-mode tests),
+# HAProxy, Postfix, nftables for the firewall of the transparent-mode tests,
+# NSD as the authoritative DNS server of the MX-routing tests),
 # the PostgreSQL server the traffic store's tests start, the browser of the
 # console tests (Debian's chromium) and the TLS scanner testssl.sh, and checks
 # that each can do what the tests need, not only that its binary exists: a
@@ -30,11 +31,13 @@ declare -A packages=(
   [logrotate]="logrotate"
   [systemd_analyze]="systemd"
   [testssl]="testssl.sh"
+  [nsd]="nsd"
 )
 # rsyslog receives `[logging] target = "syslog"` (tests/ops/test_log_targets.py);
 # logrotate and systemd_analyze check the files in deploy/ (tests/ops/test_deploy.py);
-# testssl judges the client leg's TLS (tests/scanners).
-peers=(swaks openssl haproxy postfix postgresql nft chromium rsyslog logrotate systemd_analyze testssl)
+# testssl judges the client leg's TLS (tests/scanners); nsd serves the zones of
+# the MX-routing tests (tests/peers/dns.py).
+peers=(swaks openssl haproxy postfix postgresql nft chromium rsyslog logrotate systemd_analyze testssl nsd)
 
 check_swaks() {
   # swaks 20201014 (Debian 12) does TLS through Net::SSLeay alone; `--support`
@@ -195,6 +198,22 @@ check_testssl() {
     --protocols --std --renegotiation --compression --server-defaults; do
     grep -q -- "$option" <<<"$help" || echo "has no $option option"
   done
+}
+
+check_nsd() {
+  # tests/peers/dns.py runs `nsd -d -c <conf>` as an authoritative server for the
+  # zones a test writes, on a loopback port, with no control socket and no database
+  # file; nsd-checkconf must accept exactly that shape.
+  [ -x /usr/sbin/nsd ] || { echo "no /usr/sbin/nsd"; return; }
+  local checkconf=/usr/sbin/nsd-checkconf dir
+  [ -x "$checkconf" ] || { echo "no $checkconf"; return; }
+  dir=$(mktemp -d)
+  printf '%s\n' 'server:' '    ip-address: 127.0.0.1@1' "    zonesdir: \"$dir\"" \
+    '    username: ""' '    database: ""' "    pidfile: \"$dir/nsd.pid\"" 'remote-control:' \
+    '    control-enable: no' 'zone:' '    name: "a.test"' '    zonefile: "a.test.zone"' >"$dir/nsd.conf"
+  /usr/sbin/nsd-checkconf "$dir/nsd.conf" >/dev/null 2>&1 ||
+    echo "nsd-checkconf refuses a loopback server without database and control socket"
+  rm -rf "$dir"
 }
 
 # check_all: sets problems to a "peer: what it cannot do" line per failed
