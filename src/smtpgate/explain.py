@@ -1,16 +1,18 @@
 """``smtpgate rules test``: the decisions of SPEC 2 for a sender and its recipients.
 
 :func:`rules_test` is the whole answer (the command's ``--json`` and the
-API's rule tester return it as is); :func:`explain` decides one pair.
+API's rule tester return it as is); :func:`explain` decides one pair, and
+:func:`next_hops` says where a recipient's mail would go under a policy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from smtpgate.config.editing import Invalid, NotFound
-from smtpgate.config.schema import Config, ProxyAction
+from smtpgate.config.schema import Config, Policy, ProxyAction
+from smtpgate.config.upstream import configured_hosts
 from smtpgate.policy.decisions import (
     UpstreamTLS,
     reject_mail_from_in_clear,
@@ -18,7 +20,11 @@ from smtpgate.policy.decisions import (
     upstream_tls,
 )
 from smtpgate.policy.patterns import DomainPattern, PatternError, PatternKind, normalize_domain
+from smtpgate.routing.nexthops import NoRoute, Resolution, configured_route
 from smtpgate.smtp.address import AddressError, parse_path
+
+#: Looks up the next hops of a domain on a port (``upstream = "mx"``).
+RouteLookup = Callable[[str, int], Resolution]
 
 
 def _domain(address: str) -> str:
@@ -67,6 +73,39 @@ def explain(
     }
 
 
+def next_hops(policy: Policy, domain: str, lookup: RouteLookup | None) -> dict[str, Any]:
+    """The next hops that would be tried for mail to ``domain``, in order.
+
+    Configured hosts as written; with ``upstream = "mx"`` what ``lookup`` finds
+    in DNS now (equal preferences in one of their shuffled orders), or the
+    reply a recipient would get when there is no route; without ``lookup``,
+    none.
+    """
+    hosts = configured_hosts(policy.upstream)
+    if hosts:
+        resolution: Resolution = configured_route([(h.host, h.port) for h in hosts])
+    elif lookup is None:
+        return {"next_hops": [], "no_route": ""}
+    else:
+        resolution = lookup(domain, policy.mx_port)
+    if isinstance(resolution, NoRoute):
+        code, text = resolution.reply
+        return {"next_hops": [], "no_route": f"{code} {text} ({resolution.reason})"}
+    return {
+        "next_hops": [
+            {
+                "host": hop.host,
+                "port": hop.port,
+                "address": hop.address,
+                "mx_preference": hop.preference,
+                "via": str(hop.via),
+            }
+            for hop in resolution.hops
+        ],
+        "no_route": "",
+    }
+
+
 def check_address(text: str, *, what: str, null_allowed: bool) -> str | None:
     """Why ``text`` is not an address (``local@domain``) or a bare domain, or None."""
     if text in ("", "<>"):
@@ -94,12 +133,14 @@ def rules_test(
     action: str | None = None,
     policy: str | None = None,
     client_tls: bool = False,
+    lookup: RouteLookup | None = None,
 ) -> dict[str, Any]:
     """Which rule decides each recipient, and what each leg does.
 
     The action is ``action``, or the one ``policy`` uses; a wrong name raises
     :class:`NotFound` listing the valid ones, a malformed address
-    :class:`Invalid` naming it.
+    :class:`Invalid` naming it. With a policy, each result also names the next
+    hops (:func:`next_hops`; ``lookup`` asks DNS for ``upstream = "mx"``).
     """
     if (action is None) == (policy is None):
         raise Invalid([("", "give either a proxy action or a policy")])
@@ -122,6 +163,9 @@ def rules_test(
     results = []
     for recipient in recipients:
         decision = explain(proxy_action, sender, recipient, client_tls=client_tls)
+        if policy is not None:
+            hops = next_hops(config.policy(policy), decision["recipient_domain"], lookup)
+            decision |= hops
         results.append({"recipient": recipient, **decision})
     return {
         "policy": policy,

@@ -23,6 +23,7 @@ from smtpgate.commands.common import (
 from smtpgate.config.editing import ConfigDocument, EditError, rule_summary
 from smtpgate.explain import rules_test
 from smtpgate.policy.rules import RecipientEncryption, SenderEncryption
+from smtpgate.routing.resolver import blocking_lookup
 
 rules_app = typer.Typer(
     add_completion=False,
@@ -248,6 +249,7 @@ def rules_test_command(
             action=action,
             policy=policy,
             client_tls=client_tls,
+            lookup=blocking_lookup(cfg.gateway),
         )
     except EditError as exc:
         raise fail(config, exc) from exc
@@ -261,4 +263,23 @@ def rules_test_command(
     for result in report["results"]:
         typer.echo("")
         hidden = ("action", "rule_position", "rule_name")  # the rule label shows both
-        print_fields((k, v) for k, v in result.items() if k not in hidden)
+        print_fields(
+            (k, _hops_text(v) if k == "next_hops" else v)
+            for k, v in result.items()
+            if k not in hidden and not (k == "no_route" and not v)
+        )
+
+
+def _hops_text(hops: list[dict[str, Any]]) -> str:
+    """``mx1.a.test:25 [192.0.2.1] (MX 10), ...``: in the order they would be tried."""
+    parts = []
+    for hop in hops:
+        text = f"{hop['host']}:{hop['port']}"
+        if hop["address"] and hop["address"] != hop["host"]:
+            text += f" [{hop['address']}]"
+        if hop["via"] == "mx":
+            text += f" (MX {hop['mx_preference']})"
+        elif hop["via"] == "implicit_mx":
+            text += " (no MX: its address)"
+        parts.append(text)
+    return ", ".join(parts) or "none"

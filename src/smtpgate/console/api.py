@@ -45,6 +45,7 @@ from smtpgate.console.certificates import UploadError, check_pair, describe_file
 from smtpgate.console.traffic_routes import router as traffic_router
 from smtpgate.explain import rules_test
 from smtpgate.policy.rules import RecipientEncryption, SenderEncryption
+from smtpgate.routing.resolver import blocking_lookup
 from smtpgate.tls.certificates import CertificateError, CertificateStore
 from smtpgate.traffic.database import TrafficDatabase
 
@@ -597,6 +598,7 @@ def test_rules(request: Request, response: Response, _: Reader, body: RuleTest) 
         action=body.action,
         policy=body.policy,
         client_tls=body.client_tls,
+        lookup=blocking_lookup(document.config.gateway),
     )
 
 

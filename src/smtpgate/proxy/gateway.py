@@ -52,15 +52,11 @@ from smtpgate.proxy.limits import ConnectionLimits, Refusal, descriptors_needed
 from smtpgate.proxy.pool import UpstreamPool
 from smtpgate.proxy.preamble import Opening, PeekingSocket, read_proxy_header
 from smtpgate.proxy.proxyproto import ProxyHeaderError
-from smtpgate.proxy.runtime import (
-    PolicyRuntime,
-    compile_policy,
-    load_certificates,
-    make_resolver,
-)
+from smtpgate.proxy.runtime import PolicyRuntime, compile_policy, load_certificates
 from smtpgate.proxy.session import Session
 from smtpgate.proxy.stream import Stream
 from smtpgate.proxy.upstream import TLSFacts
+from smtpgate.routing.resolver import gateway_resolver
 from smtpgate.tls.certificates import CertificateError
 from smtpgate.tls.contexts import TLSContextCache
 from smtpgate.tls.info import describe_tls
@@ -82,7 +78,7 @@ def compile_runtimes(config: Config, contexts: TLSContextCache) -> dict[str, Pol
         # The only error without a file is the host name a certificate is made for.
         raise _file_error(config, exc, ("gateway", "hostname")) from exc
     trust = TrustAnchors()
-    resolver = make_resolver(config)
+    resolver = gateway_resolver(config.gateway)
     runtimes = {}
     for i, policy in enumerate(config.policies):
         if policy.upstream == TRANSPARENT:

@@ -189,12 +189,6 @@ def compile_policy(
     )
 
 
-def make_resolver(config: Config) -> NextHopResolver:
-    """The DNS resolver of a configuration: ``[gateway] resolvers`` and ``dns_timeout``."""
-    gateway = config.gateway
-    return NextHopResolver([(ns.host, ns.port) for ns in gateway.resolvers], gateway.dns_timeout)
-
-
 def load_certificates(config: Config) -> CertificateStore:
     certs = config.certificates
     return CertificateStore.load(

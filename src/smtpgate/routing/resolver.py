@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dns.asyncresolver
 import dns.exception
@@ -29,6 +29,7 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
+from smtpgate.config.schema import Gateway
 from smtpgate.routing.nexthops import (
     MAX_ADDRESSES,
     REPLY_DNS_TEMPORARY,
@@ -166,6 +167,21 @@ class NextHopResolver:
         except dns.exception.DNSException as exc:
             raise _Temporary(str(exc) or type(exc).__name__) from None
         return answer.rrset
+
+
+def gateway_resolver(gateway: Gateway) -> NextHopResolver:
+    """The resolver ``[gateway] resolvers`` and ``dns_timeout`` describe."""
+    return NextHopResolver([(ns.host, ns.port) for ns in gateway.resolvers], gateway.dns_timeout)
+
+
+def blocking_lookup(gateway: Gateway) -> Callable[[str, int], Resolution]:
+    """Route lookups for code without an event loop (``rules test``, the API's tester)."""
+    resolver = gateway_resolver(gateway)
+
+    def lookup(domain: str, port: int) -> Resolution:
+        return asyncio.run(resolver.route(domain, port))
+
+    return lookup
 
 
 def _name(name: dns.name.Name) -> str:
