@@ -6,7 +6,6 @@ gateway with ``upstream = "mx"`` and ``[gateway] resolvers`` pointing at NSD.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import trustme
 
 from tests.peers import wait_until
 from tests.peers.dns import AuthoritativeDNS, SilentDNS, zone
-from tests.peers.scripted_upstream import ScriptedUpstream
+from tests.peers.mx_hosts import MXHosts
 from tests.proxy.helpers import GatewayHarness, LoopThread, rule, server_context, smtplib_send
 
 SENDER = "alice@sender.test"
@@ -25,47 +24,6 @@ RULES = [
     rule(recipient_encryption="none"),
 ]
 TEMPORARY_DNS = (451, b"4.4.3 Temporary DNS failure looking up the recipient domain, try later")
-
-
-class MXHosts:
-    """Receiving servers on several loopback addresses, all on one port; an address
-    given ``None`` holds the port bound without listening, so connections are refused."""
-
-    def __init__(self, loop: LoopThread, servers: Mapping[str, dict[str, Any] | None]) -> None:
-        self.loop = loop
-        self.servers: dict[str, ScriptedUpstream] = {}
-        self._refusing: list[socket.socket] = []
-        for _attempt in range(20):
-            try:
-                self._start(servers)
-                return
-            except OSError:  # the port is taken on one of the addresses: another port
-                self.stop()
-        raise AssertionError("no port free on all of " + ", ".join(servers))
-
-    def _start(self, servers: Mapping[str, dict[str, Any] | None]) -> None:
-        self.port = 0
-        for address, kwargs in servers.items():
-            if kwargs is None:
-                sock = socket.socket()
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                self._refusing.append(sock)
-                sock.bind((address, self.port))
-                self.port = sock.getsockname()[1]
-                continue
-            upstream = ScriptedUpstream(hostname=f"mx.{address}", **kwargs)
-            self.servers[address] = upstream
-            self.port = self.loop.run(upstream.start(address, self.port))
-
-    def __getitem__(self, address: str) -> ScriptedUpstream:
-        return self.servers[address]
-
-    def stop(self) -> None:
-        for upstream in self.servers.values():
-            self.loop.run(upstream.stop())
-        for sock in self._refusing:
-            sock.close()
-        self.servers, self._refusing = {}, []
 
 
 @pytest.fixture
