@@ -1,7 +1,9 @@
 """Receiving servers standing in for MX hosts: one :class:`ScriptedUpstream` per
 loopback address (127.0.0.2, 127.0.0.3, ...), all on one port, the port a
 policy's ``mx_port`` names. An address given ``None`` holds the port bound
-without listening, so connections to it are refused (an MX host that is down).
+without listening, so connections to it are refused (an MX host that is down);
+one given ``UNRESPONSIVE`` listens with a full accept queue, so connections to
+it time out (a host whose packets are dropped).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any, Protocol, TypeVar
 
 from .scripted_upstream import ScriptedUpstream
 
-__all__ = ["MXHosts"]
+__all__ = ["UNRESPONSIVE", "MXHosts"]
+
+UNRESPONSIVE = "unresponsive"
 
 T = TypeVar("T")
 
@@ -27,7 +31,7 @@ class MXHosts:
     """Receiving servers on several loopback addresses, all on one port; an address
     given ``None`` holds the port bound without listening, so connections are refused."""
 
-    def __init__(self, loop: Runner, servers: Mapping[str, dict[str, Any] | None]) -> None:
+    def __init__(self, loop: Runner, servers: Mapping[str, dict[str, Any] | str | None]) -> None:
         self.loop = loop
         self.servers: dict[str, ScriptedUpstream] = {}
         self._refusing: list[socket.socket] = []
@@ -39,16 +43,22 @@ class MXHosts:
                 self.stop()
         raise AssertionError("no port free on all of " + ", ".join(servers))
 
-    def _start(self, servers: Mapping[str, dict[str, Any] | None]) -> None:
+    def _start(self, servers: Mapping[str, dict[str, Any] | str | None]) -> None:
         self.port = 0
         for address, kwargs in servers.items():
-            if kwargs is None:
+            if kwargs is None or kwargs == UNRESPONSIVE:
                 sock = socket.socket()
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 self._refusing.append(sock)
                 sock.bind((address, self.port))
                 self.port = sock.getsockname()[1]
+                if kwargs == UNRESPONSIVE:
+                    # Linux queues backlog + 1 connections, then drops further SYNs.
+                    sock.listen(0)
+                    filler = socket.create_connection((address, self.port), timeout=5)
+                    self._refusing.append(filler)
                 continue
+            assert isinstance(kwargs, dict)
             upstream = ScriptedUpstream(hostname=f"mx.{address}", **kwargs)
             self.servers[address] = upstream
             self.port = self.loop.run(upstream.start(address, self.port))

@@ -6,6 +6,7 @@ gateway with ``upstream = "mx"`` and ``[gateway] resolvers`` pointing at NSD.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import trustme
 
 from tests.peers import wait_until
 from tests.peers.dns import AuthoritativeDNS, SilentDNS, zone
-from tests.peers.mx_hosts import MXHosts
+from tests.peers.mx_hosts import UNRESPONSIVE, MXHosts
 from tests.proxy.helpers import GatewayHarness, LoopThread, rule, server_context, smtplib_send
 
 SENDER = "alice@sender.test"
@@ -37,7 +38,7 @@ def mx_setup(
 
     def setup(
         records: list[str],
-        servers: Mapping[str, dict[str, Any] | None],
+        servers: Mapping[str, dict[str, Any] | str | None],
         **gate_kw: Any,
     ) -> tuple[GatewayHarness, MXHosts]:
         hosts = MXHosts(loop, servers)
@@ -94,6 +95,24 @@ def test_mx_hosts_in_preference_order_and_a_refusing_one_is_skipped(mx_setup: An
         "mx_preference": 20,
     }
     assert record["next_hop_via"] == "mx"
+
+
+def test_an_mx_host_that_does_not_answer_is_given_up_after_connect_timeout(
+    mx_setup: Any,
+) -> None:
+    """MX 10 drops the connection attempts; after ``connect_timeout`` (1 s here, not
+    the 30 s of the replies' timeout) MX 20 gets the mail."""
+    gate, hosts = mx_setup(
+        ["a MX 10 mx1.a", "a MX 20 mx2.a", "mx1.a A 127.0.0.2", "mx2.a A 127.0.0.3"],
+        {"127.0.0.2": UNRESPONSIVE, "127.0.0.3": {}},
+        general={"connect_timeout": "1s", "command_timeout": "30s"},
+    )
+    started = time.monotonic()
+    assert send(gate, "bob@a.test") == {}
+    assert time.monotonic() - started < 10
+    assert [m.recipients for m in hosts["127.0.0.3"].messages] == [["bob@a.test"]]
+    failed = gate.wait_record("next_hop_failed")[0]
+    assert failed["reason"] == f"connect mx1.a.test:{hosts.port}: timed out"
 
 
 def test_equal_preferences_are_shuffled(mx_setup: Any) -> None:

@@ -353,6 +353,8 @@ class GeneralSettings(_Model):
     command_timeout: Duration = Field(default=300.0, validate_default=True)
     #: Time for one whole command line, however it trickles in.
     command_deadline: Duration = Field(default=300.0, validate_default=True)
+    #: TCP connect (and implicit-TLS handshake) to one upstream host; then the next is tried.
+    connect_timeout: Duration = Field(default=30.0, validate_default=True)
     #: Silence inside DATA (and the upstream's answer to the final dot).
     data_timeout: Duration = Field(default=600.0, validate_default=True)
     #: Time for the whole DATA phase, from 354 to the final dot.

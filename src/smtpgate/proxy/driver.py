@@ -244,7 +244,7 @@ class SessionDriver:
                 target.port,
                 ssl_context=target.context if implicit else None,
                 server_hostname=target.host if implicit else None,
-                timeout=target.timeout,
+                timeout=target.connect_timeout,
             )
         except ssl.SSLError as exc:
             return UpstreamConnectFailed(describe_error(exc), tls=True)

@@ -139,6 +139,7 @@ def compile_policy(
             verifier=verifier,
             ehlo_name=config.gateway.hostname,
             timeout=general.command_timeout,
+            connect_timeout=general.connect_timeout,
         )
     # Read ca_file now, as the handshake contexts do: the checks then trust
     # what this load read, a broken file fails the load, and the first

@@ -81,7 +81,10 @@ class UpstreamTarget:
     verifier: UpstreamVerifier
     #: Our name in EHLO/HELO.
     ehlo_name: str
+    #: Replies and STARTTLS handshakes (the action's ``command_timeout``).
     timeout: float
+    #: The TCP connect and an implicit-TLS handshake: past it, the next hop is tried.
+    connect_timeout: float
     #: Why this target is in clear although its mode prefers TLS (a failed handshake).
     fallback: str = ""
 
