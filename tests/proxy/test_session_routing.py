@@ -340,3 +340,33 @@ def test_a_session_reuses_its_leg_for_the_next_transaction_to_the_same_mx(
         """
     )
     assert play.released is not None and play.released.target.host == "mx.a.test"
+
+
+def test_a_dead_pooled_leg_is_replaced_on_the_same_next_hop(mx_rt: PolicyRuntime) -> None:
+    """MX 10 is down; MX 20's parked leg turns out dead before MAIL was answered: the
+    new connection goes to MX 20 again, not back to the start of the route."""
+    play = Playbook(mx_rt).play(
+        f"""
+        {START}
+        C: RCPT TO:<bob@a.test>
+        > resolve a.test
+        < route mx1.a.test@10 mx2.a.test@20
+        > open none to mx1.a.test
+        < connect failed Connection refused
+        > open none to mx2.a.test
+        < reused
+        U: MAIL FROM:<alice@sender.test>
+        U: RCPT TO:<bob@a.test>
+        < lost upstream
+        > abort
+        > open none to mx2.a.test
+        < connected
+        {UPSTREAM_HELLO}
+        U: MAIL FROM:<alice@sender.test>
+        U: RCPT TO:<bob@a.test>
+        R: 250 ok
+        R: 250 ok
+        S: 250 ok
+        """
+    )
+    assert play.records("rcpt_rejected") == []

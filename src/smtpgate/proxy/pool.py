@@ -91,7 +91,9 @@ class UpstreamPool:
         for parked in self._idle.values():
             while parked and parked[0][0] <= deadline:
                 close_quietly(parked.popleft()[2])
-        if any(self._idle.values()):
+        # Next hops come and go (one per MX host): keep no empty entry for them.
+        self._idle = {key: parked for key, parked in self._idle.items() if parked}
+        if self._idle:
             self._sweeper = asyncio.get_running_loop().call_later(self._idle_seconds, self._sweep)
 
     def close(self) -> None:

@@ -705,7 +705,7 @@ class Session:
         txn = self.txn
         assert txn is not None
         route = pending.route
-        if txn.route is not None and txn.route.key != route.key:
+        if txn.route is not None and txn.route is not route and txn.route.key != route.key:
             # Another next hop: as for another TLS mode, another transaction (SPEC 2.2).
             self.server.reply(*REPLY_OTHER_TRANSACTION)
             reason = f"its next hop {route.hops[0]} is not the transaction's"
