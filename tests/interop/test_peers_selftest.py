@@ -386,7 +386,7 @@ def test_install_peers_finds_every_peer_able() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == (
         "install-peers: ok: swaks openssl haproxy postfix postgresql nft chromium"
-        " rsyslog logrotate systemd_analyze testssl can do what the interop tests need\n"
+        " rsyslog logrotate systemd_analyze testssl nsd can do what the interop tests need\n"
     )
 
 
