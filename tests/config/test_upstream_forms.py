@@ -1,4 +1,4 @@
-"""``upstream`` in its forms (one host, hosts in order, "mx"), ``mx_port`` and
+"""``upstream`` in its forms (one host, hosts in order, "mx", "transparent"), ``mx_port`` and
 ``[gateway] resolvers``: what loads, what is written back, and errors by key path."""
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def test_one_host_a_list_and_mx_load_and_are_written_back_as_given() -> None:
     )
     mx = load(policy('"mx"', "mx_port = 2600")).policies[0]
     assert (mx.upstream, mx.mx_port, configured_hosts(mx.upstream)) == (MX, 2600, ())
+    transparent = load(policy('"transparent"')).policies[0]
+    assert (transparent.upstream, configured_hosts(transparent.upstream)) == ("transparent", ())
     dumped = dump_config(load(policy('["primary.internal:25", "[::1]:2526"]')))
     assert 'upstream = ["primary.internal:25", "[::1]:2526"]' in dumped
     assert 'upstream = "mx"' in dump_config(load(policy('"mx"')))
@@ -41,7 +43,6 @@ def test_one_host_a_list_and_mx_load_and_are_written_back_as_given() -> None:
         ('["a.test:25", "b.test"]', "policies[1].upstream[2]", "invalid address 'b.test'"),
         ("[]", "policies[1].upstream", "at least 1 item"),
         ('"MX"', "policies[1].upstream", "invalid address 'MX'"),
-        ('"transparent"', "policies[1].upstream", "reserved"),
         ('["127.0.0.1:2526", "127.0.0.1:2525"]', "policies[1].upstream[2]", "mail loop"),
     ],
 )
