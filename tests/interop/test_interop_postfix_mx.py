@@ -133,7 +133,7 @@ def deliver(
     transactions = gate.transactions(outcome="delivered", count=3)
     by_domain = {tuple(t["recipient_domains"]): t for t in transactions}
     summary = {
-        domain: (t["next_hop"], t["next_hop_address"], t["mx_preference"], t["tls_name"])
+        domain: (t["upstream"], t["next_hop_address"], t["mx_preference"], t["tls_name"])
         for (domain,), t in by_domain.items()
     }
     assert summary == {

@@ -82,15 +82,15 @@ def test_mx_hosts_in_preference_order_and_a_refusing_one_is_skipped(mx_setup: An
     assert [m.recipients for m in hosts["127.0.0.3"].messages] == [["bob@a.test"]]
     assert hosts["127.0.0.4"].connections == 0
     failed = gate.wait_record("next_hop_failed")[0]
-    assert (failed["next_hop"], failed["next_hop_address"], failed["mx_preference"]) == (
+    assert (failed["upstream"], failed["next_hop_address"], failed["mx_preference"]) == (
         f"mx1.a.test:{hosts.port}",
         "127.0.0.2",
         10,
     )
     assert "Connection refused" in failed["reason"]
     record = gate.transaction()
-    assert {k: record[k] for k in ("next_hop", "next_hop_address", "mx_preference")} == {
-        "next_hop": f"mx2.a.test:{hosts.port}",
+    assert {k: record[k] for k in ("upstream", "next_hop_address", "mx_preference")} == {
+        "upstream": f"mx2.a.test:{hosts.port}",
         "next_hop_address": "127.0.0.3",
         "mx_preference": 20,
     }
@@ -135,7 +135,7 @@ def test_a_domain_without_mx_gets_its_mail_at_its_address(mx_setup: Any) -> None
     assert send(gate, "bob@b.test") == {}
     assert [m.recipients for m in hosts["127.0.0.5"].messages] == [["bob@b.test"]]
     record = gate.transaction()
-    assert (record["next_hop"], record["next_hop_via"], record["mx_preference"]) == (
+    assert (record["upstream"], record["next_hop_via"], record["mx_preference"]) == (
         f"b.test:{hosts.port}",
         "implicit_mx",
         0,
@@ -204,7 +204,7 @@ def test_mx_hosts_with_different_tls_abilities(mx_setup: Any, upstream_ca: trust
     (plain,) = hosts["127.0.0.2"].messages
     assert (plain.recipients, plain.tls_version) == (["carol@plain.test"], "none")
     assert hosts["127.0.0.3"].messages == []
-    failures = [r["next_hop"].split(":")[0] for r in gate.wait_record("next_hop_failed", count=2)]
+    failures = [r["upstream"].split(":")[0] for r in gate.wait_record("next_hop_failed", count=2)]
     assert failures == ["mx1.secure.test", "mx2.secure.test"]
     records = {tuple(r["recipient_domains"]): r for r in gate.wait_record("transaction", count=2)}
     assert (

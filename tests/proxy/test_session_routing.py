@@ -98,10 +98,10 @@ def test_the_backup_is_used_when_the_primary_refuses_connections(
         """
     )
     failed = play.record("next_hop_failed")
-    assert (failed["next_hop"], failed["trying"]) == ("primary.test:2526", "backup.test:2526")
+    assert (failed["upstream"], failed["trying"]) == ("primary.test:2526", "backup.test:2526")
     assert failed["reason"] == "connect primary.test:2526: Connection refused"
     record = play.record("transaction")
-    assert (record["outcome"], record["next_hop"], record["next_hop_via"]) == (
+    assert (record["outcome"], record["upstream"], record["next_hop_via"]) == (
         "delivered",
         "backup.test:2526",
         "configured",
@@ -152,12 +152,12 @@ def test_mx_hosts_are_tried_in_the_order_of_the_route(mx_rt: PolicyRuntime) -> N
         """
     )
     record = play.record("transaction")
-    assert {k: record[k] for k in ("next_hop", "next_hop_address", "mx_preference")} == {
-        "next_hop": "mx2.a.test:25",
+    assert {k: record[k] for k in ("upstream", "next_hop_address", "mx_preference")} == {
+        "upstream": "mx2.a.test:25",
         "next_hop_address": "192.0.2.2",
         "mx_preference": 20,
     }
-    assert play.record("upstream_connected")["next_hop"] == "mx2.a.test:25"
+    assert play.record("upstream_connected")["upstream"] == "mx2.a.test:25"
 
 
 def test_implicit_mx_is_logged_as_such(mx_rt: PolicyRuntime) -> None:
@@ -291,7 +291,7 @@ def test_an_mx_host_without_starttls_is_skipped_when_tls_is_required(
     )
     assert play.record("next_hop_failed")["reason"] == "upstream does not offer STARTTLS"
     record = play.record("transaction")
-    assert (record["next_hop"], record["upstream_tls"], record["tls_name"]) == (
+    assert (record["upstream"], record["upstream_tls"], record["tls_name"]) == (
         "mx2.secure.test:25",
         "TLSv1.3",
         "mx2.secure.test",

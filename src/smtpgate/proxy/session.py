@@ -227,10 +227,10 @@ def closed_by_core_reason(server: ServerConnection, event: ConnectionClosed) -> 
 
 
 def hop_fields(leg: UpstreamLeg | None) -> dict[str, Any]:
-    """The next hop a leg went to, as records show it (docs/logs.md)."""
+    """More of the next hop a leg went to than its ``upstream`` (``host:port``), as
+    records show it (docs/logs.md)."""
     if leg is None:
         return {
-            "next_hop": "",
             "next_hop_address": "",
             "mx_preference": None,
             "next_hop_via": "",
@@ -238,7 +238,6 @@ def hop_fields(leg: UpstreamLeg | None) -> dict[str, Any]:
         }
     hop = leg.target.hop
     return {
-        "next_hop": str(hop),
         "next_hop_address": leg.peer or hop.address,
         "mx_preference": hop.preference,
         "next_hop_via": str(hop.via),
@@ -910,7 +909,7 @@ class Session:
             self._log(
                 "next_hop_failed",
                 session=self.id,
-                next_hop=str(failed),
+                upstream=str(failed),
                 next_hop_address=failed.address,
                 mx_preference=failed.preference,
                 reason=exc.reason,
