@@ -12,20 +12,16 @@ who reaches the address may read the metrics.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
-import os
-import socket
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from prometheus_client import make_asgi_app
 
 from smtpgate.config.errors import ConfigError
 from smtpgate.config.schema import MetricsSettings
+from smtpgate.embedded_http import EmbeddedHTTP, bind, url_host
 from smtpgate.logs import EventLog
 from smtpgate.metrics import GatewayState, Metrics
 
@@ -34,14 +30,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handling: serve's handlers stay in charge."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def read_token(path: Path) -> str:
@@ -102,45 +90,23 @@ class MetricsServer:
         self.settings = settings
         self.log = log
         self.port = 0
-        self._server: _EmbeddedServer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._http = EmbeddedHTTP()
 
     async def start(self) -> None:
         """Listen; a ConfigError naming ``metrics.listen`` (or ``metrics.token_file``)."""
         settings = self.settings
         token = read_token(settings.token_file) if settings.token_file else None
         listen = settings.listen
-        try:
-            sock = socket.create_server(
-                (listen.host, listen.port),
-                family=socket.AF_INET6 if ":" in listen.host else socket.AF_INET,
-                backlog=64,
-            )
-        except OSError as exc:
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConfigError.at([(("metrics", "listen"), f"{listen}: {why.lower()}")]) from exc
+        sock = bind(listen, "metrics", backlog=64)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
+        await self._http.start(
+            sock,
             metrics_app(self.metrics, token),
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            http="h11",
-            ws="none",
-            server_header=False,
-            proxy_headers=False,
-            timeout_graceful_shutdown=2,
-            limit_concurrency=16,
+            section="metrics",
+            concurrency=16,
+            graceful_seconds=2,
         )
-        self._server = _EmbeddedServer(config)
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                sock.close()
-                self._task.result()
-                raise ConfigError.at([(("metrics", "listen"), "the listener did not start")])
-            await asyncio.sleep(0.01)
-        host = f"[{listen.host}]" if ":" in listen.host else listen.host
+        host = url_host(listen.host)
         self.log.emit(
             "metrics_listening",
             listen=f"{host}:{self.port}",
@@ -148,11 +114,7 @@ class MetricsServer:
         )
 
     async def stop(self) -> None:
-        if self._server is None or self._task is None:
-            return
-        self._server.should_exit = True
-        with contextlib.suppress(Exception):
-            await self._task
+        await self._http.stop()
 
 
 def count_metrics(gateway: GatewayState, log: EventLog) -> Metrics | None:

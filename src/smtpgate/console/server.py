@@ -10,16 +10,10 @@ the next HTTPS handshake.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import socket
 import ssl
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import uvicorn
 
 from smtpgate.config.errors import ConfigError
 from smtpgate.config.predefined import TLS_CLIENT_STANDARD_PROFILE
@@ -31,6 +25,7 @@ from smtpgate.console.auth import Authenticator
 from smtpgate.console.backend import Backend, RunningProxy
 from smtpgate.console.browser import add_pages
 from smtpgate.console.throttle import LoginThrottle
+from smtpgate.embedded_http import EmbeddedHTTP, bind, url_host
 from smtpgate.logs import EventLog, describe_error
 from smtpgate.proxy.runtime import load_certificates
 from smtpgate.tls.certificates import CertificateError
@@ -41,14 +36,6 @@ from smtpgate.traffic.database import TrafficDatabase
 FIRST_ADMIN = "admin"
 #: Told the first administrator's name and password, once.
 FirstAdminAnnounce = Callable[[str, str], None]
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handling: serve's handlers stay in charge."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class Console:
@@ -73,8 +60,7 @@ class Console:
         add_pages(self.app)
         self._tls_for: Config | None = None
         self._tls: ssl.SSLContext | None = None
-        self._server: _EmbeddedServer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._http = EmbeddedHTTP()
         self.port = 0
 
     # -- the first administrator -----------------------------------------------------------
@@ -132,15 +118,7 @@ class Console:
         """Listen on ``[console] listen``; a ConfigError naming it if that fails.
         The first administrator is made once the address is ours (:meth:`ensure_first_admin`)."""
         listen = self.proxy.config.console.listen
-        try:
-            sock = socket.create_server(
-                (listen.host, listen.port),
-                family=socket.AF_INET6 if ":" in listen.host else socket.AF_INET,
-                backlog=128,
-            )
-        except OSError as exc:
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ConfigError.at([(("console", "listen"), f"{listen}: {why.lower()}")]) from exc
+        sock = bind(listen, "console", backlog=128)
         try:
             context = self._listening_context()
         except (CertificateError, OSError, ssl.SSLError) as exc:
@@ -152,27 +130,15 @@ class Console:
         except ConfigError:
             sock.close()
             raise
-        config = uvicorn.Config(
+        await self._http.start(
+            sock,
             self.app,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            http="h11",
-            ws="none",
-            server_header=False,
-            proxy_headers=False,
-            timeout_graceful_shutdown=5,
-            limit_concurrency=64,
-            ssl_context_factory=lambda _config, _default: context,
+            section="console",
+            concurrency=64,
+            graceful_seconds=5,
+            tls=context,
         )
-        self._server = _EmbeddedServer(config)
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise ConfigError.at([(("console", "listen"), "the console did not start")])
-            await asyncio.sleep(0.01)
-        host = f"[{listen.host}]" if ":" in listen.host else listen.host
+        host = url_host(listen.host)
         self.log.emit(
             "console_listening",
             listen=f"{host}:{self.port}",
@@ -180,11 +146,9 @@ class Console:
         )
 
     async def stop(self) -> None:
-        if self._server is None or self._task is None:
+        if not self._http.started:
             return
-        self._server.should_exit = True
-        with contextlib.suppress(Exception):
-            await self._task
+        await self._http.stop()
         self.log.emit("console_stopped")
 
 
