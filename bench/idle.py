@@ -19,12 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from smtpgate.tls.certificates import CertificateStore
 from tests.peers.mailsender import OpenSession, open_session
 
 from .load import HOST, body, client_context
 from .procs import tree_pss_kib
-from .relays import start_sink, start_smtpgate
+from .relays import certificates, start_sink, start_smtpgate
 
 SESSIONS = 10_000
 ACTIVE = 1_000
@@ -85,17 +84,7 @@ def run(quick: bool = False) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="smtpgate-bench-idle-"))
     stops = []
     try:
-        store = CertificateStore.load(
-            tmp / "state",
-            server_cert=None,
-            server_key=None,
-            ca_cert=None,
-            ca_key=None,
-            sni=[],
-            hostname="proxy.bench.test",
-        )
-        ca = tmp / "ca.pem"
-        ca.write_bytes(store.ca_pem())
+        store, ca = certificates(tmp)
         sink = start_sink(store, "starttls")
         stops.append(sink.stop)
         gate = start_smtpgate(tmp, ca, sink)

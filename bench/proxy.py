@@ -37,11 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smtpgate.tls.certificates import CertificateStore
-
 from .load import LoadResult, run_load
 from .procs import PeakPss, tree_cpu_seconds
-from .relays import Relay, start_haproxy, start_postfix, start_sink, start_smtpgate
+from .relays import Relay, certificates, start_haproxy, start_postfix, start_sink, start_smtpgate
 
 CORES = os.cpu_count() or 1
 ROUNDS = 3
@@ -192,17 +190,7 @@ def run(quick: bool = False) -> dict[str, object]:
     stops: list[object] = []
     rows: dict[str, Row] = {}
     try:
-        store = CertificateStore.load(
-            tmp / "state",
-            server_cert=None,
-            server_key=None,
-            ca_cert=None,
-            ca_key=None,
-            sni=[],
-            hostname="proxy.bench.test",
-        )
-        ca = tmp / "ca.pem"
-        ca.write_bytes(store.ca_pem())
+        store, ca = certificates(tmp)
         starttls_sink = start_sink(store, "starttls")
         stops.append(starttls_sink.stop)
         implicit_sink = start_sink(store, "implicit")

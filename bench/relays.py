@@ -67,6 +67,23 @@ def wait_port(port: int, timeout: float = 15.0, process: Process | None = None) 
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def certificates(tmp: Path) -> tuple[CertificateStore, Path]:
+    """The certificates every relay of a run uses (generated under ``tmp/state``, the
+    smtpgate configurations' state_dir), and the CA file the load generator trusts."""
+    store = CertificateStore.load(
+        tmp / "state",
+        server_cert=None,
+        server_key=None,
+        ca_cert=None,
+        ca_key=None,
+        sni=[],
+        hostname="proxy.bench.test",
+    )
+    ca = tmp / "ca.pem"
+    ca.write_bytes(store.ca_pem())
+    return store, ca
+
+
 def start_sink(store: CertificateStore, mode: str) -> Relay:
     cert, key = store.leaf_for("127.0.0.1")
     sink = Process(
