@@ -9,6 +9,7 @@ Models are frozen; lists are tuples. The ``tls_profiles`` and
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator, Mapping
 from functools import cached_property, lru_cache
@@ -86,6 +87,9 @@ DEFAULT_ESMTP_KEYWORDS = (
     "DSN",
     "ENHANCEDSTATUSCODES",
 )
+
+DEFAULT_AUTH_MECHANISMS = ("PLAIN", "LOGIN")
+_SASL_MECHANISM = re.compile(r"[A-Z0-9_-]{1,20}")
 
 # Keyword -> keyword it depends on (RFC 6531: an SMTPUTF8 server also supports 8BITMIME).
 _ESMTP_DEPENDENCIES = {"SMTPUTF8": "8BITMIME"}
@@ -458,6 +462,27 @@ class Policy(_Model):
     tproxy: bool = False
     #: The balancers whose PROXY headers are believed; empty: any peer's.
     proxy_protocol_from: tuple[Network, ...] = Field(default=(), strict=False)
+    #: ``"relay"``: AUTH offered over TLS and relayed to the upstream on an encrypted leg
+    #: bound to the session (smtpgate in front of a submission server; docs/proxy.md).
+    auth: Literal["off", "relay"] = "off"
+    #: The SASL mechanisms the EHLO reply offers with ``auth = "relay"``.
+    auth_mechanisms: tuple[StrictStr, ...] = Field(default=DEFAULT_AUTH_MECHANISMS, strict=False)
+
+    @field_validator("auth_mechanisms")
+    @classmethod
+    def _auth_mechanisms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        upper = tuple(m.upper() for m in value)
+        if not upper:
+            raise _custom_error("auth_mechanism", "name at least one SASL mechanism")
+        for mechanism in upper:
+            if not _SASL_MECHANISM.fullmatch(mechanism):
+                raise _custom_error(
+                    "auth_mechanism",
+                    f"{mechanism!r} is not a SASL mechanism name (RFC 4422: 1-20 of A-Z 0-9 - _)",
+                )
+        if len(set(upper)) != len(upper):
+            raise _custom_error("auth_mechanism", "mechanisms are listed more than once")
+        return upper
 
 
 # --- the whole file ------------------------------------------------------------------
@@ -638,6 +663,7 @@ def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
         yield from _loop_problems(config, i, policy)
         if policy.mx_port != 25 and policy.upstream != MX:
             yield (("policies", i, "mx_port"), 'only used with upstream = "mx"')
+        yield from _auth_problems(config, i, policy)
         if config.console.enabled and config.console.listen.overlaps(policy.listen):
             yield (
                 ("console", "listen"),
@@ -668,6 +694,32 @@ def _cross_check(config: Config) -> Iterator[tuple[Loc, str]]:
         yield ("logging", "file"), f'a file is set, but target = "{logging.target}"'
 
     yield from _certificate_problems(config.certificates)
+
+
+def _auth_problems(config: Config, i: int, policy: Policy) -> Iterator[tuple[Loc, str]]:
+    """``auth = "relay"`` where it cannot work (docs/configuration.md, AUTH)."""
+    if policy.auth != "relay":
+        if policy.auth_mechanisms != DEFAULT_AUTH_MECHANISMS:
+            yield ("policies", i, "auth_mechanisms"), 'only used with auth = "relay"'
+        return
+    at: Loc = ("policies", i, "auth")
+    if not configured_hosts(policy.upstream):
+        yield (
+            at,
+            f'AUTH is relayed to the configured submission server; upstream = "{policy.upstream}" '
+            "chooses a server per recipient or connection, after AUTH",
+        )
+    action = config.actions_by_name.get(policy.proxy_action)
+    if action is None:
+        return  # the proxy_action's own error
+    if not action.esmtp.enabled:
+        yield at, f"AUTH needs EHLO, and proxy action {action.name!r} has esmtp disabled"
+    elif not policy.implicit_tls and not action.starttls.enabled:
+        yield (
+            at,
+            f"AUTH is offered over TLS only, and this listener has neither implicit_tls nor "
+            f"STARTTLS (proxy action {action.name!r})",
+        )
 
 
 def _loop_problems(config: Config, i: int, policy: Policy) -> Iterator[tuple[Loc, str]]:

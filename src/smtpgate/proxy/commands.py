@@ -32,10 +32,13 @@ class SendUpstream:
 
 @dataclass(slots=True)
 class OpenUpstream:
-    """Connect to ``target`` (or take a parked leg of its mode); answered by
-    :class:`~smtpgate.proxy.events.UpstreamConnected` or ``UpstreamConnectFailed``."""
+    """Connect to ``target`` (or take a parked leg of its mode, unless ``fresh``); answered
+    by :class:`~smtpgate.proxy.events.UpstreamConnected` or ``UpstreamConnectFailed``."""
 
     target: UpstreamTarget
+    #: A new connection, never a parked one: for AUTH, whose exchange cannot be
+    #: replayed on another connection when a parked one turns out dead.
+    fresh: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,7 +196,7 @@ class SessionDriver:
             while rest:
                 command = rest[0]
                 if isinstance(command, OpenUpstream):
-                    answer = await self._open(command.target)
+                    answer = await self._open(command.target, fresh=command.fresh)
                 elif isinstance(command, ResolveNextHops):
                     resolution = await self.rt.resolver.route(command.domain, self.rt.mx_port)
                     answer = NextHopsResolved(command.domain, resolution)
@@ -232,8 +232,8 @@ class SessionDriver:
 
     # -- the asynchronous commands -------------------------------------------------------------
 
-    async def _open(self, target: UpstreamTarget) -> ProxyEvent:
-        parked = self.pool.take(target)
+    async def _open(self, target: UpstreamTarget, *, fresh: bool) -> ProxyEvent:
+        parked = None if fresh else self.pool.take(target)
         if parked is not None:
             self.leg, self.upstream = parked
             return UpstreamConnected(self.leg)

@@ -106,6 +106,7 @@ def compile_policy(
         starttls_enabled=starttls.enabled,
         rules=rules,
     )
+    auth_keyword = "AUTH " + " ".join(policy.auth_mechanisms) if policy.auth == "relay" else ""
     hosts = configured_hosts(policy.upstream)
     route = configured_route(hosts) if hosts else None
     transparent = policy.upstream == TRANSPARENT
@@ -171,10 +172,12 @@ def compile_policy(
             max_commands=general.max_commands,
             bare_newline=general.bare_newline,
             nul_bytes=general.nul_bytes,
+            auth=policy.auth == "relay",
         ),
         esmtp_enabled=esmtp.enabled,
         ehlo_keywords_clear=(*keywords, "STARTTLS") if offer_starttls else keywords,
-        ehlo_keywords_tls=keywords,
+        # AUTH over TLS only: credentials never cross a clear client leg (RFC 4954 section 4).
+        ehlo_keywords_tls=(*keywords, auth_keyword) if auth_keyword else keywords,
         require_tls_for_envelope=starttls.require_tls_for_envelope,
         rules=rules,
         received_header=general.received_header,

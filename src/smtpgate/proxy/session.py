@@ -86,6 +86,9 @@ from smtpgate.smtp.client import UpstreamProtocolError
 from smtpgate.smtp.events import (
     NEED_DATA,
     PAUSED,
+    AuthAborted,
+    AuthRequested,
+    AuthResponse,
     BodyChunk,
     BodyEnd,
     BodyInvalid,
@@ -108,9 +111,14 @@ REPLY_UPSTREAM_FAILED: Final = (
 
 REPLY_CLIENT_TIMEOUT: Final = b"421 4.4.2 Timeout, closing connection\r\n"
 
+REPLY_AUTH_UNAVAILABLE: Final = (454, "4.7.0 Temporary authentication failure")
+"""AUTH could not be relayed: the upstream leg cannot be opened, or not encrypted, or was
+lost during the exchange (RFC 4954 section 6); the reason is in the ``auth`` record."""
+
 #: Log reasons for a refusal that the rules, not a peer, decided.
 REASON_CLIENT_IN_CLEAR = "the rule requires an encrypted client leg"
 LOST_EARLIER = "upstream connection lost earlier in this transaction"
+AUTHENTICATED_LEG_LOST = "the authenticated upstream connection is gone"
 
 #: What a Received: token may hold: a host name, an address (literal), a TLS version or
 #: cipher name. Nothing that ends a line, a comment or the header's token list.
@@ -302,7 +310,30 @@ class AwaitReset:
     then: Hello | None = None
 
 
-Pending = AwaitRoute | AwaitRcpt | AwaitData | AwaitEnd | AwaitReset
+@dataclass(slots=True)
+class AwaitAuth:
+    """AUTH, or a SASL response, relayed (opening the leg first when needed).
+
+    Only the mechanism is ever logged; the SASL payloads stay in the SMTP cores.
+    """
+
+    mechanism: str
+    route: Route
+    #: Credentials cross no clear leg, whatever the rules say.
+    mode: UpstreamTLS = UpstreamTLS.REQUIRED
+    #: Which of ``route.hops`` is tried (the next one when it cannot be opened).
+    hop: int = 0
+    failures: list[str] = field(default_factory=list)
+    #: The AUTH line to send once the leg is open (its initial response, if any).
+    initial_response: bytes | None = field(default=None, repr=False)
+    #: The client sent ``*`` (RFC 4954 section 4).
+    cancelled: bool = False
+    #: The core ended the exchange itself (a response too long or not base64): the
+    #: upstream's answer to our ``*`` is not relayed.
+    aborted: bool = False
+
+
+Pending = AwaitRoute | AwaitRcpt | AwaitAuth | AwaitData | AwaitEnd | AwaitReset
 
 
 @dataclass(slots=True)
@@ -359,6 +390,8 @@ class Session:
         self.txn: Transaction | None = None
         self.leg: UpstreamLeg | None = None
         self.pending: Pending | None = None
+        #: The AUTH exchange whose 334 challenge the client is answering.
+        self.sasl: AwaitAuth | None = None
         self.closed = False
         self._handshaking = False
         self._clock = clock
@@ -582,6 +615,92 @@ class Session:
     def _reset_received(self, event: Reset) -> None:
         self._reset()
 
+    # -- AUTH (RFC 4954), relayed to the upstream on an encrypted leg bound to this session --
+
+    def _auth_requested(self, event: AuthRequested) -> None:
+        route = self.route
+        assert route is not None  # auth = "relay" needs configured hosts (config check)
+        pending = AwaitAuth(event.mechanism, route, initial_response=event.initial_response)
+        self.pending = pending
+        leg = self.leg
+        if leg is not None and leg.bound and leg.state is LegState.READY:
+            self._leg_open(pending, leg)  # a failed AUTH is tried again on the same leg
+            return
+        if leg is not None:
+            self.leg = None
+            self._out.append(ReleaseUpstream(leg))
+        # A new connection: a parked one may be dead, and an exchange cannot be replayed.
+        self._open_upstream(self._target(pending), fresh=True)
+
+    def _auth_response(self, event: AuthResponse) -> None:
+        exchange = self.sasl
+        assert exchange is not None
+        self.sasl = None
+        leg = self.leg
+        if leg is None or leg.state is not LegState.AUTH:
+            # The upstream leg was lost while the client was answering the challenge.
+            self.server.reply(*REPLY_AUTH_UNAVAILABLE)
+            self._log_auth(exchange, REPLY_AUTH_UNAVAILABLE[0], "upstream connection lost")
+            return
+        exchange.cancelled = event.data == b"*"
+        leg.auth_response(event.data)
+        self.pending = exchange
+
+    def _auth_aborted(self, event: AuthAborted) -> None:
+        exchange = self.sasl
+        assert exchange is not None
+        self.sasl = None
+        self._log_auth(exchange, event.code, f"the client's response: {event.text}")
+        leg = self.leg
+        if leg is not None and leg.state is LegState.AUTH:
+            exchange.aborted = True
+            leg.auth_response(b"*")  # the upstream's answer (501) is not relayed
+            self.pending = exchange
+
+    def _auth_reply(self, pending: AwaitAuth, reply: Reply) -> None:
+        self.pending = None
+        if reply.code == 334:
+            if pending.aborted or pending.cancelled:
+                raise UpstreamProtocolError("upstream challenged again after AUTH was cancelled")
+            self.sasl = pending
+            self.server.auth_challenge(reply.lines)
+            return
+        if pending.aborted:
+            return
+        self.server.reply_lines(reply.code, reply.lines)
+        self._log_auth(pending, reply.code)
+
+    def _log_auth(self, exchange: AwaitAuth, reply: int, reason: str = "") -> None:
+        """The ``auth`` record: the mechanism and the outcome, never a SASL payload."""
+        if reply == 235:
+            outcome = "authenticated"
+        elif exchange.cancelled:
+            outcome = "cancelled"
+        elif reply < 500:
+            outcome = "tempfail"
+        else:
+            outcome = "failed"
+        leg = self.leg
+        self._log(
+            "auth",
+            session=self.id,
+            client=self.client_addr,
+            policy=self.rt.name,
+            mechanism=exchange.mechanism,
+            outcome=outcome,
+            reply=reply,
+            upstream=leg.target.address if leg is not None else "",
+            reason=reason,
+        )
+
+    def _leg_open(self, pending: AwaitRcpt | AwaitAuth, leg: UpstreamLeg) -> None:
+        """``leg`` is open for what waits: the envelope, or the client's AUTH."""
+        if isinstance(pending, AwaitAuth):
+            leg.auth(pending.mechanism, pending.initial_response)
+            pending.initial_response = None
+        else:
+            self._send_envelope(pending, leg)
+
     def _core_closed(self, event: ConnectionClosed) -> None:
         self.end_reason = closed_by_core_reason(self.server, event)
         self._end_transaction("aborted", 0)
@@ -655,6 +774,10 @@ class Session:
             )
             return
         mode = upstream_tls(match.rule.recipient_encryption, client_encrypted=self.encrypted)
+        if self.server.authenticated:
+            # Every recipient goes on the authenticated leg, which is encrypted: at least
+            # what any rule asks for (docs/proxy.md, AUTH).
+            mode = UpstreamTLS.REQUIRED
         if txn.mode is not None and txn.mode is not mode:
             server.reply(*REPLY_OTHER_TRANSACTION)
             reason = f"needs upstream TLS {mode}, the transaction's leg is {txn.mode}"
@@ -718,21 +841,35 @@ class Session:
             pending.hop = route.position(leg.target.hop)
             self._send_envelope(pending, leg)
             return
+        if self.server.authenticated:
+            # Another connection would not carry the client's authentication.
+            self.pending = None
+            self.server.reply(*REPLY_UPSTREAM_FAILED)
+            self._rcpt_rejected(
+                txn,
+                pending.event,
+                pending.domain,
+                pending.rule,
+                REPLY_UPSTREAM_FAILED[0],
+                AUTHENTICATED_LEG_LOST,
+            )
+            return
         if leg is not None:
             self.leg = None
             self._out.append(ReleaseUpstream(leg))
         self._open_upstream(self._target(pending))
 
-    def _target(self, pending: AwaitRcpt) -> UpstreamTarget:
+    def _target(self, pending: AwaitRcpt | AwaitAuth) -> UpstreamTarget:
         """The upstream leg for the next hop ``pending`` is at, in its TLS mode."""
         target = self.rt.upstream_targets[pending.mode]
         hop = pending.route.hops[pending.hop]
         return target if target.hop is hop else target.to(hop)
 
-    def _open_upstream(self, target: UpstreamTarget) -> None:
-        """Ask for a leg to ``target``; its setup time counts from here."""
+    def _open_upstream(self, target: UpstreamTarget, *, fresh: bool = False) -> None:
+        """Ask for a leg to ``target`` (``fresh``: a new connection); its setup time counts
+        from here."""
         self._opening_since, self._upstream_tls_since = self._clock(), None
-        self._out.append(OpenUpstream(target))
+        self._out.append(OpenUpstream(target, fresh=fresh))
 
     def _send_envelope(self, pending: AwaitRcpt, leg: UpstreamLeg) -> None:
         """MAIL (with the first recipient) and RCPT upstream, pipelined when offered."""
@@ -813,12 +950,12 @@ class Session:
 
     def _upstream_connected(self, leg: UpstreamLeg) -> None:
         pending = self.pending
-        if not isinstance(pending, AwaitRcpt):
+        if not isinstance(pending, AwaitRcpt | AwaitAuth):
             self._out.append(ReleaseUpstream(leg))
             return
         self.leg = leg
         if leg.reused:
-            self._send_envelope(pending, leg)
+            self._leg_open(pending, leg)
             return
         try:
             leg.check_tls(leg.tls)  # implicit TLS: a failed check blocks ``required``
@@ -827,7 +964,7 @@ class Session:
 
     def _upstream_connect_failed(self, event: UpstreamConnectFailed) -> None:
         pending = self.pending
-        assert isinstance(pending, AwaitRcpt)
+        assert isinstance(pending, AwaitRcpt | AwaitAuth)
         self._open_failed(connect_failed(self._target(pending), event.reason, tls=event.tls))
 
     def _tls_result(self, event: TLSDone | TLSFailed) -> None:
@@ -891,14 +1028,15 @@ class Session:
                 setup_ms=milliseconds(now - self._opening_since),
             )
             pending = self.pending
-            assert isinstance(pending, AwaitRcpt)
-            self._send_envelope(pending, leg)
+            assert isinstance(pending, AwaitRcpt | AwaitAuth)
+            self._leg_open(pending, leg)
 
     def _open_failed(self, exc: UpstreamUnavailable) -> None:
         """The next hop could not be opened as the rule demands: try the next one;
-        after the last, the recipient gets the last one's reply (all temporary)."""
+        after the last, the recipient gets the last one's reply (all temporary);
+        an AUTH gets ``454 4.7.0``."""
         pending = self.pending
-        assert isinstance(pending, AwaitRcpt)
+        assert isinstance(pending, AwaitRcpt | AwaitAuth)
         self._drop_leg()
         self.leg = None
         hops = pending.route.hops
@@ -918,12 +1056,16 @@ class Session:
             self._open_upstream(self._target(pending))
             return
         self.pending = None
-        txn = self.txn
-        assert txn is not None
         reason = exc.reason
         if pending.failures:
             tried = "; ".join([*pending.failures, f"{failed}: {reason}"])
             reason = f"all {len(hops)} next hops failed: {tried}"
+        if isinstance(pending, AwaitAuth):
+            self.server.reply(*REPLY_AUTH_UNAVAILABLE)
+            self._log_auth(pending, REPLY_AUTH_UNAVAILABLE[0], reason)
+            return
+        txn = self.txn
+        assert txn is not None
         self.server.reply(exc.code, exc.text)
         self._rcpt_rejected(txn, pending.event, pending.domain, pending.rule, exc.code, reason)
 
@@ -933,6 +1075,8 @@ class Session:
         assert leg is not None
         if isinstance(pending, AwaitRcpt):
             self._rcpt_reply(pending, leg, reply)
+        elif isinstance(pending, AwaitAuth):
+            self._auth_reply(pending, reply)
         elif isinstance(pending, AwaitData):
             self.pending = None
             if reply.code != 354:
@@ -1025,7 +1169,16 @@ class Session:
         self._drop_leg()
         pending = self.pending
         txn = self.txn
-        if isinstance(pending, AwaitRcpt):
+        if isinstance(pending, AwaitAuth):
+            if opening:
+                self._open_failed(connect_failure(f"upstream dialogue failed: {reason}"))
+                return
+            self.pending = None
+            if not pending.aborted:
+                self.server.reply(*REPLY_AUTH_UNAVAILABLE)
+                self._log_auth(pending, REPLY_AUTH_UNAVAILABLE[0], reason)
+            self.leg = None
+        elif isinstance(pending, AwaitRcpt):
             assert txn is not None
             if opening:
                 self._open_failed(connect_failure(f"upstream dialogue failed: {reason}"))
@@ -1204,4 +1357,7 @@ _CLIENT_EVENT_HANDLERS: Final[dict[type, Callable[[Session, Any], None]]] = {
     StartTLSRequested: Session._starttls_requested,
     Reset: Session._reset_received,
     ConnectionClosed: Session._core_closed,
+    AuthRequested: Session._auth_requested,
+    AuthResponse: Session._auth_response,
+    AuthAborted: Session._auth_aborted,
 }

@@ -145,6 +145,7 @@ class LegState(Enum):
     STARTTLS = "starttls"  # STARTTLS sent
     HANDSHAKE = "handshake"  # 220 to STARTTLS received: the driver runs the handshake
     READY = "ready"  # opened, no transaction
+    AUTH = "auth"  # AUTH or a SASL response sent, its reply owed (a 334 leaves it here)
     ENVELOPE = "envelope"  # MAIL sent: a transaction is open upstream
     DATA = "data"  # DATA sent, its 354 owed
     BODY = "body"  # 354 received: body bytes flow, a QUIT now would be body text
@@ -162,7 +163,7 @@ class Opened(Enum):
 
 
 class UpstreamLeg:
-    __slots__ = ("client", "fallback", "peer", "reused", "state", "target", "tls")
+    __slots__ = ("bound", "client", "fallback", "peer", "reused", "state", "target", "tls")
 
     def __init__(self, target: UpstreamTarget, tls: TLSFacts = CLEAR) -> None:
         self.target = target
@@ -175,6 +176,9 @@ class UpstreamLeg:
         self.fallback = target.fallback
         #: The address connected to, when the driver knows it (for the log).
         self.peer = ""
+        #: AUTH was sent on it: it speaks for one client's credentials, so it serves that
+        #: session alone and is never parked for another (docs/proxy.md, AUTH).
+        self.bound = False
 
     @property
     def mode(self) -> UpstreamTLS:
@@ -182,8 +186,9 @@ class UpstreamLeg:
 
     @property
     def at_rest(self) -> bool:
-        """Open, no transaction, no reply owed: fit to be parked for another session."""
-        return self.state is LegState.READY and not self.owes_replies
+        """Open, no transaction, no reply owed, no client's AUTH on it: fit to be parked
+        for another session."""
+        return self.state is LegState.READY and not self.owes_replies and not self.bound
 
     @property
     def owes_replies(self) -> bool:
@@ -262,6 +267,17 @@ class UpstreamLeg:
 
     # -- a transaction ------------------------------------------------------------------------
 
+    def auth(self, mechanism: str, initial_response: bytes | None) -> None:
+        """The client's AUTH, relayed: from now on this leg is the client's alone."""
+        self.bound = True
+        self.client.send_auth(mechanism, initial_response)
+        self.state = LegState.AUTH
+
+    def auth_response(self, data: bytes) -> None:
+        """The client's answer to a ``334``, relayed verbatim (``*`` cancels)."""
+        self.client.send_auth_response(data)
+        self.state = LegState.AUTH
+
     def mail(self, sender: bytes, raw_params: bytes, *, smtputf8: bool) -> Dropped:
         """MAIL with the parameters this upstream offers; returns those left out."""
         caps = self.client.capabilities
@@ -320,6 +336,8 @@ class UpstreamLeg:
                     self.state = LegState.ENVELOPE
             elif command in (".", "RSET") or (command == "MAIL" and not event.is_positive):
                 self.state = LegState.READY
+            elif command == "AUTH" and event.code != 334:
+                self.state = LegState.READY  # the exchange is over, whatever its outcome
             return event
         if event is PAUSED:
             raise UpstreamProtocolError("reply wanted while paused for TLS")

@@ -72,6 +72,15 @@ class ClientConnection:
     def send_starttls(self) -> None:
         self._command(b"STARTTLS", "STARTTLS")
 
+    def send_auth(self, mechanism: str, initial_response: bytes | None) -> None:
+        """AUTH as the client gave it (RFC 4954); its replies, ``334`` included, answer "AUTH"."""
+        line = b"AUTH " + mechanism.encode("ascii")
+        self._command(line if initial_response is None else line + b" " + initial_response, "AUTH")
+
+    def send_auth_response(self, data: bytes) -> None:
+        """The client's SASL response to a ``334``, verbatim (``*`` cancels)."""
+        self._command(data, "AUTH")
+
     def send_mail(self, path: bytes, params: bytes = b"") -> None:
         self._command(b"MAIL FROM:" + path + (b" " + params if params else b""), "MAIL")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
 
@@ -31,6 +31,40 @@ class Hello:
 @dataclass(frozen=True, slots=True)
 class StartTLSRequested:
     """STARTTLS. The caller answers ``accept_starttls()`` or ``reply(454, ...)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequested:
+    """AUTH (RFC 4954) over TLS, with a mechanism the EHLO reply offered.
+
+    The caller relays it and answers with ``auth_challenge`` (``334``) or a final
+    ``reply_lines``. ``initial_response`` (None: none given; ``b"="``: an empty
+    one) is a credential: it never appears in a repr, a log or an error.
+    """
+
+    mechanism: str
+    initial_response: bytes | None = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    """The client's answer to a ``334`` challenge, verbatim (``*`` cancels, RFC 4954 4).
+
+    The caller relays it and answers like :class:`AuthRequested`. A credential:
+    never in a repr, a log or an error.
+    """
+
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthAborted:
+    """The client's answer to a challenge was too long or not base64: the core
+    answered ``code text`` itself and ended the exchange; the caller cancels it
+    upstream (``*``)."""
+
+    code: int
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +152,9 @@ class Reply:
 Event = (
     Hello
     | StartTLSRequested
+    | AuthRequested
+    | AuthResponse
+    | AuthAborted
     | MailFrom
     | RcptTo
     | DataRequested

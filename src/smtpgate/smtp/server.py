@@ -4,7 +4,8 @@ One object owns all session state; :data:`TRANSITIONS` is the table of what a
 positive answer to each command does. The core answers what needs no
 decision (NOOP, RSET, HELP, VRFY, QUIT, syntax and sequence errors) and asks
 the caller, through an event, for everything a proxy must decide or relay
-(EHLO/HELO, STARTTLS, MAIL, RCPT, DATA, end of data).
+(EHLO/HELO, STARTTLS, AUTH and each SASL response, MAIL, RCPT, DATA, end of
+data).
 
 Commands are parsed one at a time: while a command waits for its answer, the
 next one stays in the buffer, so replies to pipelined commands (RFC 2920)
@@ -14,16 +15,21 @@ predecessors' answers produced.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 from smtpgate.smtp.address import AddressError, is_hello_name, parse_path
 from smtpgate.smtp.data import BareNewlinePolicy, DataDecoder, NulPolicy
 from smtpgate.smtp.events import (
     NEED_DATA,
     PAUSED,
+    AuthAborted,
+    AuthRequested,
+    AuthResponse,
     BodyChunk,
     BodyEnd,
     BodyInvalid,
@@ -40,6 +46,24 @@ from smtpgate.smtp.events import (
 from smtpgate.smtp.extensions import MAIL_PARAMETERS, RCPT_PARAMETERS
 from smtpgate.smtp.replies import format_reply, format_reply_bytes
 
+#: RFC 4954 section 4: an AUTH command with its initial response, and each response
+#: to a challenge, may be this long (CRLF included), whatever the command-line limit.
+MAX_AUTH_LINE: Final = 12288
+
+#: A SASL mechanism name (RFC 4422 section 3.1).
+_MECHANISM = re.compile(rb"[A-Z0-9_-]{1,20}")
+#: A SASL response as RFC 4954 section 4 allows it: base64, ``=`` (empty) or ``*`` (cancel).
+#: Nothing else is relayed: a stray CR or NUL must never reach the upstream's command line.
+_SASL_RESPONSE = re.compile(rb"[A-Za-z0-9+/]*={0,2}|\*")
+
+REPLY_AUTH_NEEDS_TLS: Final = (
+    538,
+    "5.7.11 Encryption required for requested authentication mechanism",
+)
+"""AUTH on a client leg in clear (RFC 4954 section 6): the credentials are never relayed."""
+
+REPLY_NOT_IMPLEMENTED: Final = (502, "5.5.1 Command not implemented")
+
 
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
@@ -55,6 +79,8 @@ class ServerLimits:
     bare_newline: BareNewlinePolicy = "reject"
     nul_bytes: NulPolicy = "reject"
     vrfy: bool = True
+    #: The policy relays AUTH (``auth = "relay"``); the EHLO reply offers it over TLS only.
+    auth: bool = False
 
 
 class State(Enum):
@@ -64,6 +90,7 @@ class State(Enum):
     RCPT = "rcpt"  # at least one RCPT accepted
     DATA = "data"  # reading the body
     TLS = "tls"  # paused for the TLS handshake
+    AUTH = "auth"  # a 334 challenge was sent: the next line is the client's SASL response
     CLOSED = "closed"
 
 
@@ -81,9 +108,11 @@ TRANSITIONS: dict[tuple[str, bool], State | None] = {
     ("DATA", False): None,
     ("BODY", True): State.READY,
     ("BODY", False): State.READY,
+    ("AUTH", True): State.READY,
+    ("AUTH", False): State.READY,
 }
 
-_NOT_IMPLEMENTED = frozenset({b"EXPN", b"TURN", b"ETRN", b"BDAT", b"AUTH", b"ATRN", b"SEND"})
+_NOT_IMPLEMENTED = frozenset({b"EXPN", b"TURN", b"ETRN", b"BDAT", b"ATRN", b"SEND"})
 
 
 class LocalProtocolError(RuntimeError):
@@ -108,6 +137,10 @@ class ServerConnection:
         #: Plaintext bytes that followed STARTTLS and were thrown away (injection attempts).
         self.discarded_after_starttls = b""
         self.recipients = 0
+        #: AUTH succeeded (``235``); RFC 4954 allows one AUTH per session.
+        self.authenticated = False
+        #: The SASL mechanisms of our last EHLO answer's AUTH keyword.
+        self.auth_mechanisms: frozenset[bytes] = frozenset()
         self._smtputf8 = False
         self._buf = b""
         self._pos = 0
@@ -149,6 +182,12 @@ class ServerConnection:
             raise LocalProtocolError("reply_ehlo answers an EHLO")
         self.offered = frozenset(k.split(" ", 1)[0].upper() for k in keywords)
         self.starttls_offered = "STARTTLS" in self.offered
+        self.auth_mechanisms = frozenset(
+            mechanism.encode("ascii").upper()
+            for keyword in keywords
+            if keyword.split(" ", 1)[0].upper() == "AUTH"
+            for mechanism in keyword.split()[1:]
+        )
         self.reply(250, [greeting or self.hostname, *keywords])
 
     def accept_starttls(self) -> None:
@@ -171,6 +210,14 @@ class ServerConnection:
         self.esmtp = False
         self.starttls_offered = False
 
+    def auth_challenge(self, lines: Sequence[bytes]) -> None:
+        """Relay a ``334`` challenge verbatim; the client's next line is its SASL response."""
+        if self._awaiting != "AUTH":
+            raise LocalProtocolError("auth_challenge answers AUTH or a SASL response")
+        self._queue(format_reply_bytes(334, lines))
+        self._awaiting = None
+        self.state = State.AUTH
+
     def accept_data(self) -> None:
         if self._awaiting != "DATA":
             raise LocalProtocolError("accept_data answers DATA")
@@ -184,6 +231,9 @@ class ServerConnection:
         positive = code < 400 if command != "DATA" else code == 354
         if command == "STARTTLS":
             positive = code == 220
+        elif command == "AUTH":
+            positive = code == 235
+            self.authenticated = positive
         new_state = TRANSITIONS[command, positive]
         if new_state is not None:
             self.state = new_state
@@ -238,6 +288,9 @@ class ServerConnection:
         while self._pos < len(self._buf):
             if self.state is State.DATA:
                 self._receive_body()
+            elif self.state is State.AUTH:
+                if not self._receive_sasl_response():
+                    break
             elif not self._receive_command():
                 break
             if self._events:
@@ -279,11 +332,42 @@ class ServerConnection:
                 self._awaiting = "BODY"
                 self._events.append(BodyEnd())
 
+    def _receive_sasl_response(self) -> bool:
+        """One SASL response line, verbatim; False when only a partial line is left."""
+        buf, pos = self._buf, self._pos
+        newline = buf.find(b"\n", pos)
+        end = newline - 1 if newline > pos and buf[newline - 1] == 13 else newline
+        if (newline < 0 and len(buf) - pos > MAX_AUTH_LINE) or end - pos + 2 > MAX_AUTH_LINE:
+            # RFC 4954 section 4: the exchange ends here; the rest of the line is skipped.
+            self._skip_line = newline < 0
+            self._buf, self._pos = (b"", 0) if newline < 0 else (buf, newline + 1)
+            self._abort_sasl(500, "5.5.6 Authentication Exchange line is too long")
+            return True
+        if newline < 0:
+            if pos:
+                self._buf, self._pos = buf[pos:], 0
+            return False
+        self._pos = newline + 1
+        response = buf[pos:end]
+        if not _SASL_RESPONSE.fullmatch(response):
+            self._abort_sasl(501, "5.5.2 Cannot decode response")
+        else:
+            self._ask("AUTH", AuthResponse(response))
+        return True
+
+    def _abort_sasl(self, code: int, text: str) -> None:
+        """End the exchange with our own error; the caller cancels it upstream."""
+        self.state = State.READY
+        self._events.append(AuthAborted(code, text))
+        self._error(code, text)
+
     def _receive_command(self) -> bool:
         """Parse one command line; False when only a partial line is left."""
         buf, pos = self._buf, self._pos
         newline = buf.find(b"\n", pos)
         limit = self.limits.max_command_line
+        if self.limits.auth and buf[pos : pos + 5].upper() == b"AUTH ":
+            limit = max(limit, MAX_AUTH_LINE)  # an initial response may be long
         if newline < 0:
             if len(buf) - pos > limit:
                 self._buf, self._pos = b"", 0
@@ -318,7 +402,7 @@ class ServerConnection:
         if handler is not None:
             handler(self, arg)
         elif verb in _NOT_IMPLEMENTED:
-            self._error(502, "5.5.1 Command not implemented")
+            self._error(*REPLY_NOT_IMPLEMENTED)
         else:
             self._error(500, "5.5.2 Command not recognized")
 
@@ -348,6 +432,36 @@ class ServerConnection:
             self._error(502, "5.5.1 STARTTLS not available")
         else:
             self._ask("STARTTLS", StartTLSRequested())
+
+    def _cmd_auth(self, arg: bytes) -> None:
+        if not self.limits.auth:
+            self._error(*REPLY_NOT_IMPLEMENTED)
+            return
+        if not self.tls:
+            self._error(*REPLY_AUTH_NEEDS_TLS)
+            return
+        if self.state is State.INIT or not self.esmtp:
+            self._error(503, "5.5.1 Send EHLO first")
+            return
+        if self.authenticated:
+            self._error(503, "5.5.1 Already authenticated")
+            return
+        if self.state is not State.READY:
+            self._error(503, "5.5.1 MAIL transaction in progress")
+            return
+        words = arg.split(b" ")
+        mechanism = words[0].upper()
+        if not 1 <= len(words) <= 2 or not _MECHANISM.fullmatch(mechanism) or b"" in words:
+            self._error(501, "5.5.4 Syntax: AUTH mechanism [initial-response]")
+            return
+        if mechanism not in self.auth_mechanisms:
+            self._error(504, "5.5.4 Unrecognized authentication type")
+            return
+        initial = words[1] if len(words) == 2 else None
+        if initial is not None and (initial == b"*" or not _SASL_RESPONSE.fullmatch(initial)):
+            self._error(501, "5.5.2 Cannot decode initial response")
+            return
+        self._ask("AUTH", AuthRequested(mechanism.decode("ascii"), initial))
 
     def _cmd_mail(self, arg: bytes) -> None:
         if self.state is State.INIT:
@@ -498,6 +612,7 @@ _COMMANDS = {
     b"EHLO": ServerConnection._cmd_ehlo,
     b"HELO": ServerConnection._cmd_helo_plain,
     b"STARTTLS": ServerConnection._cmd_starttls,
+    b"AUTH": ServerConnection._cmd_auth,
     b"MAIL": ServerConnection._cmd_mail,
     b"RCPT": ServerConnection._cmd_rcpt,
     b"DATA": ServerConnection._cmd_data,
