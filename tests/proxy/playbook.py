@@ -215,6 +215,10 @@ class Playbook:
         if words[0] == "open":
             command = self._next(OpenUpstream, script_line=line)
             assert isinstance(command, OpenUpstream)
+            fresh = "fresh" in words  # a new connection, never a parked one
+            if fresh:
+                words.remove("fresh")
+            assert command.fresh is fresh, (command, line)
             if "to" in words:
                 at = words.index("to")
                 assert command.target.host == words[at + 1], (command.target.hop, line)
