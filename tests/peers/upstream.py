@@ -12,6 +12,8 @@ what the upstream leg really looked like:
 - ``proxy_protocol=True``: expects a HAProxy PROXY v1/v2 header first
 - ``data_delay``: seconds to wait before answering the final dot
 - ``smtputf8=True``: advertise SMTPUTF8
+- ``users={"alice": "password"}``: a submission server: AUTH PLAIN/LOGIN over TLS
+  only, and required before MAIL (``530 5.7.0``)
 
 The end-to-end proxy tests (``tests/proxy``) use the same server, started at once.
 """
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from . import ReservedPort, wait_until
 
@@ -42,6 +45,7 @@ class ReceivedMessage:
     tls_version: str | None  # "TLSv1.3", None when in clear
     tls_cipher: str | None
     proxy_src: tuple[str, int] | None = None  # from a PROXY header
+    authenticated_as: str | None = None  # the AUTH login of the session it came on
 
     @property
     def content(self) -> bytes:
@@ -106,12 +110,30 @@ class _Handler:
             tls_version=ssl_obj.version() if ssl_obj else None,
             tls_cipher=ssl_obj.cipher()[0] if ssl_obj else None,
             proxy_src=src,
+            authenticated_as=(getattr(session.auth_data, "login", b"") or b"").decode() or None,
         )
         with self.lock:
             self.messages.append(msg)
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         return self.data_reply
+
+
+@dataclass
+class _Authenticator:
+    """aiosmtpd's authenticator callback: the login and password against ``users``."""
+
+    users: dict[str, str]
+    attempts: list[tuple[str, str, bool]] = field(default_factory=list)
+
+    def __call__(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        assert isinstance(auth_data, LoginPassword)
+        login, password = auth_data.login.decode(), auth_data.password.decode()
+        success = self.users.get(login) == password
+        self.attempts.append((mechanism, login, success))
+        return AuthResult(success=success, handled=False, auth_data=auth_data if success else None)
 
 
 class AiosmtpdUpstream:
@@ -128,6 +150,7 @@ class AiosmtpdUpstream:
         data_delay: float = 0.0,
         smtputf8: bool = False,
         port: int | None = None,
+        users: dict[str, str] | None = None,
     ) -> None:
         #: Held until the server listens (see :class:`ReservedPort`).
         self._reserved = contextlib.ExitStack()
@@ -143,12 +166,19 @@ class AiosmtpdUpstream:
             kwargs["ssl_context"] = implicit
         if proxy_protocol:
             kwargs["proxy_protocol_timeout"] = 5
+        if users is not None:
+            kwargs["authenticator"] = _Authenticator(users)
+            kwargs["auth_required"] = True
+        #: (mechanism, login, success) per AUTH attempt, in arrival order.
+        self.auth_attempts: list[tuple[str, str, bool]] = (
+            kwargs["authenticator"].attempts if users is not None else []
+        )
         self.controller = Controller(
             self.handler,
             hostname="127.0.0.1",
             port=self.port,
             server_hostname=hostname,
-            auth_require_tls=False,
+            auth_require_tls=users is not None,
             ready_timeout=10,
             **kwargs,
         )
