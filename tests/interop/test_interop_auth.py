@@ -11,7 +11,8 @@ server. Shown over real sockets and real TLS on both legs:
 - a submission server without STARTTLS: ``454 4.7.0``, no credential sent;
 - the authenticated connection is never handed to another client (the pool);
 - no byte of the log, the console's traffic store or the process output holds
-  the password, in clear or in any base64 form.
+  the password, in clear or in any base64 form;
+- Postfix (``smtp_sasl_auth_enable``) authenticates through smtpgate too.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import base64
 import smtplib
 import sqlite3
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.peers import ReservedPort, wait_until
 from tests.peers.gate_config import gate_config, rule
+from tests.peers.postfix import PostfixInstance
 from tests.peers.relay import Relay
 from tests.peers.smtpgate_proc import SmtpgateProcess
 from tests.peers.swaks import SwaksResult, run_swaks
@@ -224,3 +227,30 @@ def test_the_secret_forms_looked_for_are_those_clients_send() -> None:
     blob = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
     assert any(form in blob for form in base64_forms(PASSWORD.encode()))
     assert any(form in base64.b64encode(PASSWORD.encode()) for form in SECRETS)
+
+
+def test_postfix_authenticates_through_smtpgate_with_smtp_sasl_auth_enable(
+    relay: Relay, start_postfix: Callable[..., PostfixInstance]
+) -> None:
+    """A real MTA as the client: Postfix's SMTP client (Cyrus SASL) relays through
+    smtpgate to the submission server with its configured credentials."""
+    up = relay.upstream("starttls", users=USERS)
+    gate = start_gate(relay, up)
+    snd = start_postfix(
+        "snd",
+        relayhost=f"[127.0.0.1]:{gate.port()}",
+        smtp_tls_security_level="encrypt",
+        main_cf={
+            "smtp_sasl_auth_enable": "yes",
+            "smtp_sasl_password_maps": f"static:{USER}:{PASSWORD}",
+            "smtp_sasl_security_options": "noanonymous",
+            "smtp_sasl_tls_security_options": "noanonymous",
+        },
+    )
+    snd.submit(USER, "bob@receiver.test", subject="submitted through smtpgate")
+    [msg] = up.wait_messages(1, timeout=30)
+    snd.wait_queue_empty()
+    assert msg.authenticated_as == USER
+    assert up.auth_attempts[0][1:] == (USER, True)
+    assert gate.wait_record("auth")[0]["outcome"] == "authenticated"
+    assert_no_secret(gate)
