@@ -23,7 +23,7 @@ declare -A packages=(
   [swaks]="swaks libnet-ssleay-perl"
   [openssl]="openssl"
   [haproxy]="haproxy"
-  [postfix]="postfix"
+  [postfix]="postfix libsasl2-modules"
   [postgresql]="postgresql"
   [nft]="nftables iproute2"
   [chromium]="chromium"
@@ -42,13 +42,15 @@ peers=(swaks openssl haproxy postfix postgresql nft chromium rsyslog logrotate s
 check_swaks() {
   # swaks 20201014 (Debian 12) does TLS through Net::SSLeay alone; `--support`
   # lists every optional feature, "=== TLS supported" or "*** TLS not available:
-  # requires Net::SSLeay", and exits 0 either way. The tests use nothing else
-  # optional (no AUTH, no IPv6, no MX lookups).
+  # requires Net::SSLeay", and exits 0 either way. The AUTH tests use PLAIN and
+  # LOGIN ("=== Basic AUTH supported"); nothing else optional (no IPv6, no MX lookups).
   command -v swaks >/dev/null || { echo "no swaks binary"; return; }
   local support
   support=$(swaks --support 2>&1) || true
   grep -q '^=== TLS supported' <<<"$support" ||
     echo "cannot do STARTTLS/TLS ($(grep -m1 'TLS' <<<"$support" || echo 'swaks --support does not list TLS'))"
+  grep -q '^=== Basic AUTH supported' <<<"$support" ||
+    echo "cannot do AUTH PLAIN/LOGIN ($(grep -m1 'Basic AUTH' <<<"$support" || echo 'swaks --support does not list Basic AUTH'))"
 }
 
 check_openssl() {
@@ -106,6 +108,11 @@ check_postfix() {
   tables=$(postconf -c "$confdir" -m 2>/dev/null) || true
   rm -rf "$confdir"
   grep -qx static <<<"$tables" || echo "has no 'static' lookup table (postconf -m)"
+  # tests/interop/test_interop_auth.py: the SMTP client authenticates (smtp_sasl_auth_enable)
+  # through Cyrus SASL, whose PLAIN mechanism is a plugin of libsasl2-modules.
+  postconf -A 2>/dev/null | grep -qx cyrus || echo "has no Cyrus SASL client (postconf -A)"
+  compgen -G '/usr/lib/*/sasl2/libplain.so*' >/dev/null ||
+    echo "has no SASL PLAIN client plugin (libsasl2-modules)"
 }
 
 check_postgresql() {
