@@ -16,6 +16,9 @@ from hypothesis import strategies as st
 
 from smtpgate.smtp import (
     NEED_DATA,
+    AuthAborted,
+    AuthRequested,
+    AuthResponse,
     BodyChunk,
     BodyEnd,
     BodyInvalid,
@@ -231,3 +234,57 @@ def test_decoder_takes_any_bytes(noise: bytes, cuts: list[int], mode: str, max_l
     assert after.endswith(b"AFTER")
     if decoder.violation is None:
         assert content.count(b"\r") == content.count(b"\n") == content.count(b"\r\n")
+
+
+def sasl_upstream(server: ServerConnection, event: object) -> None:
+    """A submission server behind the core: AUTH gets a challenge, a response ends it."""
+    if isinstance(event, AuthRequested):
+        server.auth_challenge([b"VXNlcm5hbWU6"])
+    elif isinstance(event, AuthResponse):
+        server.reply_lines(535, [b"5.7.8 Authentication credentials invalid"])
+    elif not isinstance(event, AuthAborted):
+        AcceptAll(keywords=("PIPELINING", "AUTH PLAIN LOGIN"))(server, event)  # type: ignore[arg-type]
+
+
+sasl_lines = st.one_of(
+    command_lines,
+    st.sampled_from([b"AUTH LOGIN", b"AUTH PLAIN AGFsaWNlAHB3", b"auth plain =", b"*", b"="]),
+    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+)
+
+
+@budget(300)
+@given(
+    lines=st.lists(sasl_lines, min_size=1, max_size=30),
+    endings=st.lists(st.sampled_from([b"\r\n", b"\n"]), min_size=30, max_size=30),
+    cuts=cut_lists,
+)
+def test_server_with_auth_answers_every_line_exactly_once(
+    lines: list[bytes], endings: list[bytes], cuts: list[int]
+) -> None:
+    """With AUTH relayed, every line, command or SASL response, still gets one reply in
+    order, and no response the caller is handed holds anything but base64, = or *."""
+    stream = b"EHLO c.test\r\n" + b"".join(
+        line + ending for line, ending in zip(lines, endings, strict=False)
+    )
+    server = ServerConnection("mx.test", ServerLimits(auth=True), tls=True)
+    server.greet()
+    events: list[object] = []
+    out = [server.data_to_send()]
+    for piece in split(stream, cuts):
+        if server.state is State.CLOSED:
+            break
+        server.receive_data(piece)
+        events += pump(server, sasl_upstream)  # type: ignore[arg-type]
+        out.append(server.data_to_send())
+    codes = final_replies(b"".join(out))
+    answered = codes[2:]  # the greeting, EHLO
+    if server.state is State.CLOSED:
+        assert answered[-1] == b"421"
+    else:
+        assert len(answered) == len(lines), (lines, out)
+    for event in events:
+        if isinstance(event, AuthResponse):
+            assert re.fullmatch(rb"[A-Za-z0-9+/]*={0,2}|\*", event.data), event
+        elif isinstance(event, AuthRequested) and event.initial_response is not None:
+            assert re.fullmatch(rb"[A-Za-z0-9+/]*={0,2}", event.initial_response), event
