@@ -12,7 +12,9 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 STATE_DIR = 'state_dir = "/var/lib/smtpgate"'
 
 
-@pytest.mark.parametrize("name", ["inbound.toml", "outgoing.toml", "outgoing-mx.toml"])
+@pytest.mark.parametrize(
+    "name", ["inbound.toml", "outgoing.toml", "outgoing-mx.toml", "submission.toml"]
+)
 def test_example_passes_check_without_warnings(name: str, tmp_path: Path) -> None:
     text = (EXAMPLES / name).read_text()
     assert text.count(STATE_DIR) == 1
