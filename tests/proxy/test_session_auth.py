@@ -195,6 +195,7 @@ def test_upstream_without_starttls_gets_454_and_no_credential_leaves(
     record = play.record("auth")
     assert (record["outcome"], record["reply"]) == ("tempfail", 454)
     assert record["reason"] == "upstream does not offer STARTTLS"
+    assert record["upstream"] == auth_rt.upstream
 
 
 def test_auth_in_clear_is_538_and_nothing_is_opened(auth_rt: PolicyRuntime) -> None:

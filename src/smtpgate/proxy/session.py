@@ -670,8 +670,11 @@ class Session:
         self.server.reply_lines(reply.code, reply.lines)
         self._log_auth(pending, reply.code)
 
-    def _log_auth(self, exchange: AwaitAuth, reply: int, reason: str = "") -> None:
-        """The ``auth`` record: the mechanism and the outcome, never a SASL payload."""
+    def _log_auth(
+        self, exchange: AwaitAuth, reply: int, reason: str = "", *, upstream: str | None = None
+    ) -> None:
+        """The ``auth`` record: the mechanism and the outcome, never a SASL payload.
+        ``upstream``: the next hop, when the leg to it is already dropped."""
         if reply == 235:
             outcome = "authenticated"
         elif exchange.cancelled:
@@ -689,7 +692,7 @@ class Session:
             mechanism=exchange.mechanism,
             outcome=outcome,
             reply=reply,
-            upstream=leg.target.address if leg is not None else "",
+            upstream=upstream if upstream is not None else leg.target.address if leg else "",
             reason=reason,
         )
 
@@ -1062,7 +1065,7 @@ class Session:
             reason = f"all {len(hops)} next hops failed: {tried}"
         if isinstance(pending, AwaitAuth):
             self.server.reply(*REPLY_AUTH_UNAVAILABLE)
-            self._log_auth(pending, REPLY_AUTH_UNAVAILABLE[0], reason)
+            self._log_auth(pending, REPLY_AUTH_UNAVAILABLE[0], reason, upstream=str(failed))
             return
         txn = self.txn
         assert txn is not None
