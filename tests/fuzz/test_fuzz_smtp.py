@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from smtpgate.smtp import (
@@ -254,6 +254,7 @@ sasl_lines = st.one_of(
 
 
 @budget(300)
+@example(lines=[b"NOOP", b"QUIT", b"AUTH LOGIN"], endings=[b"\r\n"] * 30, cuts=[])
 @given(
     lines=st.lists(sasl_lines, min_size=1, max_size=30),
     endings=st.lists(st.sampled_from([b"\r\n", b"\n"]), min_size=30, max_size=30),
@@ -280,7 +281,10 @@ def test_server_with_auth_answers_every_line_exactly_once(
     codes = final_replies(b"".join(out))
     answered = codes[2:]  # the greeting, EHLO
     if server.state is State.CLOSED:
-        assert answered[-1] == b"421"
+        # Too many errors (421), or a QUIT (221) that ends the session: what follows is
+        # never read.
+        assert answered[-1] in (b"421", b"221"), out
+        assert len(answered) <= len(lines) + 1
     else:
         assert len(answered) == len(lines), (lines, out)
     for event in events:
