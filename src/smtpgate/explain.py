@@ -15,6 +15,7 @@ from smtpgate.config.schema import Config, Policy, ProxyAction
 from smtpgate.config.upstream import configured_hosts
 from smtpgate.policy.decisions import (
     UpstreamTLS,
+    checked_domain,
     reject_mail_from_in_clear,
     reject_rcpt_in_clear,
     upstream_tls,
@@ -67,19 +68,26 @@ def explain(
         "rule_name": match.rule.name,
         "sender_encryption": str(match.rule.sender_encryption),
         "recipient_encryption": str(match.rule.recipient_encryption),
+        "tls_name_from": str(match.rule.tls_name_from),
         "client_leg": client_leg,
         "upstream_leg": upstream,
         "upstream_mode": str(mode),
+        "checked_domain": checked_domain(match.rule.tls_name_from, recipient_domain, mode),
     }
 
 
-def next_hops(policy: Policy, domain: str, lookup: RouteLookup | None) -> dict[str, Any]:
+def next_hops(
+    policy: Policy, domain: str, lookup: RouteLookup | None, *, tls: bool, checked: str = ""
+) -> dict[str, Any]:
     """The next hops that would be tried for mail to ``domain``, in order.
 
     Configured hosts as written; with ``upstream = "mx"`` what ``lookup`` finds
     in DNS now (equal preferences in one of their shuffled orders), or the
     reply a recipient would get when there is no route; without ``lookup``,
-    none.
+    none. Each hop's ``tls_name`` is the name its certificate would be checked
+    against: ``checked`` (the recipient domain, see
+    :func:`~smtpgate.policy.decisions.checked_domain`) or the hop's host name;
+    ``""`` when the leg has no TLS (``tls`` false).
     """
     hosts = configured_hosts(policy.upstream)
     if hosts:
@@ -99,6 +107,7 @@ def next_hops(policy: Policy, domain: str, lookup: RouteLookup | None) -> dict[s
                 "address": hop.address,
                 "mx_preference": hop.preference,
                 "via": str(hop.via),
+                "tls_name": (checked or hop.host) if tls else "",
             }
             for hop in resolution.hops
         ],
@@ -164,7 +173,13 @@ def rules_test(
     for recipient in recipients:
         decision = explain(proxy_action, sender, recipient, client_tls=client_tls)
         if policy is not None:
-            hops = next_hops(config.policy(policy), decision["recipient_domain"], lookup)
+            hops = next_hops(
+                config.policy(policy),
+                decision["recipient_domain"],
+                lookup,
+                tls=decision["upstream_mode"] != UpstreamTLS.NONE,
+                checked=decision["checked_domain"],
+            )
             decision |= hops
         results.append({"recipient": recipient, **decision})
     return {

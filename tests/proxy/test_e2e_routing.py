@@ -241,3 +241,130 @@ def test_recipients_of_three_domains_with_three_mx_hosts_are_split_by_452(
         "127.0.0.3": [["carol@b.test"]],
         "127.0.0.4": [["dave@c.test"]],
     }
+
+
+# -- which name the certificate is checked against -------------------------------------------
+
+TLS_UNAVAILABLE = (451, b"4.7.5 Cannot deliver encrypted as required, try later")
+
+#: The certificate names of each case: the MX host's only, the recipient domain's only, both.
+CERTIFICATE_NAMES = {
+    "host": ("mx1.provider.test",),
+    "domain": ("secure.test",),
+    "both": ("mx1.provider.test", "secure.test"),
+}
+
+
+def secure_rules(tls_name_from: str) -> list[dict[str, Any]]:
+    return [
+        rule(recipient="secure.test", recipient_encryption="required")
+        | {"tls_name_from": tls_name_from},
+        rule(recipient_encryption="none"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("names", "tls_name_from", "delivered"),
+    [
+        ("host", "next_hop", True),
+        ("host", "recipient_domain", False),
+        ("domain", "next_hop", False),
+        ("domain", "recipient_domain", True),
+        ("both", "next_hop", True),
+        ("both", "recipient_domain", True),
+    ],
+)
+def test_the_certificate_is_checked_against_the_name_the_rule_says(
+    mx_setup: Any, upstream_ca: trustme.CA, names: str, tls_name_from: str, delivered: bool
+) -> None:
+    """secure.test's one MX host, mx1.provider.test, presents a certificate for the
+    names of the case; the rule checks it against the MX host name (``next_hop``) or
+    the recipient's domain. A name that does not match under ``required`` is 451 4.7.5,
+    and nothing reaches the host; the name is the one sent as SNI, and ``tls_name``."""
+    sni_seen: list[str | None] = []
+    context = server_context(upstream_ca.issue_cert(*CERTIFICATE_NAMES[names]), sni_seen=sni_seen)
+    gate, hosts = mx_setup(
+        ["secure MX 10 mx1.provider", "mx1.provider A 127.0.0.2"],
+        {"127.0.0.2": {"starttls_context": context}},
+        rules=secure_rules(tls_name_from),
+        profile={"validate_certificates": True},
+    )
+    name = "mx1.provider.test" if tls_name_from == "next_hop" else "secure.test"
+    if delivered:
+        assert send(gate, "bob@secure.test") == {}
+        (message,) = hosts["127.0.0.2"].messages
+        assert (message.recipients, message.tls_version) == (["bob@secure.test"], "TLSv1.3")
+        record = gate.transaction()
+        assert (record["tls_name"], record["upstream_verify"]) == (name, "ok")
+    else:
+        with pytest.raises(Exception) as refused:
+            send(gate, "bob@secure.test")
+        assert refused.value.args[0] == {"bob@secure.test": TLS_UNAVAILABLE}
+        assert hosts["127.0.0.2"].messages == []
+        rejected = gate.wait_record("rcpt_rejected")[0]
+        assert rejected["reply"] == 451
+        assert "certificate verify failed" in rejected["reason"], rejected["reason"]
+    assert sni_seen[0] == name
+
+
+def test_mx_hosts_without_a_certificate_for_the_domain_are_skipped(
+    mx_setup: Any, upstream_ca: trustme.CA
+) -> None:
+    """Checked against the recipient domain: MX 10's certificate names only itself, so
+    it is skipped (logged with the name it was checked for) and MX 20, whose
+    certificate names secure.test, gets the mail."""
+    host_only = server_context(upstream_ca.issue_cert("mx1.provider.test"))
+    domain = server_context(upstream_ca.issue_cert("mx2.provider.test", "secure.test"))
+    gate, hosts = mx_setup(
+        [
+            "secure MX 10 mx1.provider",
+            "secure MX 20 mx2.provider",
+            "mx1.provider A 127.0.0.2",
+            "mx2.provider A 127.0.0.3",
+        ],
+        {"127.0.0.2": {"starttls_context": host_only}, "127.0.0.3": {"starttls_context": domain}},
+        rules=secure_rules("recipient_domain"),
+        profile={"validate_certificates": True},
+    )
+    assert send(gate, "bob@secure.test") == {}
+    assert [m.recipients for m in hosts["127.0.0.3"].messages] == [["bob@secure.test"]]
+    failed = gate.wait_record("next_hop_failed")[0]
+    assert (failed["upstream"], failed["tls_name"]) == (
+        f"mx1.provider.test:{hosts.port}",
+        "secure.test",
+    )
+    assert failed["reason"].startswith("TLS handshake failed:"), failed["reason"]
+    record = gate.transaction()
+    assert (record["upstream"], record["tls_name"]) == (
+        f"mx2.provider.test:{hosts.port}",
+        "secure.test",
+    )
+
+
+def test_domains_checked_by_their_own_names_are_split_even_on_one_mx_host(
+    mx_setup: Any, upstream_ca: trustme.CA
+) -> None:
+    """a.test and b.test share their MX host, but each is checked against its own name:
+    a leg checked for a.test says nothing about b.test, so b.test gets 452 4.5.3 and
+    its own connection in the next transaction."""
+    both = server_context(upstream_ca.issue_cert("mx.provider.test", "a.test", "b.test"))
+    gate, hosts = mx_setup(
+        ["a MX 10 mx.provider", "b MX 10 mx.provider", "mx.provider A 127.0.0.2"],
+        {"127.0.0.2": {"starttls_context": both}},
+        rules=[
+            rule(recipient_encryption="required") | {"tls_name_from": "recipient_domain"},
+        ],
+        profile={"validate_certificates": True},
+    )
+    other_transaction = (
+        452,
+        b"4.5.3 Recipient needs another transaction, send it again separately",
+    )
+    assert send(gate, "bob@a.test", "carol@b.test") == {"carol@b.test": other_transaction}
+    assert send(gate, "carol@b.test") == {}
+    assert [m.recipients for m in hosts["127.0.0.2"].messages] == [
+        ["bob@a.test"],
+        ["carol@b.test"],
+    ]
+    records = gate.wait_record("transaction", count=2)
+    assert [r["tls_name"] for r in records] == ["a.test", "b.test"]

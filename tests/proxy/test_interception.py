@@ -201,7 +201,7 @@ def test_the_session_relays_to_the_original_destination(transparent_rt: PolicyRu
         "10.200.2.2:25",
     )
     # Parked legs are kept by destination: another destination's session never takes it.
-    assert pool_key(book.target) == ("10.200.2.2", "", 25, book.target.mode)
+    assert pool_key(book.target) == ("10.200.2.2", "", 25, book.target.mode, "")
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from smtpgate.commands.common import (
 )
 from smtpgate.config.editing import ConfigDocument, EditError, rule_summary
 from smtpgate.explain import rules_test
-from smtpgate.policy.rules import RecipientEncryption, SenderEncryption
+from smtpgate.policy.rules import RecipientEncryption, SenderEncryption, TLSNameFrom
 from smtpgate.routing.resolver import blocking_lookup
 
 rules_app = typer.Typer(
@@ -45,6 +45,14 @@ SenderEncOption = Annotated[
 RecipientEncOption = Annotated[
     RecipientEncryption | None, typer.Option("--recipient-encryption", help="Upstream leg.")
 ]
+TLSNameFromOption = Annotated[
+    TLSNameFrom | None,
+    typer.Option(
+        "--tls-name-from",
+        help="The name the upstream certificate is checked against: the next hop's "
+        "host name or the recipient's domain.",
+    ),
+]
 
 
 def _fields(
@@ -54,6 +62,7 @@ def _fields(
     recipient: str | None,
     sender_encryption: SenderEncryption | None,
     recipient_encryption: RecipientEncryption | None,
+    tls_name_from: TLSNameFrom | None = None,
 ) -> dict[str, Any]:
     given = {
         "name": name,
@@ -62,6 +71,7 @@ def _fields(
         "recipient": recipient,
         "sender_encryption": sender_encryption.value if sender_encryption else None,
         "recipient_encryption": recipient_encryption.value if recipient_encryption else None,
+        "tls_name_from": tls_name_from.value if tls_name_from else None,
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -105,6 +115,7 @@ def rules_add(
     recipient: RecipientOption = None,
     sender_encryption: SenderEncOption = None,
     recipient_encryption: RecipientEncOption = None,
+    tls_name_from: TLSNameFromOption = None,
     disabled: Annotated[bool, typer.Option("--disabled", help="Add it switched off.")] = False,
     position: Annotated[
         int | None, typer.Option("--position", help="Insert at this position (default: last).")
@@ -113,7 +124,9 @@ def rules_add(
     as_json: JsonOption = False,
 ) -> None:
     """Add a rule (at the end, or at --position, moving later ones down)."""
-    fields = _fields(name, comment, sender, recipient, sender_encryption, recipient_encryption)
+    fields = _fields(
+        name, comment, sender, recipient, sender_encryption, recipient_encryption, tls_name_from
+    )
     if disabled:
         fields["enabled"] = False
 
@@ -135,11 +148,14 @@ def rules_set(
     recipient: RecipientOption = None,
     sender_encryption: SenderEncOption = None,
     recipient_encryption: RecipientEncOption = None,
+    tls_name_from: TLSNameFromOption = None,
     base: BaseOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Change keys of one rule; keys not given stay as they are."""
-    fields = _fields(name, comment, sender, recipient, sender_encryption, recipient_encryption)
+    fields = _fields(
+        name, comment, sender, recipient, sender_encryption, recipient_encryption, tls_name_from
+    )
     if not fields:
         die("nothing to set; give --sender, --recipient, --sender-encryption, ... ")
 
@@ -266,7 +282,7 @@ def rules_test_command(
         print_fields(
             (k, _hops_text(v) if k == "next_hops" else v)
             for k, v in result.items()
-            if k not in hidden and not (k == "no_route" and not v)
+            if k not in hidden and not (k in ("no_route", "checked_domain") and not v)
         )
 
 
@@ -281,5 +297,7 @@ def _hops_text(hops: list[dict[str, Any]]) -> str:
             text += f" (MX {hop['mx_preference']})"
         elif hop["via"] == "implicit_mx":
             text += " (no MX: its address)"
+        if hop["tls_name"] and hop["tls_name"] != hop["host"]:
+            text += f" (TLS name {hop['tls_name']})"
         parts.append(text)
     return ", ".join(parts) or "none"

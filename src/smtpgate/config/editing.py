@@ -26,7 +26,7 @@ Interface (stable; the API and console build on it):
   ``remove_rule``, ``move_rule(action, ref, to_position)``, ``enable_rule``,
   ``disable_rule``. ``fields`` are rule keys as in the file (``name``,
   ``comment``, ``enabled``, ``sender``, ``recipient``, ``sender_encryption``,
-  ``recipient_encryption``); in ``set_rule`` a value ``None`` removes the key.
+  ``recipient_encryption``, ``tls_name_from``); in ``set_rule`` a value ``None`` removes the key.
 - Proxy actions and TLS profiles (``kind`` is :data:`ACTIONS` or
   :data:`PROFILES`): ``clone(kind, name, new_name=None)`` (predefined or user;
   the default new name is the next free ``name.N``, SPEC 3),
@@ -89,6 +89,7 @@ RULE_KEYS = (
     "recipient",
     "sender_encryption",
     "recipient_encryption",
+    "tls_name_from",
 )
 
 _KIND_WORD = {ACTIONS: "proxy action", PROFILES: "TLS profile"}
@@ -197,6 +198,7 @@ def rule_summary(position: int, entry: RuleEntry) -> dict[str, Any]:
         "recipient": entry.recipient.text,
         "sender_encryption": str(entry.sender_encryption),
         "recipient_encryption": str(entry.recipient_encryption),
+        "tls_name_from": str(entry.tls_name_from),
     }
 
 

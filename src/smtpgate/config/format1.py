@@ -17,7 +17,7 @@ from typing import Any
 
 from smtpgate.config.errors import Loc, format_loc
 from smtpgate.config.names import DEFAULT_PROFILE_FOR_DIRECTION
-from smtpgate.config.schema import Config, ProxyAction, TLSProfile
+from smtpgate.config.schema import Config, ProxyAction, RuleEntry, TLSProfile
 from smtpgate.config.toml_writer import dumps
 
 FORMAT1_TLS_KEYS = ("min_version", "pfs", "validate_certificates", "ca_file")
@@ -103,7 +103,10 @@ def _inline_profile(action: ProxyAction, config: Config) -> TLSProfile | None:
 
 
 _FORMAT2_RULE_FIELDS = ("name", "comment")
-"""Rule keys format 1 did not have."""
+"""Rule keys format 1 did not have, unset by default."""
+
+_FORMAT2_RULE_SETTINGS = ("tls_name_from",)
+"""Rule keys format 1 did not have, with a default that format 1 behaves as."""
 
 
 def format1_losses(config: Config) -> list[str]:
@@ -136,6 +139,13 @@ def format1_losses(config: Config) -> list[str]:
                         f"{format_loc(('proxy_actions', i, 'starttls', 'rules', j, field))}: "
                         f"rule {field}s are not part of format 1"
                     )
+            for field in _FORMAT2_RULE_SETTINGS:
+                value = getattr(entry, field)
+                if value != RuleEntry.model_fields[field].default:
+                    losses.append(
+                        f"{format_loc(('proxy_actions', i, 'starttls', 'rules', j, field))}: "
+                        f"{field} = {str(value)!r} is not part of format 1"
+                    )
     for k, profile in enumerate(config.tls_profiles):
         if profile.name not in used:
             losses.append(
@@ -153,7 +163,7 @@ def export_format1(config: Config) -> str:
         starttls = dumped["starttls"]
         del starttls["tls_profile"]
         for rule in starttls["rules"]:
-            for field in _FORMAT2_RULE_FIELDS:
+            for field in (*_FORMAT2_RULE_FIELDS, *_FORMAT2_RULE_SETTINGS):
                 rule.pop(field, None)
         profile = _inline_profile(action, config)
         if profile is not None:

@@ -53,7 +53,13 @@ from smtpgate.config.paths import OptionalPath, RequiredPath
 from smtpgate.config.units import ByteSize, Duration
 from smtpgate.config.upstream import MX, Upstream, configured_hosts
 from smtpgate.policy.patterns import ANY_DOMAIN, DomainPattern, PatternError, PatternKind
-from smtpgate.policy.rules import EncryptionRule, RecipientEncryption, RuleSet, SenderEncryption
+from smtpgate.policy.rules import (
+    EncryptionRule,
+    RecipientEncryption,
+    RuleSet,
+    SenderEncryption,
+    TLSNameFrom,
+)
 from smtpgate.tls.profile import pfs_contradiction
 
 MAX_NAME_LENGTH = 100
@@ -330,6 +336,7 @@ class RuleEntry(_Model):
     recipient_encryption: RecipientEncryption = Field(
         default=RecipientEncryption.PREFERRED, strict=False
     )
+    tls_name_from: TLSNameFrom = Field(default=TLSNameFrom.NEXT_HOP, strict=False)
 
     def to_rule(self) -> EncryptionRule:
         return EncryptionRule(
@@ -339,6 +346,7 @@ class RuleEntry(_Model):
             recipient=self.recipient,
             sender_encryption=self.sender_encryption,
             recipient_encryption=self.recipient_encryption,
+            tls_name_from=self.tls_name_from,
         )
 
 

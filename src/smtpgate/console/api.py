@@ -44,7 +44,7 @@ from smtpgate.console.backend import Backend, PreconditionRequired, Saved, parse
 from smtpgate.console.certificates import UploadError, check_pair, describe_file, store_pair
 from smtpgate.console.traffic_routes import router as traffic_router
 from smtpgate.explain import rules_test
-from smtpgate.policy.rules import RecipientEncryption, SenderEncryption
+from smtpgate.policy.rules import RecipientEncryption, SenderEncryption, TLSNameFrom
 from smtpgate.routing.resolver import blocking_lookup
 from smtpgate.tls.certificates import CertificateError, CertificateStore
 from smtpgate.traffic.database import TrafficDatabase
@@ -105,6 +105,7 @@ class RuleFields(_Open):
     recipient: str | None = None
     sender_encryption: str | None = Field(None, description="GET /choices lists the values")
     recipient_encryption: str | None = Field(None, description="GET /choices lists the values")
+    tls_name_from: str | None = Field(None, description="GET /choices lists the values")
 
 
 class NewRule(RuleFields):
@@ -272,9 +273,11 @@ def _rule_default(key: str) -> str:
 CHOICES: dict[str, Any] = {
     "sender_encryption": [str(v) for v in SenderEncryption],
     "recipient_encryption": [str(v) for v in RecipientEncryption],
+    "tls_name_from": [str(v) for v in TLSNameFrom],
     "rule_defaults": {
         "sender_encryption": _rule_default("sender_encryption"),
         "recipient_encryption": _rule_default("recipient_encryption"),
+        "tls_name_from": _rule_default("tls_name_from"),
     },
     "direction": _literal(ProxyAction, "direction"),
     "bare_newline": _literal(GeneralSettings, "bare_newline"),

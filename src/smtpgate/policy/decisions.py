@@ -8,7 +8,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-from smtpgate.policy.rules import RecipientEncryption, RuleMatch, RuleSet, SenderEncryption
+from smtpgate.policy.rules import (
+    RecipientEncryption,
+    RuleMatch,
+    RuleSet,
+    SenderEncryption,
+    TLSNameFrom,
+)
 
 Reply = tuple[int, str]
 
@@ -126,3 +132,23 @@ def upstream_tls(
     if recipient_encryption is RecipientEncryption.NONE:
         return UpstreamTLS.NONE
     return UpstreamTLS.REQUIRED if client_encrypted else UpstreamTLS.NONE
+
+
+def checked_domain(tls_name_from: TLSNameFrom, recipient_domain: str, mode: UpstreamTLS) -> str:
+    """The domain the upstream certificate is checked against for this recipient, or
+    ``""`` when it is the next hop's host name (issue 10, docs/configuration.md
+    "Which name TLS checks").
+
+    ``recipient_domain`` under a rule with ``tls_name_from = "recipient_domain"``
+    (Postfix's ``secure``); ``""`` with ``next_hop`` (Postfix's ``verify``), on a
+    leg without TLS (nothing is checked), and for an address literal
+    (``bob@[192.0.2.1]``), whose next hop is that address and has no other name.
+    Recipients of one transaction must share it, as they share a TLS mode.
+    """
+    if (
+        tls_name_from is TLSNameFrom.NEXT_HOP
+        or mode is UpstreamTLS.NONE
+        or recipient_domain.startswith("[")
+    ):
+        return ""
+    return recipient_domain

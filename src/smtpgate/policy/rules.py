@@ -30,6 +30,19 @@ class RecipientEncryption(StrEnum):
     ALLOWED = "allowed"
 
 
+class TLSNameFrom(StrEnum):
+    """Which name the upstream leg sends as SNI and checks in the certificate
+    (under ``validate_certificates``), for a rule's recipients."""
+
+    NEXT_HOP = "next_hop"
+    """The next hop's host name: the configured host, or the MX host name (Postfix's
+    ``verify``, RFC 7672's "MX host name")."""
+    RECIPIENT_DOMAIN = "recipient_domain"
+    """The recipient's domain, whichever host DNS names (Postfix's ``secure`` with
+    ``match=nexthop``): an MX answer changed on the way cannot redirect the mail to a
+    host with a valid certificate for another name."""
+
+
 @dataclass(frozen=True, slots=True)
 class EncryptionRule:
     enabled: bool = True
@@ -37,6 +50,7 @@ class EncryptionRule:
     recipient: DomainPattern = ANY_DOMAIN
     sender_encryption: SenderEncryption = SenderEncryption.OPTIONAL
     recipient_encryption: RecipientEncryption = RecipientEncryption.PREFERRED
+    tls_name_from: TLSNameFrom = TLSNameFrom.NEXT_HOP
     #: The rule's stable name (config ``name``), shown beside its position.
     name: str | None = None
 

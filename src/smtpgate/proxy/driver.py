@@ -243,7 +243,7 @@ class SessionDriver:
                 target.hop.connect_to,
                 target.port,
                 ssl_context=target.context if implicit else None,
-                server_hostname=target.host if implicit else None,
+                server_hostname=target.tls_name if implicit else None,
                 timeout=target.connect_timeout,
             )
         except ssl.SSLError as exc:
@@ -276,7 +276,7 @@ class SessionDriver:
             await stream.start_tls(
                 target.context,
                 server_side=False,
-                server_hostname=target.host,
+                server_hostname=target.tls_name,
                 timeout=target.timeout,
             )
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
@@ -302,11 +302,11 @@ async def upstream_tls_facts(stream: Stream, target: UpstreamTarget) -> TLSFacts
     if profile.ocsp:
         verdict = await target.verifier.check_with_ocsp(
             ssl_object,
-            target.host,
+            target.tls_name,
             check_chain=target.verify_in_handshake or profile.validate_certificates,
         )
     elif target.verify_in_handshake:
         verdict = OK
     else:
-        verdict = target.verifier.check(ssl_object, target.host)
+        verdict = target.verifier.check(ssl_object, target.tls_name)
     return TLSFacts(version, cipher, verdict)

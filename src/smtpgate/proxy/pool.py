@@ -28,14 +28,15 @@ IDLE_SECONDS = 10.0
 MAX_IDLE_PER_KEY = 32
 
 Parked = tuple[float, UpstreamLeg, Stream]
-#: Next hop (host name, address, port) and TLS mode: legs of an MX or transparent
-#: policy go to many servers, and only one to the same server in the same mode serves.
-PoolKey = tuple[str, str, int, UpstreamTLS]
+#: Next hop (host name, address, port), TLS mode and the name its certificate was
+#: checked against: legs of an MX or transparent policy go to many servers, and only
+#: one to the same server in the same mode, checked for the same name, serves.
+PoolKey = tuple[str, str, int, UpstreamTLS, str]
 
 
 def pool_key(target: UpstreamTarget) -> PoolKey:
     hop = target.hop
-    return hop.host, hop.address, hop.port, target.mode
+    return hop.host, hop.address, hop.port, target.mode, target.checked_domain
 
 
 def usable(stream: Stream) -> bool:

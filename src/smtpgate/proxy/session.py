@@ -35,6 +35,7 @@ from smtpgate.policy.decisions import (
     REPLY_MUST_STARTTLS,
     REPLY_OTHER_TRANSACTION,
     UpstreamTLS,
+    checked_domain,
     reject_mail_from_in_clear,
     reject_rcpt_in_clear,
     upstream_tls,
@@ -145,6 +146,7 @@ class Transaction:
     its log record gives."""
 
     __slots__ = (
+        "checked_domain",
         "final_reply",
         "headers",
         "mail_params",
@@ -174,6 +176,8 @@ class Transaction:
         self.smtputf8 = smtputf8
         #: The upstream TLS mode fixed by the first accepted recipient (SPEC 2.2).
         self.mode: UpstreamTLS | None = None
+        #: ... and the domain its certificate is checked against ("": the next hop's name).
+        self.checked_domain = ""
         #: The next hops fixed by the first accepted recipient: others must share them.
         self.route: Route | None = None
         self.recipient_domains: list[str] = []
@@ -250,7 +254,7 @@ def hop_fields(leg: UpstreamLeg | None) -> dict[str, Any]:
         "mx_preference": hop.preference,
         "next_hop_via": str(hop.via),
         # The name sent as SNI and, under validate_certificates, checked in the certificate.
-        "tls_name": hop.host if leg.tls.version != "none" else "",
+        "tls_name": leg.target.tls_name if leg.tls.version != "none" else "",
     }
 
 
@@ -265,6 +269,7 @@ class AwaitRoute:
     domain: str
     rule: str
     mode: UpstreamTLS
+    checked_domain: str
 
 
 @dataclass(slots=True)
@@ -276,6 +281,8 @@ class AwaitRcpt:
     rule: str
     mode: UpstreamTLS
     route: Route
+    #: The domain the certificate is checked against; "": each next hop's host name.
+    checked_domain: str = ""
     #: Which of ``route.hops`` is tried (the next one when it cannot be opened).
     hop: int = 0
     #: Why the hops tried before failed, for the log when all do.
@@ -324,6 +331,9 @@ class AwaitAuth:
     #: Which of ``route.hops`` is tried (the next one when it cannot be opened).
     hop: int = 0
     failures: list[str] = field(default_factory=list)
+    #: AUTH comes before any recipient: the certificate is checked against the next
+    #: hop's host name, never a recipient's domain.
+    checked_domain: str = ""
     #: The AUTH line to send once the leg is open (its initial response, if any).
     initial_response: bytes | None = field(default=None, repr=False)
     #: The client sent ``*`` (RFC 4954 section 4).
@@ -779,11 +789,21 @@ class Session:
         mode = upstream_tls(match.rule.recipient_encryption, client_encrypted=self.encrypted)
         if self.server.authenticated:
             # Every recipient goes on the authenticated leg, which is encrypted: at least
-            # what any rule asks for (docs/proxy.md, AUTH).
+            # what any rule asks for (docs/proxy.md, AUTH); its certificate was checked
+            # against the next hop's name when AUTH opened it, before any recipient.
             mode = UpstreamTLS.REQUIRED
-        if txn.mode is not None and txn.mode is not mode:
+            checked = ""
+        else:
+            checked = checked_domain(match.rule.tls_name_from, domain, mode)
+        if txn.mode is not None and (txn.mode is not mode or txn.checked_domain != checked):
             server.reply(*REPLY_OTHER_TRANSACTION)
-            reason = f"needs upstream TLS {mode}, the transaction's leg is {txn.mode}"
+            if txn.mode is not mode:
+                reason = f"needs upstream TLS {mode}, the transaction's leg is {txn.mode}"
+            else:
+                reason = (
+                    f"needs upstream TLS checked for {checked or 'the next hop name'}, "
+                    f"the transaction's leg is checked for {txn.checked_domain or 'its host name'}"
+                )
             self._rcpt_rejected(txn, event, domain, match.label, REPLY_OTHER_TRANSACTION[0], reason)
             return
         leg = self.leg
@@ -798,10 +818,10 @@ class Session:
             return
         route = self.route
         if route is None:  # upstream = "mx": the driver asks DNS
-            self.pending = AwaitRoute(event, domain, match.label, mode)
+            self.pending = AwaitRoute(event, domain, match.label, mode, checked)
             self._out.append(ResolveNextHops(domain))
             return
-        self._relay_rcpt(AwaitRcpt(event, domain, match.label, mode, route))
+        self._relay_rcpt(AwaitRcpt(event, domain, match.label, mode, route, checked))
 
     def _next_hops_resolved(self, event: NextHopsResolved) -> None:
         pending = self.pending
@@ -822,7 +842,14 @@ class Session:
             )
             return
         self._relay_rcpt(
-            AwaitRcpt(pending.event, pending.domain, pending.rule, pending.mode, resolution)
+            AwaitRcpt(
+                pending.event,
+                pending.domain,
+                pending.rule,
+                pending.mode,
+                resolution,
+                pending.checked_domain,
+            )
         )
 
     def _relay_rcpt(self, pending: AwaitRcpt) -> None:
@@ -840,7 +867,12 @@ class Session:
             return
         self.pending = pending
         leg = self.leg
-        if leg is not None and leg.mode is pending.mode and leg.target.hop in route:
+        if (
+            leg is not None
+            and leg.mode is pending.mode
+            and leg.target.checked_domain == pending.checked_domain
+            and leg.target.hop in route
+        ):
             pending.hop = route.position(leg.target.hop)
             self._send_envelope(pending, leg)
             return
@@ -866,7 +898,9 @@ class Session:
         """The upstream leg for the next hop ``pending`` is at, in its TLS mode."""
         target = self.rt.upstream_targets[pending.mode]
         hop = pending.route.hops[pending.hop]
-        return target if target.hop is hop else target.to(hop)
+        if target.hop is hop and not pending.checked_domain:
+            return target
+        return target.to(hop, pending.checked_domain)
 
     def _open_upstream(self, target: UpstreamTarget, *, fresh: bool = False) -> None:
         """Ask for a leg to ``target`` (``fresh``: a new connection); its setup time counts
@@ -1045,6 +1079,9 @@ class Session:
         hops = pending.route.hops
         failed = hops[pending.hop]
         if pending.hop + 1 < len(hops):
+            tls_name = (
+                self._target(pending).tls_name if pending.mode is not UpstreamTLS.NONE else ""
+            )
             pending.hop += 1
             pending.failures.append(f"{failed}: {exc.reason}")
             self._log(
@@ -1053,6 +1090,7 @@ class Session:
                 upstream=str(failed),
                 next_hop_address=failed.address,
                 mx_preference=failed.preference,
+                tls_name=tls_name,
                 reason=exc.reason,
                 trying=str(hops[pending.hop]),
             )
@@ -1149,6 +1187,7 @@ class Session:
         if answer.is_positive:
             if txn.mode is None:
                 txn.mode = pending.mode
+                txn.checked_domain = pending.checked_domain
                 txn.route = pending.route
                 txn.rule = pending.rule
             txn.recipient_domains.append(pending.domain)
@@ -1200,6 +1239,7 @@ class Session:
                     pending.rule,
                     pending.mode,
                     pending.route,
+                    pending.checked_domain,
                     pending.hop,
                     retried=True,
                 )

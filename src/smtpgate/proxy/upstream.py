@@ -87,10 +87,19 @@ class UpstreamTarget:
     connect_timeout: float
     #: Why this target is in clear although its mode prefers TLS (a failed handshake).
     fallback: str = ""
+    #: The recipient's domain when the rule has the certificate checked against it
+    #: (``tls_name_from = "recipient_domain"``); "" for the next hop's host name.
+    checked_domain: str = ""
 
     @property
     def host(self) -> str:
         return self.hop.host
+
+    @property
+    def tls_name(self) -> str:
+        """The name sent as SNI and, under ``validate_certificates``, checked in the
+        certificate (the ``tls_name`` of the records)."""
+        return self.checked_domain or self.hop.host
 
     @property
     def port(self) -> int:
@@ -101,9 +110,9 @@ class UpstreamTarget:
         """``host:port`` as logs show it."""
         return str(self.hop)
 
-    def to(self, hop: NextHop) -> UpstreamTarget:
-        """The same settings towards another next hop."""
-        return replace(self, hop=hop)
+    def to(self, hop: NextHop, checked_domain: str = "") -> UpstreamTarget:
+        """The same settings towards another next hop (checked against ``checked_domain``)."""
+        return replace(self, hop=hop, checked_domain=checked_domain)
 
     def without_starttls(self, why: str) -> UpstreamTarget:
         """The same upstream in clear: an opportunistic handshake failed (RFC 7435)."""
