@@ -146,7 +146,20 @@ def test_rules_list_shows_positions_and_names(cfg: Path) -> None:
         "recipient": "*.legacy.example",
         "sender_encryption": "optional",
         "recipient_encryption": "none",
+        "tls_name_from": "next_hop",
     }
+
+
+def test_rules_set_tls_name_from(cfg: Path) -> None:
+    """The certificate checked against the recipient's domain: written to the file,
+    listed, and refused with the values when misspelled."""
+    c = str(cfg)
+    changed = as_json("rules", "set", "-c", c, "-a", "Inbound", "1",
+                      "--tls-name-from", "recipient_domain")  # fmt: skip
+    assert changed["result"]["tls_name_from"] == "recipient_domain"
+    assert rules_of(cfg)[0]["tls_name_from"] == "recipient_domain"
+    wrong = run("rules", "set", "-c", c, "-a", "Inbound", "1", "--tls-name-from", "mx")
+    assert wrong.returncode == 2 and "'next_hop', 'recipient_domain'" in wrong.stderr
 
 
 def test_rules_set_move_disable_enable_remove(cfg: Path) -> None:

@@ -147,6 +147,32 @@ starttls.tls_profile = "TLS-Server.Standard"
     assert again.profile_for("Inbound.Custom").ca_file == config.profile("Strict").ca_file
 
 
+def test_a_rule_checking_the_recipient_domain_is_a_loss_in_format1() -> None:
+    """Format 1 checked the next hop's name: tls_name_from = "recipient_domain" is named
+    as lost and not written; the default is not a loss."""
+    text = """
+[[proxy_actions]]
+name = "A"
+[[proxy_actions.starttls.rules]]
+recipient = "a.example"
+tls_name_from = "recipient_domain"
+[[proxy_actions.starttls.rules]]
+recipient = "b.example"
+"""
+    config = load(text)
+    assert format1_losses(config) == [
+        "proxy_actions[1].starttls.rules[1].tls_name_from: "
+        "tls_name_from = 'recipient_domain' is not part of format 1"
+    ]
+    exported = export_format1(config)
+    body = [line for line in exported.splitlines() if not line.startswith("#")]
+    assert not any("tls_name_from" in line for line in body)
+    assert [r.tls_name_from for r in load(exported).action("A").starttls.rules] == [
+        "next_hop",
+        "next_hop",
+    ]
+
+
 def test_export_escapes_strings() -> None:
     config = load('[gateway]\nhostname = "mx.example"\n[logging]\nfile = "dir \\"x\\"\\\\log"\n')
     assert load(export_format1(config)).logging.file == config.logging.file
