@@ -368,3 +368,136 @@ def test_domains_checked_by_their_own_names_are_split_even_on_one_mx_host(
     ]
     records = gate.wait_record("transaction", count=2)
     assert [r["tls_name"] for r in records] == ["a.test", "b.test"]
+
+
+# -- the next MX host when one fails before the transaction --------------------------------
+
+UNAVAILABLE = (451, b"4.4.1 Upstream server unavailable, try later")
+BROKEN_HANDSHAKE = b"this is not a TLS ServerHello\r\n" * 4
+SECURE_RULES = [rule(recipient="secure.test", recipient_encryption="required")]
+
+
+def failing_host(
+    upstream_ca: trustme.CA, faults: dict[str, Any], name: str = "mx1.secure.test"
+) -> dict[str, Any]:
+    """A scripted MX host for ``name`` that misbehaves as ``faults`` says."""
+    named = server_context(upstream_ca.issue_cert(name))
+    return {"starttls_context": named, "faults": faults}
+
+
+@pytest.mark.parametrize(
+    ("faults", "reason"),
+    [
+        ({"connect": b"421 4.3.2 Shutting down\r\n"}, "upstream greeting 421 4.3.2 Shutting down"),
+        ({"connect": b"554 5.3.2 No service\r\n"}, "upstream greeting 554 5.3.2 No service"),
+        (
+            {"EHLO": b"502 5.5.1 No\r\n", "HELO": b"421 4.3.2 No\r\n"},
+            "upstream refused HELO: 421 4.3.2 No",
+        ),
+        ({"handshake": BROKEN_HANDSHAKE}, "TLS handshake failed: "),
+        ({"MAIL": b"451 4.7.1 Greylisted, try later\r\n"}, "upstream refused MAIL: 451 4.7.1"),
+    ],
+    ids=["greeting-421", "greeting-554", "ehlo-and-helo-refused", "handshake", "mail-451"],
+)
+def test_an_mx_host_failing_before_the_transaction_is_skipped(
+    mx_setup: Any, upstream_ca: trustme.CA, faults: dict[str, Any], reason: str
+) -> None:
+    """MX 10 fails before any recipient is accepted on it (its greeting, EHLO and HELO,
+    the TLS the rule requires, a temporary refusal of MAIL): MX 20 gets the mail, and
+    ``next_hop_failed`` says why MX 10 was skipped."""
+    good = server_context(upstream_ca.issue_cert("mx2.secure.test"))
+    gate, hosts = mx_setup(
+        [
+            "secure MX 10 mx1.secure",
+            "secure MX 20 mx2.secure",
+            "mx1.secure A 127.0.0.2",
+            "mx2.secure A 127.0.0.3",
+        ],
+        {"127.0.0.2": failing_host(upstream_ca, faults), "127.0.0.3": {"starttls_context": good}},
+        rules=SECURE_RULES,
+        profile={"validate_certificates": True},
+    )
+    assert send(gate, "bob@secure.test") == {}
+    assert hosts["127.0.0.2"].messages == []
+    assert [m.recipients for m in hosts["127.0.0.3"].messages] == [["bob@secure.test"]]
+    failed = gate.wait_record("next_hop_failed")[0]
+    assert (failed["upstream"], failed["trying"]) == (
+        f"mx1.secure.test:{hosts.port}",
+        f"mx2.secure.test:{hosts.port}",
+    )
+    assert failed["reason"].startswith(reason), failed["reason"]
+    assert gate.transaction()["upstream"] == f"mx2.secure.test:{hosts.port}"
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "reply"),
+    [
+        ("greeting-421", "handshake", TLS_UNAVAILABLE),
+        ("handshake", "greeting-421", UNAVAILABLE),
+        ("handshake", "mail-451", (451, b"4.7.1 Greylisted, try later")),
+    ],
+)
+def test_when_every_mx_host_fails_the_reply_is_the_last_failures(
+    mx_setup: Any, upstream_ca: trustme.CA, first: str, last: str, reply: tuple[int, bytes]
+) -> None:
+    """Both MX hosts fail: the recipient gets the reply of the last one's failure
+    (451 4.4.1 for a host that would not talk, 451 4.7.5 for TLS that could not be
+    had, the host's own temporary refusal of MAIL), and the reason names both."""
+    faults = {
+        "greeting-421": {"connect": b"421 4.3.2 Shutting down\r\n"},
+        "handshake": {"handshake": BROKEN_HANDSHAKE},
+        "mail-451": {"MAIL": b"451 4.7.1 Greylisted, try later\r\n"},
+    }
+    gate, hosts = mx_setup(
+        [
+            "secure MX 10 mx1.secure",
+            "secure MX 20 mx2.secure",
+            "mx1.secure A 127.0.0.2",
+            "mx2.secure A 127.0.0.3",
+        ],
+        {
+            "127.0.0.2": failing_host(upstream_ca, faults[first]),
+            "127.0.0.3": failing_host(upstream_ca, faults[last], "mx2.secure.test"),
+        },
+        rules=SECURE_RULES,
+        profile={"validate_certificates": True},
+    )
+    with pytest.raises(Exception) as refused:
+        send(gate, "bob@secure.test")
+    assert refused.value.args[0] == {"bob@secure.test": reply}
+    rejected = gate.wait_record("rcpt_rejected")[0]
+    assert rejected["reply"] == 451
+    assert rejected["reason"].startswith(
+        f"all 2 next hops failed: mx1.secure.test:{hosts.port}: "
+    ), rejected["reason"]
+    assert f"; mx2.secure.test:{hosts.port}: " in rejected["reason"]
+    assert hosts["127.0.0.2"].messages == hosts["127.0.0.3"].messages == []
+
+
+def test_a_backup_host_takes_the_mail_when_the_primary_greets_with_421(
+    loop: LoopThread, make_gate: Any
+) -> None:
+    """``upstream = [primary, backup]``: the same as for MX hosts, in the order written."""
+    hosts = MXHosts(
+        loop,
+        {"127.0.0.2": {"faults": {"connect": b"421 4.3.2 Busy\r\n"}}, "127.0.0.3": {}},
+    )
+    try:
+        primary, backup = f"127.0.0.2:{hosts.port}", f"127.0.0.3:{hosts.port}"
+        gate = make_gate(
+            1,
+            policy={"upstream": [primary, backup]},
+            rules=[rule(recipient_encryption="none")],
+        )
+        assert send(gate, "bob@a.test") == {}
+        assert [m.recipients for m in hosts["127.0.0.3"].messages] == [["bob@a.test"]]
+        failed = gate.wait_record("next_hop_failed")[0]
+        assert (failed["upstream"], failed["reason"], failed["trying"]) == (
+            primary,
+            "upstream greeting 421 4.3.2 Busy",
+            backup,
+        )
+        record = gate.transaction()
+        assert (record["upstream"], record["next_hop_via"]) == (backup, "configured")
+    finally:
+        hosts.stop()

@@ -261,6 +261,13 @@ def hop_fields(leg: UpstreamLeg | None) -> dict[str, Any]:
 # -- what waits for the upstream ------------------------------------------------------------------
 
 
+def all_hops_failed(pending: AwaitRcpt | AwaitAuth, last: str) -> str:
+    """The reason logged when the last of several next hops failed too."""
+    hops = pending.route.hops
+    tried = "; ".join([*pending.failures, f"{hops[pending.hop]}: {last}"])
+    return f"all {len(hops)} next hops failed: {tried}"
+
+
 @dataclass(slots=True)
 class AwaitRoute:
     """A RCPT whose next hops are being looked up (``upstream = "mx"``)."""
@@ -1076,6 +1083,12 @@ class Session:
         assert isinstance(pending, AwaitRcpt | AwaitAuth)
         self._drop_leg()
         self.leg = None
+        self._hop_failed(pending, exc)
+
+    def _hop_failed(self, pending: AwaitRcpt | AwaitAuth, exc: UpstreamUnavailable) -> None:
+        """``pending``'s next hop is given up (its leg is gone): the next one is tried,
+        with ``next_hop_failed`` saying why; after the last, the recipient gets
+        ``exc``'s reply (an AUTH ``454 4.7.0``), and its reason names every hop tried."""
         hops = pending.route.hops
         failed = hops[pending.hop]
         if pending.hop + 1 < len(hops):
@@ -1097,10 +1110,7 @@ class Session:
             self._open_upstream(self._target(pending))
             return
         self.pending = None
-        reason = exc.reason
-        if pending.failures:
-            tried = "; ".join([*pending.failures, f"{failed}: {reason}"])
-            reason = f"all {len(hops)} next hops failed: {tried}"
+        reason = all_hops_failed(pending, exc.reason) if pending.failures else exc.reason
         if isinstance(pending, AwaitAuth):
             self.server.reply(*REPLY_AUTH_UNAVAILABLE)
             self._log_auth(pending, REPLY_AUTH_UNAVAILABLE[0], reason, upstream=str(failed))
@@ -1171,6 +1181,24 @@ class Session:
         server = self.server
         if pending.mail_refusal is not None:
             refusal = pending.mail_refusal
+            reason = f"upstream refused MAIL: {refusal.code} {refusal.text}"
+            if (
+                refusal.code < 500
+                and pending.mail_here
+                and pending.hop + 1 < len(pending.route.hops)
+            ):
+                # A temporary refusal of the sender (a busy or greylisting host) says
+                # nothing of the domain: its next host is asked, as Postfix does. The
+                # leg is at rest, fit for others.
+                self.leg = None
+                self._out.append(ReleaseUpstream(leg))
+                self.pending = pending
+                pending.mail_here = pending.mail_accepted = pending.data_pipelined = False
+                pending.mail_refusal = pending.answer = None
+                self._hop_failed(pending, UpstreamUnavailable((refusal.code, refusal.text), reason))
+                return
+            if pending.failures:
+                reason = all_hops_failed(pending, reason)
             server.reply_lines(refusal.code, refusal.lines)
             self._rcpt_rejected(
                 txn,
@@ -1178,7 +1206,7 @@ class Session:
                 pending.domain,
                 pending.rule,
                 refusal.code,
-                f"upstream refused MAIL: {refusal.code} {refusal.text}",
+                reason,
             )
             return
         answer = pending.answer
