@@ -168,6 +168,7 @@ def test_the_scenario_of_issue_9_item_5(
     expect(rows).to_have_count(2)
     expect(rows.nth(0)).to_contain_text("tls-sender.example")
     expect(rows.nth(0)).to_contain_text("TLSv1.3")
+    expect(rows.nth(0)).to_contain_text(f"127.0.0.1:{upstream.port}")  # the next hop
     expect(rows.nth(1)).to_contain_text("sender.example")
     expect(rows.nth(1)).to_contain_text("delivered")
     client_chart = page.get_by_role("img", name=re.compile(r"^Client leg \(mail arriving\): "))

@@ -75,28 +75,10 @@ async def test_transaction_records_become_rows_newest_first_without_addresses(
     ]
     newest, record = shown["records"][0], logged[-1]
     assert newest["instance"] == "mx1.test"
-    for key in (
-        "time",
-        "session",
-        "client",
-        "policy",
-        "sender_domain",
-        "recipient_domains",
-        "rule",
-        "client_tls",
-        "client_cipher",
-        "upstream",
-        "upstream_tls",
-        "upstream_cipher",
-        "upstream_verify",
-        "upstream_fallback",
-        "outcome",
-        "reply",
-        "upstream_reply",
-        "size",
-        "message_id",
-    ):
-        assert newest[key] == record[key], key
+    # The row is the record, less its event name and the addresses.
+    assert newest == {"id": newest["id"], "instance": "mx1.test"} | {
+        key: value for key, value in record.items() if key not in ("event", "sender", "recipients")
+    }
     assert "sender" not in newest and "recipients" not in newest
     assert b"alice@" not in Path(str(database.path)).read_bytes()
 

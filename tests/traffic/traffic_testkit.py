@@ -42,6 +42,10 @@ def transaction(
         "upstream_cipher": "TLS_AES_128_GCM_SHA256" if upstream_tls != "none" else "none",
         "upstream_verify": upstream_verify if upstream_tls != "none" else "not-checked",
         "upstream_fallback": "",
+        "next_hop_address": "127.0.0.1",
+        "mx_preference": None,
+        "next_hop_via": "configured",
+        "tls_name": "127.0.0.1" if upstream_tls != "none" else "",
         "rule": rule,
         "sender_domain": sender_domain,
         "recipient_domains": list(recipient_domains),
@@ -52,6 +56,8 @@ def transaction(
         "outcome": outcome,
         "reply": {"delivered": 250, "tempfail": 451, "rejected": 550}.get(outcome, 0),
         "upstream_reply": "250 2.0.0 Ok: queued as ABC" if outcome == "delivered" else "",
+        "upstream_reused": False,
+        "relay_ms": 12.5 if outcome in ("delivered", "tempfail", "rejected") else None,
     }
     return record
 

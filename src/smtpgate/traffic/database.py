@@ -31,10 +31,24 @@ SQLITE_FILE = "traffic.sqlite3"
 #: database at once (CREATE TABLE IF NOT EXISTS alone can collide): any constant key.
 _SCHEMA_LOCK_KEY = 0x736D7470
 
-_TEXT_COLUMNS = ", ".join(
-    f"{name} {'BIGINT' if name in ('time_ms', 'reply', 'size') else 'TEXT'} NOT NULL"
-    for name in COLUMNS
-)
+#: Each column's type where it is not text; the same SQL in both databases.
+_COLUMN_TYPES = {
+    "time_ms": "BIGINT NOT NULL",
+    "reply": "BIGINT NOT NULL",
+    "size": "BIGINT NOT NULL",
+    "mx_preference": "BIGINT",  # NULL: not an MX host
+    "relay_ms": "DOUBLE PRECISION",  # NULL: no verdict on a relayed body
+    "upstream_reused": "BIGINT NOT NULL DEFAULT 0",
+}
+
+
+def column_type(name: str) -> str:
+    """``name``'s SQL type; the defaults are what rows written before the column was
+    added (:meth:`TrafficDatabase.create_schema`) say."""
+    return _COLUMN_TYPES.get(name, "TEXT NOT NULL DEFAULT ''")
+
+
+_COLUMN_DEFINITIONS = ", ".join(f"{name} {column_type(name)}" for name in COLUMNS)
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS traffic_time ON traffic (time_ms, id)",
     "CREATE INDEX IF NOT EXISTS traffic_sender ON traffic (sender_domain, time_ms)",
@@ -62,6 +76,11 @@ class Connection:
         cursor = self._raw.execute(self._sql(sql), tuple(params))
         count: int = cursor.rowcount
         return count
+
+    def columns(self, table: str) -> set[str]:
+        """The column names of ``table`` (which exists), as the database reports them."""
+        cursor = self._raw.execute(f"SELECT * FROM {table} WHERE 1 = 0")
+        return {str(column[0]).lower() for column in cursor.description}
 
     def run_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         if params:
@@ -120,7 +139,13 @@ class TrafficDatabase:
             key = "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
         else:
             key = "id INTEGER PRIMARY KEY AUTOINCREMENT"
-        connection.run(f"CREATE TABLE IF NOT EXISTS traffic ({key}, {_TEXT_COLUMNS})")
+        connection.run(f"CREATE TABLE IF NOT EXISTS traffic ({key}, {_COLUMN_DEFINITIONS})")
+        # A database a build with fewer columns created: the new ones are added, and
+        # its rows get their defaults (empty, NULL, 0).
+        present = connection.columns("traffic")
+        for name in COLUMNS:
+            if name not in present:
+                connection.run(f"ALTER TABLE traffic ADD COLUMN {name} {column_type(name)}")
         connection.run(
             "CREATE TABLE IF NOT EXISTS traffic_recipients "
             "(traffic_id BIGINT NOT NULL, domain TEXT NOT NULL)"

@@ -33,11 +33,17 @@ COLUMNS = (
     "upstream_verify",
     "upstream_verified",
     "upstream_fallback",
+    "next_hop_address",
+    "mx_preference",
+    "next_hop_via",
+    "tls_name",
     "outcome",
     "reply",
     "upstream_reply",
     "size",
     "message_id",
+    "relay_ms",
+    "upstream_reused",
 )
 
 #: What a leg in clear says in ``client_tls`` / ``upstream_tls``.
@@ -71,11 +77,17 @@ class TrafficRow:
     upstream_cipher: str
     upstream_verify: str
     upstream_fallback: str
+    next_hop_address: str
+    mx_preference: int | None
+    next_hop_via: str
+    tls_name: str
     outcome: str
     reply: int
     upstream_reply: str
     size: int
     message_id: str
+    relay_ms: float | None
+    upstream_reused: bool
 
     @classmethod
     def from_record(cls, record: dict[str, Any], instance: str) -> TrafficRow:
@@ -89,6 +101,12 @@ class TrafficRow:
         def number(key: str) -> int:
             value = record.get(key)
             return value if isinstance(value, int) else 0
+
+        def number_or_none(key: str) -> int | None:
+            value = record.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        relay_ms = record.get("relay_ms")
 
         domains = record.get("recipient_domains") or ()
         return cls(
@@ -107,16 +125,22 @@ class TrafficRow:
             upstream_cipher=text("upstream_cipher") or CLEAR,
             upstream_verify=text("upstream_verify"),
             upstream_fallback=text("upstream_fallback"),
+            next_hop_address=text("next_hop_address"),
+            mx_preference=number_or_none("mx_preference"),
+            next_hop_via=text("next_hop_via"),
+            tls_name=text("tls_name"),
             outcome=text("outcome"),
             reply=number("reply"),
             upstream_reply=text("upstream_reply"),
             size=number("size"),
             message_id=text("message_id"),
+            relay_ms=float(relay_ms) if isinstance(relay_ms, int | float) else None,
+            upstream_reused=record.get("upstream_reused") is True,
         )
 
     def values(self) -> tuple[Any, ...]:
         """The column values in :data:`COLUMNS` order (recipient domains space-separated:
-        a domain has no space)."""
+        a domain has no space; ``upstream_reused`` as 0 or 1, for either database)."""
         return (
             self.time_ms,
             self.instance,
@@ -134,11 +158,17 @@ class TrafficRow:
             self.upstream_verify,
             verify_class(self.upstream_verify),
             self.upstream_fallback,
+            self.next_hop_address,
+            self.mx_preference,
+            self.next_hop_via,
+            self.tls_name,
             self.outcome,
             self.reply,
             self.upstream_reply,
             self.size,
             self.message_id,
+            self.relay_ms,
+            int(self.upstream_reused),
         )
 
 
@@ -153,6 +183,7 @@ def row_json(row_id: int, values: tuple[Any, ...]) -> dict[str, Any]:
     data.pop("upstream_verified")
     recipients = data["recipient_domains"]
     data["recipient_domains"] = recipients.split(" ") if recipients else []
+    data["upstream_reused"] = bool(data["upstream_reused"])
     shown.update(data)
     return shown
 

@@ -87,6 +87,16 @@ function bucketFor(since) {
   return '1d';
 }
 
+/** The next hop that took the transaction: host:port, with its address and MX preference
+ * when DNS gave them, and the name its certificate was checked against on hover. */
+function nextHop(r) {
+  const details = [];
+  if (r.next_hop_address && !r.upstream.startsWith(r.next_hop_address)) details.push(r.next_hop_address);
+  if (r.mx_preference !== null && r.mx_preference !== undefined) details.push(`MX ${r.mx_preference}`);
+  return h('span', { title: r.tls_name ? `TLS name ${r.tls_name}` : undefined }, r.upstream || '',
+    details.length ? h('span', { class: 'hint' }, ` ${details.join(', ')}`) : null);
+}
+
 function recordRow(r) {
   const tls = (version, cipher) => (version && version !== 'none'
     ? h('span', { title: cipher || '' }, version, h('span', { class: 'hint' }, ` ${cipher || ''}`))
@@ -98,6 +108,7 @@ function recordRow(r) {
     h('td', {}, r.recipient_domains.join(', ')),
     h('td', {}, r.rule),
     h('td', {}, tls(r.client_tls, r.client_cipher)),
+    h('td', {}, nextHop(r)),
     h('td', {}, tls(r.upstream_tls, r.upstream_cipher)),
     h('td', {}, r.upstream_verify || ''),
     h('td', {}, r.outcome),
@@ -106,8 +117,8 @@ function recordRow(r) {
 
 function recordTable(rows) {
   if (!rows.length) return h('p', {}, 'No transaction in this period matches.');
-  return table(['Time', 'Client', 'Sender domain', 'Recipient domains', 'Rule', 'Client TLS', 'Upstream TLS',
-    'Verification', 'Outcome', 'Reply'], rows.map(recordRow), 'Transactions, newest first');
+  return table(['Time', 'Client', 'Sender domain', 'Recipient domains', 'Rule', 'Client TLS', 'Next hop',
+    'Upstream TLS', 'Verification', 'Outcome', 'Reply'], rows.map(recordRow), 'Transactions, newest first');
 }
 
 /** One stacked bar chart per leg: transactions per bucket, one colour per TLS version. */
