@@ -85,6 +85,9 @@ def test_the_scenario_of_issue_9_item_5(
     page.get_by_label("Sender encryption of rule 1").select_option("required")
     page.get_by_label("Recipient encryption of rule 1").select_option("allowed")
     expect(envelope).to_be_enabled()
+    certificate_name = page.get_by_label("Certificate name of rule 1")
+    expect(certificate_name).to_have_value("next_hop")
+    certificate_name.select_option("recipient_domain")
 
     # Double-click the sender domain; Escape cancels, Enter keeps.
     page.get_by_role("button", name="Sender domain of rule 2: *; press Enter to change").dblclick()
@@ -119,6 +122,12 @@ def test_the_scenario_of_issue_9_item_5(
 
     page.get_by_role("button", name="Save", exact=True).click()
     expect(page.locator("#banner")).to_contain_text(f"Saved {CLONE} (version")
+    with console.admin() as client:
+        saved = client.get(f"/api/v1/actions/{CLONE}").json()["rules"]
+    assert [(r["recipient"], r["tls_name_from"]) for r in saved] == [
+        ("legacy.example", "next_hop"),
+        ("partner.example", "recipient_domain"),
+    ]
     # The other tabs; General points the policy at the clone.
     page.get_by_role("tab", name="ESMTP").click()
     check_page(page, "action-editor-esmtp")

@@ -9,8 +9,15 @@ import { clearFieldErrors, showFieldErrors } from './errors.js';
 // A new row: any sender (`*`), the domain typed, the encryptions the API says are the
 // defaults (GET /choices: rule_defaults, with the drop-downs' values).
 const NEW_RULE = { name: null, comment: null, enabled: true, sender: '*', recipient: '' };
-const RULE_FIELDS = [...Object.keys(NEW_RULE), 'sender_encryption', 'recipient_encryption'];
+const RULE_FIELDS = [...Object.keys(NEW_RULE), 'sender_encryption', 'recipient_encryption', 'tls_name_from'];
 const LABEL = { sender: 'Sender domain', recipient: 'Recipient domain' };
+// The drop-downs of a rule: what each is called, and how its values read.
+const SELECT_LABEL = {
+  sender_encryption: 'Sender encryption',
+  recipient_encryption: 'Recipient encryption',
+  tls_name_from: 'Certificate name',
+};
+const VALUE_TEXT = { next_hop: 'Next hop host', recipient_domain: 'Recipient domain' };
 
 export async function actionEditorPage(name) {
   const [action, profiles, policies, choices] = await Promise.all([
@@ -415,7 +422,8 @@ class ActionEditor {
       h('p', {}, h('button', { type: 'button', id: 'add-rule', onclick: () => this.addRule() }, 'Add')),
       h('table', { class: 'rules-table', 'aria-labelledby': 'rules-title' },
         h('thead', {}, h('tr', {}, ['#', 'Enabled', 'Sender domain', 'Recipient domain',
-          'Sender encryption', 'Recipient encryption', 'Order', ''].map((t) => h('th', { scope: 'col' }, t)))),
+          'Sender encryption', 'Recipient encryption', 'Certificate name', 'Order', '']
+          .map((t) => h('th', { scope: 'col' }, t)))),
         h('tbody', {}, rows)));
   }
 
@@ -425,10 +433,10 @@ class ActionEditor {
     const last = index === this.draft.rules.length - 1;
     const select = (name, options) => h('td', { dataset: { key: `${key}.${name}` } },
       h('select', {
-        'aria-label': `${name === 'sender_encryption' ? 'Sender' : 'Recipient'} encryption of rule ${position}`,
+        'aria-label': `${SELECT_LABEL[name]} of rule ${position}`,
         value: rule[name], dataset: { focus: `${rule.id}-${name}` },
         onchange: (e) => this.changeRule(rule, name, e.target.value),
-      }, options.map((v) => h('option', { value: v }, v[0].toUpperCase() + v.slice(1)))),
+      }, options.map((v) => h('option', { value: v }, VALUE_TEXT[v] ?? v[0].toUpperCase() + v.slice(1)))),
       h('span', { class: 'cell-error', role: 'alert' }));
     return h('tr', { dataset: { key, rule: String(rule.id) }, class: rule.enabled ? '' : 'disabled' },
       h('th', { scope: 'row' }, String(position)),
@@ -441,6 +449,7 @@ class ActionEditor {
       this.domainCell(rule, 'recipient', key, position),
       select('sender_encryption', this.choices.sender_encryption),
       select('recipient_encryption', this.choices.recipient_encryption),
+      select('tls_name_from', this.choices.tls_name_from),
       h('td', { class: 'order' },
         h('button', {
           type: 'button', disabled: index === 0, 'aria-label': `Move rule ${position} up`,
