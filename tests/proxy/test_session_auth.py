@@ -294,3 +294,31 @@ def test_offered_mechanisms_are_the_configured_ones(state_dir: Path) -> None:
     )
     assert rt.ehlo_keywords_tls[-1] == "AUTH PLAIN SCRAM-SHA-256"
     assert not any(k.startswith("AUTH") for k in rt.ehlo_keywords_clear)
+
+
+def test_a_temporary_refusal_of_mail_after_auth_is_relayed_not_sent_to_the_backup(
+    state_dir: Path,
+) -> None:
+    """Without AUTH a 4xx to MAIL moves on to the backup (docs/configuration.md, next
+    hops); after AUTH only the authenticated leg carries the session's mail, so the
+    refusal goes to the client and no other connection is opened."""
+    rt = runtime(
+        state_dir,
+        policy={"auth": "relay", "upstream": ["primary.test:25", "backup.test:25"]},
+        rules=[rule(recipient_encryption="none")],
+    )
+    play = Playbook(rt, client_tls=True).play(
+        f"""
+        {AUTHENTICATED}
+        C: MAIL FROM:<alice@sender.test>
+        S: 250 2.1.0 Ok
+        C: RCPT TO:<bob@rcpt.test>
+        U: MAIL FROM:<alice@sender.test>
+        U: RCPT TO:<bob@rcpt.test>
+        R: 451 4.7.1 Try later
+        R: 503 5.5.1 Need MAIL
+        S: 451 4.7.1 Try later
+        """
+    )
+    assert play.record("rcpt_rejected")["reason"] == "upstream refused MAIL: 451 4.7.1 Try later"
+    assert play.records("next_hop_failed") == []

@@ -1186,10 +1186,12 @@ class Session:
                 refusal.code < 500
                 and pending.mail_here
                 and pending.hop + 1 < len(pending.route.hops)
+                and not self.server.authenticated
             ):
                 # A temporary refusal of the sender (a busy or greylisting host) says
                 # nothing of the domain: its next host is asked, as Postfix does. The
-                # leg is at rest, fit for others.
+                # leg is at rest, fit for others. (After AUTH only this leg carries the
+                # session's mail: its refusal is relayed.)
                 self.leg = None
                 self._out.append(ReleaseUpstream(leg))
                 self.pending = pending
