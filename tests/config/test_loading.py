@@ -441,3 +441,27 @@ def test_connection_limits(line: str, path: str) -> None:
 def test_connection_limit_defaults() -> None:
     gateway = load("").gateway
     assert (gateway.max_connections, gateway.max_connections_per_client) == (1000, 50)
+
+
+def test_rsa_certificate_pairs_go_together_and_beside_server_cert() -> None:
+    [(path, reason)] = errors_of('[certificates]\nserver_rsa_key = "rsa.key"\n')
+    assert (path, reason) == (
+        "certificates.server_rsa_cert",
+        "server_rsa_cert and server_rsa_key must both be set or both be empty",
+    )
+    [(path, reason)] = errors_of(
+        '[certificates]\nserver_rsa_cert = "rsa.pem"\nserver_rsa_key = "rsa.key"\n'
+    )
+    assert path == "certificates.server_rsa_cert"
+    assert "goes beside server_cert" in reason
+    [(path, reason)] = errors_of(
+        '[[certificates.sni]]\nnames = ["a.example"]\ncert = "a.pem"\nkey = "a.key"\n'
+        'rsa_cert = "a-rsa.pem"\n'
+    )
+    assert path == "certificates.sni[1].rsa_key"
+    config = load(
+        '[certificates]\nserver_cert = "ec.pem"\nserver_key = "ec.key"\n'
+        'server_rsa_cert = "rsa.pem"\nserver_rsa_key = "rsa.key"\n'
+    )
+    assert config.certificates.server_rsa_cert == BASE / "rsa.pem"
+    assert config.certificates.server_rsa_key == BASE / "rsa.key"

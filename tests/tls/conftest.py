@@ -37,7 +37,7 @@ def store(store_dir: Path, sni_files: tuple[Path, Path]) -> CertificateStore:
         server_key=None,
         ca_cert=None,
         ca_key=None,
-        sni=[(["mx2.example.test", "*.wild.example.test"], *sni_files)],
+        sni=[(["mx2.example.test", "*.wild.example.test"], *sni_files, None, None)],
         hostname="mx.example.test",
     )
 

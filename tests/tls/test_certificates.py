@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import ssl
 import stat
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from smtpgate.tls import (
     CertificateError,
@@ -57,9 +58,16 @@ def test_first_start_generates_ca_server_and_leaf_key_with_0600(
 ) -> None:
     state, _ = generated
     tls = state / "tls"
-    for key in ("ca.key", "server.key", "leaves/leaf.key"):
+    for key in (
+        "ca.key",
+        "server.key",
+        "server-ecdsa.key",
+        "leaves/leaf.key",
+        "leaves/ecdsa/leaf.key",
+    ):
         assert _mode(tls / key) == 0o600, key
     assert _mode(tls) == 0o700 and _mode(tls / "leaves") == 0o700
+    assert _mode(tls / "leaves/ecdsa") == 0o700
     assert not list(tls.rglob(".*.tmp")), "temporary files left behind"
 
 
@@ -104,7 +112,7 @@ def test_leaf_is_cached_persisted_and_reused_across_restarts(
 ) -> None:
     store = _load(tmp_path)
     cert_path, key_path = store.leaf_for("Mail.Upstream.Test")
-    assert cert_path.parent == tmp_path / "tls" / "leaves"
+    assert cert_path.parent == tmp_path / "tls" / "leaves" / "ecdsa"
     assert _mode(key_path) == 0o600
     leaf = _first_cert(cert_path)
     assert _san(leaf).get_values_for_type(x509.DNSName) == ["mail.upstream.test"]
@@ -204,7 +212,7 @@ def test_mismatched_cert_and_key_rejected_naming_files(tmp_path: Path, user_ca: 
         _load(tmp_path / "state", server_cert=cert, server_key=other_key)
     assert str(other_key) in str(info.value) and str(cert) in str(info.value)
     with pytest.raises(CertificateError, match="does not match"):
-        _load(tmp_path / "state", sni=[(["a.test"], cert, other_key)])
+        _load(tmp_path / "state", sni=[(["a.test"], cert, other_key, None, None)])
 
 
 def test_half_a_pair_and_bad_files_are_errors(tmp_path: Path, user_ca: trustme.CA) -> None:
@@ -222,3 +230,123 @@ def test_half_a_pair_and_bad_files_are_errors(tmp_path: Path, user_ca: trustme.C
     (state / "tls/ca.key").write_text("garbage")
     with pytest.raises(CertificateError, match=r"ca\.key"):
         _load(state)
+
+
+def _key_of(path: Path) -> object:
+    return serialization.load_pem_private_key(path.read_bytes(), None)
+
+
+def test_generated_certificates_are_ecdsa_p256_first_rsa_beside(
+    generated: tuple[Path, CertificateStore],
+) -> None:
+    state, store = generated
+    tls = state / "tls"
+    assert store.server_pairs == (
+        (tls / "server-ecdsa.pem", tls / "server-ecdsa.key"),
+        (tls / "server.pem", tls / "server.key"),
+    )
+    assert (store.server_cert_path, store.server_key_path) == store.server_pairs[0]
+    leaves = store.leaf_pairs_for("up.example.test")
+    assert leaves[0] == store.leaf_for("up.example.test")
+    for (cert_path, key_path), kind in zip(
+        (*store.server_pairs, *leaves), ("ec", "rsa", "ec", "rsa"), strict=True
+    ):
+        key = _key_of(key_path)
+        if kind == "ec":
+            assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+        else:
+            assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+        cert = _first_cert(cert_path)
+        cert.verify_directly_issued_by(store.ca_certificate)
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        # keyEncipherment is RSA's (static RSA key exchange); RFC 5480 forbids it for EC.
+        assert usage.digital_signature and usage.key_encipherment == (kind == "rsa")
+    # The CA stays RSA: an RSA-only client must be able to verify the RSA leaf's chain.
+    assert isinstance(_key_of(tls / "ca.key"), rsa.RSAPrivateKey)
+
+
+def test_state_dir_of_an_earlier_version_keeps_its_rsa_keys(tmp_path: Path) -> None:
+    """Earlier versions wrote only the RSA files (same names): they stay as they
+    are, presented beside the ECDSA certificate the first start adds."""
+    store = _load(tmp_path)
+    store.leaf_pairs_for("up.example.test")
+    tls = tmp_path / "tls"
+    for added in ("server-ecdsa.pem", "server-ecdsa.key"):
+        (tls / added).unlink()
+    for path in (tls / "leaves/ecdsa").iterdir():
+        path.unlink()
+    (tls / "leaves/ecdsa").rmdir()
+    earlier = {p: p.read_bytes() for p in tls.rglob("*") if p.is_file()}
+
+    upgraded = _load(tmp_path)
+    assert {p: p.read_bytes() for p in earlier} == earlier
+    assert upgraded.server_pairs[1] == (tls / "server.pem", tls / "server.key")
+    assert isinstance(_key_of(upgraded.server_key_path), ec.EllipticCurvePrivateKey)
+    rsa_leaf = tls / "leaves/up.example.test.pem"
+    assert upgraded.leaf_pairs_for("up.example.test")[1] == (rsa_leaf, tls / "leaves/leaf.key")
+    assert rsa_leaf.read_bytes() == earlier[rsa_leaf]
+
+
+def _tls12_client(ca: Path, cipher: str) -> ssl.SSLContext:
+    ctx = client_context(ca)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(cipher)
+    return ctx
+
+
+def test_configured_ecdsa_server_cert_with_an_rsa_pair_beside_it(tmp_path: Path) -> None:
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    ecdsa = _write(ca.issue_cert("smtp.corp.test", key_type=trustme.KeyType.ECDSA), tmp_path, "e")
+    rsa_pair = _write(ca.issue_cert("smtp.corp.test", key_type=trustme.KeyType.RSA), tmp_path, "r")
+    store = _load(
+        tmp_path / "state",
+        server_cert=ecdsa[0],
+        server_key=ecdsa[1],
+        server_rsa_cert=rsa_pair[0],
+        server_rsa_key=rsa_pair[1],
+    )
+    assert store.server_pairs == (ecdsa, rsa_pair)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = TLSContextCache().client_leg_context(tls_profile(), store, outgoing=False)
+    default = handshake(server, client_context(ca_file), "smtp.corp.test")
+    rsa_only = handshake(
+        server, _tls12_client(ca_file, "ECDHE-RSA-AES128-GCM-SHA256"), "smtp.corp.test"
+    )
+    assert default.ok and rsa_only.ok, (default, rsa_only)
+    assert default.peer_der == _first_cert(ecdsa[0]).public_bytes(serialization.Encoding.DER)
+    assert rsa_only.peer_der == _first_cert(rsa_pair[0]).public_bytes(serialization.Encoding.DER)
+
+
+def test_rsa_pair_must_be_rsa_beside_a_certificate_of_another_type(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ecdsa = _write(ca.issue_cert("a.test", key_type=trustme.KeyType.ECDSA), tmp_path, "e")
+    rsa_a = _write(ca.issue_cert("a.test", key_type=trustme.KeyType.RSA), tmp_path, "r1")
+    rsa_b = _write(ca.issue_cert("a.test", key_type=trustme.KeyType.RSA), tmp_path, "r2")
+    state = tmp_path / "state"
+    with pytest.raises(CertificateError, match="not an RSA certificate") as info:
+        _load(
+            state,
+            server_cert=rsa_a[0],
+            server_key=rsa_a[1],
+            server_rsa_cert=ecdsa[0],
+            server_rsa_key=ecdsa[1],
+        )
+    assert info.value.path == ecdsa[0]
+    with pytest.raises(CertificateError, match="give an ECDSA certificate here") as info:
+        _load(
+            state,
+            server_cert=rsa_a[0],
+            server_key=rsa_a[1],
+            server_rsa_cert=rsa_b[0],
+            server_rsa_key=rsa_b[1],
+        )
+    assert info.value.path == rsa_a[0]
+    with pytest.raises(CertificateError, match="needs the server certificate") as info:
+        _load(state, server_rsa_cert=rsa_a[0], server_rsa_key=rsa_a[1])
+    with pytest.raises(CertificateError, match="together"):
+        _load(state, server_cert=ecdsa[0], server_key=ecdsa[1], server_rsa_cert=rsa_a[0])
+    with pytest.raises(CertificateError, match="not an RSA certificate"):
+        _load(state, sni=[(["a.test"], *rsa_a, *ecdsa)])
+    sni = _load(state, sni=[(["a.test"], *ecdsa, *rsa_a)]).sni_certificates[0]
+    assert sni.pairs == (ecdsa, rsa_a)

@@ -96,3 +96,77 @@ def test_pfs_required_refuses_openssl_static_rsa(
         accepted = s_client(port, "-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256")
     assert accepted.returncode == 0, accepted.stderr
     assert "ECDHE-RSA-AES128-GCM-SHA256" in accepted.stdout
+
+
+def _presented(result: subprocess.CompletedProcess[str]) -> tuple[str, str]:
+    """(server public key line, protocol and cipher line) from s_client's summary."""
+    lines = result.stdout.splitlines()
+    key = next(line for line in lines if line.startswith("Server public key is"))
+    new = next(line for line in lines if line.startswith("New, TLS"))
+    return key, new
+
+
+CHECKED = ("-verify_return_error", "-verify_hostname", "mx.example.test")
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "new"),
+    [
+        ((), "Server public key is 256 bit", "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384"),
+        (("-tls1_2",), "Server public key is 256 bit", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        (("-sigalgs", "RSA-PSS+SHA256"), "Server public key is 2048 bit", "TLSv1.3"),
+        (
+            ("-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"),
+            "Server public key is 2048 bit",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+        ),
+        (("-tls1_2", "-sigalgs", "RSA+SHA256"), "Server public key is 2048 bit", "ECDHE-RSA"),
+    ],
+    ids=["default", "tls12-default", "tls13-rsa-pss-only", "tls12-arsa-cipher", "tls12-rsa-only"],
+)
+def test_generated_server_cert_is_ecdsa_with_rsa_for_clients_that_need_it(
+    cache: TLSContextCache,
+    store: CertificateStore,
+    proxy_ca_file: Path,
+    args: tuple[str, ...],
+    key: str,
+    new: str,
+) -> None:
+    """One context, two certificates: a default client (TLS 1.3 or 1.2) gets the
+    ECDSA P-256 one, a client offering only RSA signatures or RSA-authenticated
+    suites the RSA one; either chain verifies against the proxy CA."""
+    ctx = cache.client_leg_context(tls_profile(), store, outgoing=False)
+    with serving(ctx) as port:
+        result = s_client(port, "-CAfile", str(proxy_ca_file), *CHECKED, *args)
+    assert result.returncode == 0, result.stderr
+    presented_key, presented_new = _presented(result)
+    assert presented_key == key
+    assert new in presented_new
+    assert "Verify return code: 0 (ok)" in result.stdout
+
+
+def test_outgoing_leaf_is_ecdsa_with_rsa_beside_it(
+    cache: TLSContextCache, store: CertificateStore, proxy_ca_file: Path
+) -> None:
+    ctx = cache.client_leg_context_for_upstream(tls_profile(), store, "mx.example.test")
+    with serving(ctx) as port:
+        default = s_client(port, "-CAfile", str(proxy_ca_file), *CHECKED)
+    with serving(ctx) as port:
+        rsa_only = s_client(
+            port, "-CAfile", str(proxy_ca_file), *CHECKED, "-sigalgs", "RSA-PSS+SHA256"
+        )
+    assert _presented(default)[0] == "Server public key is 256 bit", default.stderr
+    assert _presented(rsa_only)[0] == "Server public key is 2048 bit", rsa_only.stderr
+    assert "Verify return code: 0 (ok)" in default.stdout + rsa_only.stdout
+
+
+def test_pfs_none_static_rsa_gets_the_rsa_certificate(
+    cache: TLSContextCache, store: CertificateStore
+) -> None:
+    ctx = cache.client_leg_context(tls_profile(pfs="none"), store, outgoing=False)
+    with serving(ctx) as port:
+        result = s_client(port, "-tls1_2")
+    assert result.returncode == 0, result.stderr
+    key, new = _presented(result)
+    assert key == "Server public key is 2048 bit"
+    assert "Cipher is AES256-GCM-SHA384" in new

@@ -19,13 +19,24 @@ def file_keys(config: Config) -> dict[Path, Loc]:
     (the first key, when two keys name the same file)."""
     keys: dict[Path, Loc] = {}
     certs = config.certificates
-    for name in ("server_cert", "server_key", "ca_cert", "ca_key"):
+    for name in (
+        "server_cert",
+        "server_key",
+        "server_rsa_cert",
+        "server_rsa_key",
+        "ca_cert",
+        "ca_key",
+    ):
         path = getattr(certs, name)
         if path is not None:
             keys.setdefault(path, ("certificates", name))
     for k, entry in enumerate(certs.sni):
         keys.setdefault(entry.cert, ("certificates", "sni", k, "cert"))
         keys.setdefault(entry.key, ("certificates", "sni", k, "key"))
+        for name in ("rsa_cert", "rsa_key"):
+            path = getattr(entry, name)
+            if path is not None:
+                keys.setdefault(path, ("certificates", "sni", k, name))
     for k, profile in enumerate(config.tls_profiles):
         if profile.ca_file is not None:
             keys.setdefault(profile.ca_file, ("tls_profiles", k, "ca_file"))

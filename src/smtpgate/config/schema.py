@@ -232,6 +232,9 @@ class SNICertificate(_Model):
     names: tuple[StrictStr, ...] = Field(strict=False)
     cert: RequiredPath
     key: RequiredPath
+    #: An RSA certificate presented beside an ECDSA ``cert`` to clients that need RSA.
+    rsa_cert: OptionalPath = None
+    rsa_key: OptionalPath = None
 
     @field_validator("names")
     @classmethod
@@ -253,6 +256,10 @@ class SNICertificate(_Model):
 class Certificates(_Model):
     server_cert: OptionalPath = None
     server_key: OptionalPath = None
+    #: An RSA certificate presented beside an ECDSA ``server_cert`` to clients
+    #: that need RSA (static-RSA key exchange, clients without ECDSA).
+    server_rsa_cert: OptionalPath = None
+    server_rsa_key: OptionalPath = None
     ca_cert: OptionalPath = None
     ca_key: OptionalPath = None
     sni: tuple[SNICertificate, ...] = Field(default=(), strict=False)
@@ -747,17 +754,28 @@ def _loop_problems(config: Config, i: int, policy: Policy) -> Iterator[tuple[Loc
                 break
 
 
+def _pair_problems(
+    at: Loc, table: object, cert_key: str, key_key: str
+) -> Iterator[tuple[Loc, str]]:
+    cert, key = getattr(table, cert_key), getattr(table, key_key)
+    if (cert is None) != (key is None):
+        missing = key_key if key is None else cert_key
+        yield (*at, missing), f"{cert_key} and {key_key} must both be set or both be empty"
+
+
 def _certificate_problems(certs: Certificates) -> Iterator[tuple[Loc, str]]:
-    for cert_key, key_key in (("server_cert", "server_key"), ("ca_cert", "ca_key")):
-        cert, key = getattr(certs, cert_key), getattr(certs, key_key)
-        if (cert is None) != (key is None):
-            missing = key_key if key is None else cert_key
-            yield (
-                ("certificates", missing),
-                f"{cert_key} and {key_key} must both be set or both be empty",
-            )
+    pairs = (("server_cert", "server_key"), ("server_rsa_cert", "server_rsa_key"))
+    for cert_key, key_key in (*pairs, ("ca_cert", "ca_key")):
+        yield from _pair_problems(("certificates",), certs, cert_key, key_key)
+    if certs.server_rsa_cert is not None and certs.server_cert is None:
+        yield (
+            ("certificates", "server_rsa_cert"),
+            "goes beside server_cert (an ECDSA certificate), which is not set; "
+            "a lone RSA certificate goes in server_cert",
+        )
     seen: dict[str, int] = {}
     for k, entry in enumerate(certs.sni):
+        yield from _pair_problems(("certificates", "sni", k), entry, "rsa_cert", "rsa_key")
         for name in entry.names:
             if name in seen and seen[name] != k:
                 yield (

@@ -199,8 +199,10 @@ def load_certificates(config: Config) -> CertificateStore:
         config.gateway.state_dir,
         server_cert=certs.server_cert,
         server_key=certs.server_key,
+        server_rsa_cert=certs.server_rsa_cert,
+        server_rsa_key=certs.server_rsa_key,
         ca_cert=certs.ca_cert,
         ca_key=certs.ca_key,
-        sni=[(list(entry.names), entry.cert, entry.key) for entry in certs.sni],
+        sni=[(list(e.names), e.cert, e.key, e.rsa_cert, e.rsa_key) for e in certs.sni],
         hostname=config.gateway.hostname,
     )

@@ -3,10 +3,21 @@ and the leaf certificates it issues for upstream host names.
 
 Layout under ``state_dir/tls/`` (directories 0700, keys 0600, certs 0644)::
 
-    ca.pem  ca.key            proxy CA, generated unless ca_cert/ca_key given
-    server.pem  server.key    proxy server cert (+ CA), unless server_cert/key given
-    leaves/leaf.key           the one key shared by all issued leaves
-    leaves/<host>.pem         leaf for <host> + CA chain, reused while valid
+    ca.pem  ca.key                    proxy CA (RSA), generated unless ca_cert/ca_key given
+    server-ecdsa.pem  server-ecdsa.key  proxy server cert, ECDSA P-256 (+ CA)
+    server.pem  server.key            proxy server cert, RSA (+ CA): both unless
+                                      server_cert/key given
+    leaves/leaf.key                   the one RSA key shared by all issued leaves
+    leaves/<host>.pem                 RSA leaf for <host> + CA chain, reused while valid
+    leaves/ecdsa/leaf.key             the one ECDSA P-256 key of the ECDSA leaves
+    leaves/ecdsa/<host>.pem           ECDSA leaf for <host> + CA chain
+
+The RSA files are where versions before the ECDSA certificates kept their only
+certificate: a state_dir from them keeps its RSA keys and gains the ECDSA
+files on the first start. Every server certificate is a list of pairs (chain
+file, key file), the first presented by default, the others of other key types
+beside it in the same context (OpenSSL chooses by the client's signature
+algorithms): ECDSA first.
 """
 
 from __future__ import annotations
@@ -15,12 +26,14 @@ import datetime as dt
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from smtpgate.tls import issuing
@@ -36,6 +49,12 @@ SERVER_RENEW = dt.timedelta(days=30)
 LEAF_RENEW = dt.timedelta(days=1)
 #: The generated proxy CA, relative to state_dir (see the layout above).
 GENERATED_CA_CERT = Path("tls", "ca.pem")
+
+#: A certificate chain file and its private key file.
+CertKeyFiles = tuple[Path, Path]
+#: A configured SNI entry: names, chain file, key file, and an RSA pair beside it
+#: (chain file, key file; both or neither).
+SNIFiles = tuple[list[str], Path, Path, Path | None, Path | None]
 
 
 class CertificateError(Exception):
@@ -60,6 +79,14 @@ class SNICertificate:
     names: tuple[str, ...]
     cert_path: Path
     key_path: Path
+    #: An RSA pair presented beside an ECDSA ``cert_path`` to clients that need it.
+    rsa: CertKeyFiles | None = None
+
+    @property
+    def pairs(self) -> tuple[CertKeyFiles, ...]:
+        """Every (chain, key) pair to present, the default first."""
+        first = (self.cert_path, self.key_path)
+        return (first,) if self.rsa is None else (first, self.rsa)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -107,6 +134,27 @@ def _load_pair(cert_path: Path, key_path: Path) -> tuple[list[x509.Certificate],
     return chain, key
 
 
+def _load_pairs(first: CertKeyFiles, rsa_pair: CertKeyFiles | None) -> None:
+    """Check a configured certificate and the RSA pair beside it: each key matches
+    its certificate, the RSA pair is RSA and the first one is not (one certificate
+    per key type in a context: a second RSA one would replace the first)."""
+    _, key = _load_pair(*first)
+    if rsa_pair is None:
+        return
+    _, rsa_key = _load_pair(*rsa_pair)
+    if not isinstance(rsa_key, rsa.RSAPrivateKey):
+        raise CertificateError(
+            f"{rsa_pair[0]}: not an RSA certificate (the RSA pair is for clients without ECDSA)",
+            path=rsa_pair[0],
+        )
+    if isinstance(key, rsa.RSAPrivateKey):
+        raise CertificateError(
+            f"{first[0]}: an RSA certificate, like the RSA pair beside it "
+            f"({rsa_pair[0]}); give an ECDSA certificate here",
+            path=first[0],
+        )
+
+
 def _certifiable(key: PrivateKeyTypes, path: Path) -> issuing.PublicKey:
     public = key.public_key()
     if not isinstance(public, issuing.PublicKey):
@@ -152,6 +200,22 @@ def _leaf_file_name(host: str | issuing.IPAddress) -> str:
     return re.sub(r"[^a-z0-9.-]", "_", str(host)) + ".pem"
 
 
+@dataclass(frozen=True, slots=True)
+class _LeafIssuer:
+    """One key type's issued leaves: their folder and the key they all share."""
+
+    folder: Path
+    key_path: Path
+    public_key: issuing.PublicKey
+
+
+#: The generated server certificates (file stem, key maker), the default first.
+GENERATED_KINDS: tuple[tuple[str, Callable[[], issuing.SigningKey]], ...] = (
+    ("server-ecdsa", issuing.new_ecdsa_key),
+    ("server", issuing.new_key),
+)
+
+
 class CertificateStore:
     """All certificates the proxy presents. Build with :meth:`load`."""
 
@@ -159,25 +223,21 @@ class CertificateStore:
         self,
         *,
         hostname: str,
-        server_cert_path: Path,
-        server_key_path: Path,
+        server_pairs: tuple[CertKeyFiles, ...],
         ca_chain: list[x509.Certificate],
         ca_key: issuing.SigningKey,
         sni: list[SNICertificate],
-        leaves_dir: Path,
-        leaf_key_path: Path,
-        leaf_public_key: issuing.PublicKey,
+        leaf_issuers: tuple[_LeafIssuer, ...],
     ) -> None:
         self.hostname = hostname
-        self.server_cert_path = server_cert_path
-        self.server_key_path = server_key_path
+        #: The client leg's default certificate: (chain, key) pairs, the default first.
+        self.server_pairs = server_pairs
+        self.server_cert_path, self.server_key_path = server_pairs[0]
         self.sni_certificates: tuple[SNICertificate, ...] = tuple(sni)
         self._ca_chain = ca_chain
         self._ca_key = ca_key
-        self._leaves_dir = leaves_dir
-        self._leaf_key_path = leaf_key_path
-        self._leaf_public_key = leaf_public_key
-        self._leaves: dict[str, tuple[Path, dt.datetime]] = {}
+        self._leaf_issuers = leaf_issuers
+        self._leaves: dict[tuple[Path, str], tuple[Path, dt.datetime]] = {}
         # Leaf issuing may be reached from several threads (sync servers,
         # console); the cache and the files must not race.
         self._lock = threading.Lock()
@@ -201,17 +261,22 @@ class CertificateStore:
         server_key: Path | None,
         ca_cert: Path | None,
         ca_key: Path | None,
-        sni: list[tuple[list[str], Path, Path]],
+        sni: list[SNIFiles],
         hostname: str,
+        server_rsa_cert: Path | None = None,
+        server_rsa_key: Path | None = None,
     ) -> CertificateStore:
         """Load user-supplied files, generating what is missing in state_dir.
+
+        ``server_rsa_cert``/``_key``: an RSA pair presented beside a configured ECDSA
+        ``server_cert``; ``sni`` entries may have one too.
 
         Runs at start and on SIGHUP; it is the only place (with the first
         leaf for a host) that reads key files or generates keys.
         """
         tls_dir = state_dir / GENERATED_CA_CERT.parent
         leaves_dir = tls_dir / "leaves"
-        for directory in (tls_dir, leaves_dir):
+        for directory in (tls_dir, leaves_dir, leaves_dir / "ecdsa"):
             try:
                 directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
                 # mkdir's mode is filtered by the umask; the keys' folder is
@@ -224,37 +289,55 @@ class CertificateStore:
 
         ca_chain, ca_priv = cls._load_ca(tls_dir, _pair(ca_cert, ca_key, "CA"), hostname)
         server = _pair(server_cert, server_key, "server")
+        server_rsa = _pair(server_rsa_cert, server_rsa_key, "server RSA")
+        server_pairs: tuple[CertKeyFiles, ...]
         if server is not None:
-            _load_pair(*server)
-            server_paths = server
+            _load_pairs(server, server_rsa)
+            server_pairs = (server,) if server_rsa is None else (server, server_rsa)
+        elif server_rsa is not None:
+            raise CertificateError(
+                f"{server_rsa[0]}: an RSA pair needs the server certificate it goes beside",
+                path=server_rsa[0],
+            )
         else:
-            server_paths = cls._generated_server(tls_dir, hostname, ca_chain, ca_priv)
+            server_pairs = tuple(
+                cls._generated_server(tls_dir / stem, new_key, hostname, ca_chain, ca_priv)
+                for stem, new_key in GENERATED_KINDS
+            )
 
         entries: list[SNICertificate] = []
-        for names, cert, key in sni:
-            _load_pair(cert, key)
-            entries.append(SNICertificate(tuple(_sni_name(n, cert) for n in names), cert, key))
+        for names, cert, key, rsa_cert, rsa_key in sni:
+            rsa_pair = _pair(rsa_cert, rsa_key, "SNI RSA")
+            _load_pairs((cert, key), rsa_pair)
+            entries.append(
+                SNICertificate(tuple(_sni_name(n, cert) for n in names), cert, key, rsa_pair)
+            )
 
-        leaf_key_path = leaves_dir / "leaf.key"
-        leaf_key = cls._key_file(leaf_key_path)
+        issuers = []
+        for folder, new_key in (
+            (leaves_dir / "ecdsa", issuing.new_ecdsa_key),
+            (leaves_dir, issuing.new_key),
+        ):
+            key_path = folder / "leaf.key"
+            public = _certifiable(cls._key_file(key_path, new_key), key_path)
+            issuers.append(_LeafIssuer(folder, key_path, public))
         return cls(
             hostname=hostname,
-            server_cert_path=server_paths[0],
-            server_key_path=server_paths[1],
+            server_pairs=server_pairs,
             ca_chain=ca_chain,
             ca_key=ca_priv,
             sni=entries,
-            leaves_dir=leaves_dir,
-            leaf_key_path=leaf_key_path,
-            leaf_public_key=_certifiable(leaf_key, leaf_key_path),
+            leaf_issuers=tuple(issuers),
         )
 
     @staticmethod
-    def _key_file(path: Path) -> PrivateKeyTypes:
+    def _key_file(
+        path: Path, new_key: Callable[[], issuing.SigningKey] = issuing.new_key
+    ) -> PrivateKeyTypes:
         """Load the key at ``path``, generating it (0600, atomically) if absent."""
         if path.exists():
             return _load_key(path)
-        key = issuing.new_key()
+        key = new_key()
         issuing.write_atomic(path, issuing.key_pem(key), KEY_MODE)
         return key
 
@@ -307,13 +390,14 @@ class CertificateStore:
     @classmethod
     def _generated_server(
         cls,
-        tls_dir: Path,
+        stem: Path,
+        new_key: Callable[[], issuing.SigningKey],
         hostname: str,
         ca_chain: list[x509.Certificate],
         ca_key: issuing.SigningKey,
-    ) -> tuple[Path, Path]:
-        cert_path, key_path = tls_dir / "server.pem", tls_dir / "server.key"
-        key = cls._key_file(key_path)
+    ) -> CertKeyFiles:
+        cert_path, key_path = stem.with_suffix(".pem"), stem.with_suffix(".key")
+        key = cls._key_file(key_path, new_key)
         try:
             host = issuing.normalize_host(hostname)
         except ValueError as exc:
@@ -379,8 +463,13 @@ class CertificateStore:
             entry = self._sni_wild.get(name.split(".", 1)[1])
         return entry
 
-    def leaf_for(self, hostname: str) -> tuple[Path, Path]:
-        """(chain file, key file) of a CA-issued certificate for ``hostname``.
+    def leaf_for(self, hostname: str) -> CertKeyFiles:
+        """(chain file, key file) of the CA-issued ECDSA certificate for ``hostname``."""
+        return self.leaf_pairs_for(hostname)[0]
+
+    def leaf_pairs_for(self, hostname: str) -> tuple[CertKeyFiles, ...]:
+        """The CA-issued certificates for ``hostname``, ECDSA then RSA, as
+        (chain file, key file) pairs.
 
         Memory first, then the file from an earlier run if it is still valid
         and from the current CA, else a new one (a signature and one small
@@ -391,23 +480,25 @@ class CertificateStore:
             host = issuing.normalize_host(hostname)
         except ValueError as exc:
             raise CertificateError(f"leaf certificate: {exc}") from exc
-        key = str(host)
-        now = dt.datetime.now(dt.UTC)
         with self._lock:
-            cached = self._leaves.get(key)
-            if cached is not None and cached[1] - LEAF_RENEW > now:
-                return cached[0], self._leaf_key_path
-            path = self._leaves_dir / _leaf_file_name(host)
-            cert = self._reusable_leaf(path, host)
-            if cert is None:
-                cert = issuing.make_leaf(
-                    [host], self._leaf_public_key, self.ca_certificate, self._ca_key
-                )
-                issuing.write_atomic(path, issuing.cert_pem(cert, *self._ca_chain), CERT_MODE)
-            self._leaves[key] = (path, cert.not_valid_after_utc)
-            return path, self._leaf_key_path
+            return tuple(self._leaf(issuer, host) for issuer in self._leaf_issuers)
 
-    def _reusable_leaf(self, path: Path, host: str | issuing.IPAddress) -> x509.Certificate | None:
+    def _leaf(self, issuer: _LeafIssuer, host: str | issuing.IPAddress) -> CertKeyFiles:
+        key = (issuer.folder, str(host))
+        cached = self._leaves.get(key)
+        if cached is not None and cached[1] - LEAF_RENEW > dt.datetime.now(dt.UTC):
+            return cached[0], issuer.key_path
+        path = issuer.folder / _leaf_file_name(host)
+        cert = self._reusable_leaf(path, host, issuer.public_key)
+        if cert is None:
+            cert = issuing.make_leaf([host], issuer.public_key, self.ca_certificate, self._ca_key)
+            issuing.write_atomic(path, issuing.cert_pem(cert, *self._ca_chain), CERT_MODE)
+        self._leaves[key] = (path, cert.not_valid_after_utc)
+        return path, issuer.key_path
+
+    def _reusable_leaf(
+        self, path: Path, host: str | issuing.IPAddress, public_key: issuing.PublicKey
+    ) -> x509.Certificate | None:
         try:
             cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
         except (OSError, ValueError):
@@ -419,7 +510,7 @@ class CertificateStore:
         wanted = x509.DNSName(host) if isinstance(host, str) else x509.IPAddress(host)
         if (
             wanted in san
-            and _spki(cert.public_key()) == _spki(self._leaf_public_key)
+            and _spki(cert.public_key()) == _spki(public_key)
             and not _expires_soon(cert, LEAF_RENEW)
             and _issued_by(cert, self.ca_certificate)
         ):

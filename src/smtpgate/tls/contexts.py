@@ -21,10 +21,14 @@ import logging
 import ssl
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 
-from smtpgate.tls.certificates import CertificateError, CertificateStore, SNICertificate
+from smtpgate.tls.certificates import (
+    CertificateError,
+    CertificateStore,
+    CertKeyFiles,
+    SNICertificate,
+)
 from smtpgate.tls.ciphers import apply_profile
 from smtpgate.tls.issuing import normalize_host
 from smtpgate.tls.profile import ProfileKey, TLSProfileLike, profile_key
@@ -34,7 +38,7 @@ log = logging.getLogger(__name__)
 SNICallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]
 
 
-def _server_context(profile: TLSProfileLike, cert: Path, key: Path) -> ssl.SSLContext:
+def _server_context(profile: TLSProfileLike, pairs: Iterable[CertKeyFiles]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     apply_profile(ctx, profile)
     # Our order (ECDHE before static RSA) wins over the client's.
@@ -42,12 +46,17 @@ def _server_context(profile: TLSProfileLike, cert: Path, key: Path) -> ssl.SSLCo
     # OpenSSL sends two TLS 1.3 session tickets per handshake; a sending MTA
     # caches one session per destination, so one ticket is all it can use.
     ctx.num_tickets = 1
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise CertificateError(
-            f"{cert}: cannot load certificate/key {key}: {exc}", path=cert
-        ) from exc
+    # One certificate per key type: OpenSSL keeps each in its own slot (with its
+    # own chain) and presents the first one the client's signature algorithms
+    # (and, in TLS 1.2, the cipher suite) allow, in its own preference order:
+    # ECDSA before RSA.
+    for cert, key in pairs:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise CertificateError(
+                f"{cert}: cannot load certificate/key {key}: {exc}", path=cert
+            ) from exc
     return ctx
 
 
@@ -111,9 +120,7 @@ class TLSContextCache:
         with self._lock:
             ctx = self._client.get(key)
             if ctx is None:
-                ctx = _server_context(
-                    profile, certificates.server_cert_path, certificates.server_key_path
-                )
+                ctx = _server_context(profile, certificates.server_pairs)
                 ctx.sni_callback = self._sni_callback(profile, certificates, issue=outgoing)
                 self._client[key] = ctx
             return ctx
@@ -136,7 +143,7 @@ class TLSContextCache:
             if ctx is not None:
                 self._hosts.move_to_end(key)
                 return ctx
-            ctx = _server_context(profile, *certificates.leaf_for(host))
+            ctx = _server_context(profile, certificates.leaf_pairs_for(host))
             ctx.sni_callback = self._sni_callback(profile, certificates, issue=False)
             self._hosts[key] = ctx
             if len(self._hosts) > self._max_hosts:
@@ -160,7 +167,7 @@ class TLSContextCache:
         with self._lock:
             ctx = self._sni.get(key)
             if ctx is None:
-                ctx = self._sni[key] = _server_context(profile, entry.cert_path, entry.key_path)
+                ctx = self._sni[key] = _server_context(profile, entry.pairs)
             return ctx
 
     def _sni_callback(

@@ -1,9 +1,15 @@
 """Key and certificate generation, and crash-safe writing of the results.
 
-RSA 2048 everywhere: the ``pfs = "none"`` profile can only negotiate static
+Server certificates come in two key types, both presented from one context
+(OpenSSL chooses by the client's signature algorithms): ECDSA P-256, which
+signs a handshake at a small fraction of RSA's cost, and RSA 2048 for the
+clients that need it: the ``pfs = "none"`` profile can only negotiate static
 RSA key exchange, which needs an RSA server key, and old TLS 1.0 peers rarely
-know ECDSA.  Leaf certificates issued on the fly share one key (generated
-once), so a first-seen host costs a signature, not an RSA key generation.
+know ECDSA. The proxy CA stays RSA 2048: clients verify its signature (cheap
+for RSA), and an RSA-only client could not verify an ECDSA CA's signature on
+its RSA leaf. Leaf certificates issued on the fly share one key per type
+(generated once), so a first-seen host costs two signatures, not a key
+generation.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ LOCALHOST = ipaddress.ip_address("127.0.0.1")
 
 def new_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+
+
+def new_ecdsa_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
 
 
 def key_pem(key: SigningKey) -> bytes:
@@ -145,11 +155,12 @@ def make_leaf(
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            # key_encipherment: static-RSA key exchange (pfs = "none") needs it.
+            # key_encipherment: static-RSA key exchange (pfs = "none") needs it;
+            # it means nothing for other key types (RFC 5480 3 forbids it for EC).
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
-                key_encipherment=True,
+                key_encipherment=isinstance(public_key, rsa.RSAPublicKey),
                 data_encipherment=False,
                 key_agreement=False,
                 key_cert_sign=False,
