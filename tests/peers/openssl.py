@@ -24,7 +24,7 @@ __all__ = ["HandshakeResult", "s_client"]
 
 OPENSSL = "openssl"
 
-_NEW = re.compile(r"^(?:New|Reused), (?P<version>[\w.()]+), Cipher is (?P<cipher>\S+)", re.M)
+_NEW = re.compile(r"^(?P<how>New|Reused), (?P<version>[\w.()]+), Cipher is (?P<cipher>\S+)", re.M)
 _PROTO = re.compile(r"^\s*Protocol\s*: (?P<version>\S+)", re.M)
 _VERIFY = re.compile(r"Verify return code: (?P<code>\d+) \((?P<text>[^)]*)\)")
 
@@ -37,6 +37,7 @@ class HandshakeResult:
     verify_code: int | None  # 0 = the chain verified against -CAfile
     returncode: int
     output: str  # stdout + stderr, for failure messages
+    reused: bool = False  # the handshake resumed the session given with ``session_in``
 
     def __str__(self) -> str:
         head = f"s_client exit {self.returncode} ok={self.ok} {self.version} {self.cipher}"
@@ -61,6 +62,7 @@ def parse_s_client(returncode: int, stdout: str, stderr: str) -> HandshakeResult
         verify_code=int(v["code"]) if v else None,
         returncode=returncode,
         output=text,
+        reused=ok and m is not None and m["how"] == "Reused",
     )
 
 
@@ -76,9 +78,14 @@ def s_client(
     ca_file: Path | str | None = None,
     host: str = "127.0.0.1",
     wait_for_close: bool = False,
+    session_out: Path | None = None,
+    session_in: Path | None = None,
     timeout: float = 20,
 ) -> HandshakeResult:
     """One handshake; returns whether it succeeded and what was negotiated.
+
+    ``session_out``: write the TLS session there; ``session_in``: offer the one
+    written there (``reused`` says whether the server resumed it).
 
     ``wait_for_close`` (``-ign_eof``): after sending ``QUIT``, keep reading until
     the server closes, so its replies (banner, 221) are in ``output``.
@@ -103,6 +110,10 @@ def s_client(
         args += ["-CAfile", str(ca_file)]
     if wait_for_close:
         args.append("-ign_eof")
+    if session_out is not None:
+        args += ["-sess_out", str(session_out)]
+    if session_in is not None:
+        args += ["-sess_in", str(session_in)]
     try:
         proc = subprocess.run(
             args,

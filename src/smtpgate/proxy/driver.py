@@ -51,7 +51,6 @@ from smtpgate.proxy.runtime import PolicyRuntime
 from smtpgate.proxy.session import Session, Wait
 from smtpgate.proxy.stream import Stream, open_stream
 from smtpgate.proxy.upstream import CLEAR, TLSFacts, UpstreamLeg, UpstreamTarget
-from smtpgate.tls.info import describe_tls
 from smtpgate.tls.result import OK
 
 
@@ -268,7 +267,7 @@ class SessionDriver:
                 )
             except (OSError, ConnectionError, TimeoutError) as exc:
                 return TLSFailed(side, describe_error(exc))
-            return TLSDone(side, TLSFacts(*describe_tls(client.ssl_object)))
+            return TLSDone(side, TLSFacts.of(client.ssl_object))
         stream, leg = self.upstream, self.leg
         assert stream is not None and leg is not None
         target = leg.target
@@ -295,9 +294,8 @@ async def upstream_tls_facts(stream: Stream, target: UpstreamTarget) -> TLSFacts
     needs a fresh answer per connection.
     """
     ssl_object = stream.ssl_object
-    version, cipher = describe_tls(ssl_object)
     if ssl_object is None:
-        return TLSFacts(version, cipher)
+        return CLEAR
     profile = target.profile
     if profile.ocsp:
         verdict = await target.verifier.check_with_ocsp(
@@ -309,4 +307,4 @@ async def upstream_tls_facts(stream: Stream, target: UpstreamTarget) -> TLSFacts
         verdict = OK
     else:
         verdict = target.verifier.check(ssl_object, target.tls_name)
-    return TLSFacts(version, cipher, verdict)
+    return TLSFacts.of(ssl_object, verdict)

@@ -59,7 +59,6 @@ from smtpgate.proxy.upstream import TLSFacts
 from smtpgate.routing.resolver import gateway_resolver
 from smtpgate.tls.certificates import CertificateError
 from smtpgate.tls.contexts import TLSContextCache
-from smtpgate.tls.info import describe_tls
 from smtpgate.tls.trust import TrustAnchors
 
 
@@ -514,7 +513,7 @@ class Gateway:
             rt,
             f"{self._session_prefix}.{next(self._session_ids)}",
             f"{client[0]}:{client[1]}" if client else "unknown",
-            client_tls=TLSFacts(*describe_tls(stream.ssl_object)) if tls else None,
+            client_tls=TLSFacts.of(stream.ssl_object) if tls else None,
             received_date=self._received_date,
             log_addresses=self.log.addresses,
             interception=interception,

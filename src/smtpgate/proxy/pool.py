@@ -17,6 +17,7 @@ were set up under the old settings.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 
@@ -71,7 +72,14 @@ class UpstreamPool:
         return None
 
     def give(self, leg: UpstreamLeg, stream: Stream) -> None:
-        """Park ``leg`` when it is at rest and alive; otherwise QUIT and close it."""
+        """Park ``leg`` when it is at rest and alive; otherwise QUIT and close it.
+
+        Either way its TLS session (by now with the server's ticket) is kept for
+        the next connection to the same server (:class:`UpstreamContext`).
+        """
+        ssl_object = stream.ssl_object
+        if isinstance(ssl_object, ssl.SSLObject):
+            leg.target.context.remember(leg.target.tls_name, ssl_object)
         if not leg.at_rest or not usable(stream):
             close_quietly(stream)
             return

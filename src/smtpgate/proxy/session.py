@@ -459,6 +459,7 @@ class Session:
             policy=self.rt.name,
             client_tls=self.client_tls.version,
             client_cipher=self.client_tls.cipher,
+            tls_resumed=self.client_tls.resumed,
             **({} if interception is None else {"destination": _text(interception.destination)}),
         )
         if interception is not None and interception.reply is not None:
@@ -1029,6 +1030,7 @@ class Session:
                 client=self.client_addr,
                 client_tls=event.facts.version,
                 client_cipher=event.facts.cipher,
+                tls_resumed=event.facts.resumed,
                 handshake_ms=milliseconds(self._clock() - self._client_tls_since),
             )
             return
@@ -1067,6 +1069,7 @@ class Session:
                 upstream_tls=leg.tls.version,
                 upstream_cipher=leg.tls.cipher,
                 upstream_verify=str(leg.tls.verification),
+                upstream_tls_resumed=leg.tls.resumed,
                 upstream_fallback=leg.fallback,
                 handshake_ms=milliseconds(None if tls_since is None else now - tls_since),
                 setup_ms=milliseconds(now - self._opening_since),

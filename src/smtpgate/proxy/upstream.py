@@ -31,6 +31,8 @@ from smtpgate.routing.nexthops import NextHop
 from smtpgate.smtp.client import ClientConnection, UpstreamProtocolError
 from smtpgate.smtp.events import NEED_DATA, PAUSED, Reply
 from smtpgate.smtp.extensions import MAIL_PARAMETERS, RCPT_PARAMETERS, offered_parameters
+from smtpgate.tls.contexts import UpstreamContext
+from smtpgate.tls.info import describe_tls
 from smtpgate.tls.profile import TLSProfileLike
 from smtpgate.tls.result import NOT_CHECKED, VerificationResult
 from smtpgate.tls.verification import UpstreamVerifier
@@ -56,6 +58,20 @@ class TLSFacts:
     version: str = "none"
     cipher: str = "none"
     verification: VerificationResult = NOT_CHECKED
+    #: The handshake resumed an earlier session (no certificate was sent).
+    resumed: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        ssl_object: ssl.SSLObject | ssl.SSLSocket | None,
+        verification: VerificationResult = NOT_CHECKED,
+    ) -> TLSFacts:
+        """The facts of a connection's handshake (``CLEAR``'s for a clear one)."""
+        if ssl_object is None:
+            return CLEAR
+        version, cipher = describe_tls(ssl_object)
+        return cls(version, cipher, verification, bool(ssl_object.session_reused))
 
 
 CLEAR: Final = TLSFacts()
@@ -73,7 +89,7 @@ class UpstreamTarget:
     #: Issue STARTTLS when offered (False for ``none`` and for the clear retry).
     starttls: bool
     #: The profile's upstream context: verifying for ``required`` with validation on.
-    context: ssl.SSLContext
+    context: UpstreamContext
     #: Whether ``context`` verifies chain and host name in the handshake.
     verify_in_handshake: bool
     profile: TLSProfileLike

@@ -12,7 +12,9 @@ Client leg (smtpgate is the TLS server):
     not known in advance, ``client_leg_context(outgoing=True)`` issues the leaf
     for the client's SNI name instead.
 Upstream leg (smtpgate is the TLS client): the caller passes
-``server_hostname`` to ``wrap_socket``/``start_tls``, which sends SNI.
+``server_hostname`` to ``wrap_socket``/``start_tls``, which sends SNI, and
+the context offers the session that server name last gave
+(:class:`UpstreamContext`).
 """
 
 from __future__ import annotations
@@ -60,8 +62,58 @@ def _server_context(profile: TLSProfileLike, pairs: Iterable[CertKeyFiles]) -> s
     return ctx
 
 
-def _upstream_context(profile: TLSProfileLike, verify: bool) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+class UpstreamContext(ssl.SSLContext):
+    """The upstream leg's client context, offering each server the TLS session it
+    last gave (TLS 1.3 or 1.2 ticket, or TLS 1.2 session ID), so that a new
+    connection to it resumes: no certificate to send and verify, no signature.
+
+    The event loop's TLS transport makes the ``SSLObject`` itself (through
+    :meth:`wrap_bio`, with the server name and nothing else), so the sessions are
+    kept per server name: the next hop's host name, the name the certificate was
+    checked against. A session is only ever offered under the context (profile
+    values, verification) that established it, and a reload builds new contexts,
+    so it starts without sessions. Another address of the same name that does
+    not know the session answers with a full handshake.
+    """
+
+    #: Server names remembered; the oldest is forgotten first.
+    max_sessions = 1024
+
+    def __init__(self, protocol: int) -> None:
+        super().__init__()  # ssl.SSLContext.__new__ has taken the protocol
+        self._sessions: dict[str, ssl.SSLSession] = {}
+
+    def remember(self, server_hostname: str, ssl_object: ssl.SSLObject) -> None:
+        """Keep the session of a connection to ``server_hostname`` for the next one.
+
+        Called when the connection has had its first replies: a TLS 1.3 server
+        sends its ticket after the handshake, and a session without one cannot
+        be resumed.
+        """
+        session = ssl_object.session
+        if session is None or (ssl_object.version() == "TLSv1.3" and not session.has_ticket):
+            return
+        sessions = self._sessions
+        sessions.pop(server_hostname, None)  # to the young end
+        sessions[server_hostname] = session
+        if len(sessions) > self.max_sessions:
+            del sessions[next(iter(sessions))]
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if session is None and isinstance(server_hostname, str):
+            session = self._sessions.get(server_hostname)
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+
+def _upstream_context(profile: TLSProfileLike, verify: bool) -> UpstreamContext:
+    ctx = UpstreamContext(ssl.PROTOCOL_TLS_CLIENT)
     apply_profile(ctx, profile)
     if not verify:
         # Opportunistic TLS (RFC 7435): encrypt whatever the certificate;
@@ -92,7 +144,7 @@ class TLSContextCache:
     def __init__(self, *, max_upstream_hosts: int = 1024) -> None:
         self._lock = threading.RLock()
         self._client: dict[tuple[ProfileKey, CertificateStore, bool], ssl.SSLContext] = {}
-        self._upstream: dict[tuple[ProfileKey, bool], ssl.SSLContext] = {}
+        self._upstream: dict[tuple[ProfileKey, bool], UpstreamContext] = {}
         self._sni: dict[tuple[ProfileKey, SNICertificate], ssl.SSLContext] = {}
         # One context per outgoing host; bounded so a stream of distinct
         # names cannot grow memory without limit (leaf files stay on disk).
@@ -150,7 +202,7 @@ class TLSContextCache:
                 self._hosts.popitem(last=False)
             return ctx
 
-    def upstream_leg_context(self, profile: TLSProfileLike, *, verify: bool) -> ssl.SSLContext:
+    def upstream_leg_context(self, profile: TLSProfileLike, *, verify: bool) -> UpstreamContext:
         """Client-side context for the upstream leg (verify: CERT_REQUIRED)."""
         key = (profile_key(profile), verify)
         ctx = self._upstream.get(key)
