@@ -74,11 +74,14 @@ class UpstreamPool:
     def give(self, leg: UpstreamLeg, stream: Stream) -> None:
         """Park ``leg`` when it is at rest and alive; otherwise QUIT and close it.
 
-        Either way its TLS session (by now with the server's ticket) is kept for
-        the next connection to the same server (:class:`UpstreamContext`).
+        Either way, the first time, its TLS session (by now with the server's
+        ticket) is kept for the next connection to the same server
+        (:class:`UpstreamContext`): once per connection, because Python hands
+        out a connection's session as a copy (serialized and parsed again,
+        certificate included), which costs more than the transaction did.
         """
         ssl_object = stream.ssl_object
-        if isinstance(ssl_object, ssl.SSLObject):
+        if not leg.reused and isinstance(ssl_object, ssl.SSLObject):
             leg.target.context.remember(leg.target.tls_name, ssl_object)
         if not leg.at_rest or not usable(stream):
             close_quietly(stream)
