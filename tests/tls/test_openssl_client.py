@@ -170,3 +170,44 @@ def test_pfs_none_static_rsa_gets_the_rsa_certificate(
     key, new = _presented(result)
     assert key == "Server public key is 2048 bit"
     assert "Cipher is AES256-GCM-SHA384" in new
+
+
+@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
+@pytest.mark.parametrize("outgoing", [False, True], ids=["incoming", "outgoing-sni-leaf"])
+def test_client_leg_sessions_resume(
+    cache: TLSContextCache, store: CertificateStore, tmp_path: Path, version: str, outgoing: bool
+) -> None:
+    """One ticket per handshake, and it resumes, also where the SNI callback has
+    switched to an issued leaf's context (outgoing actions towards MX hosts)."""
+    ctx = cache.client_leg_context(tls_profile(), store, outgoing=outgoing)
+    session = tmp_path / "session.pem"
+    results = []
+    for keep in ("-sess_out", "-sess_in"):
+        with serving(ctx) as port:
+            # -ign_eof and a line to send: s_client reads on until the server closes,
+            # so the TLS 1.3 ticket (sent after the handshake) is in the session it saves.
+            results.append(
+                subprocess.run(
+                    [
+                        OPENSSL,
+                        "s_client",
+                        "-connect",
+                        f"127.0.0.1:{port}",
+                        "-servername",
+                        "up.example.test",
+                        version,
+                        keep,
+                        str(session),
+                        "-ign_eof",
+                    ],
+                    input="q\n",
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                )
+            )
+    first, second = (
+        next(line for line in r.stdout.splitlines() if line.startswith(("New, ", "Reused, ")))
+        for r in results
+    )
+    assert first.startswith("New, ") and second.startswith("Reused, "), (first, second)
