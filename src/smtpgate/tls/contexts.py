@@ -69,10 +69,11 @@ class UpstreamContext(ssl.SSLContext):
 
     The event loop's TLS transport makes the ``SSLObject`` itself (through
     :meth:`wrap_bio`, with the server name and nothing else), so the sessions are
-    kept per server name: the next hop's host name, the name the certificate was
-    checked against. A session is only ever offered under the context (profile
-    values, verification) that established it, and a reload builds new contexts,
-    so it starts without sessions. Another address of the same name that does
+    kept per server name: the TLS name the certificate was checked against (the
+    next hop's host name, or the recipient's domain with ``tls_name_from``). A
+    session is only ever offered under the context (profile values,
+    verification) that established it, and a reload builds new contexts, so it
+    starts without sessions. Another address of the same name that does
     not know the session answers with a full handshake.
     """
 
