@@ -38,7 +38,8 @@ def console(
 
 @pytest.fixture(scope="module")
 def browser(console: ConsoleUnderTest) -> Iterator[Browser]:
-    with chromium(console.gate.state_dir / "tls" / "server.pem") as launched:
+    # The certificate Chromium is presented: the generated ECDSA one (it offers ECDSA).
+    with chromium(console.gate.state_dir / "tls" / "server-ecdsa.pem") as launched:
         yield launched
 
 
