@@ -258,6 +258,14 @@ def test_a_certificate_upload_is_checked_then_used_by_the_console(
     other = ca.issue_cert("other.example")
     cert_pem = "".join(blob.bytes().decode() for blob in leaf.cert_chain_pems)
     with console.admin() as client:
+        # Generated: the ECDSA certificate, and the RSA one beside it.
+        listed = client.get("/api/v1/certificates").json()
+        tls_dir = console.gate.state_dir / "tls"
+        assert (listed["server"]["file"], listed["server"]["configured"]) == (
+            str(tls_dir / "server-ecdsa.pem"),
+            False,
+        )
+        assert listed["server_rsa"]["file"] == str(tls_dir / "server.pem")
         tag = etag(client, "/api/v1/certificates")
         mismatch = client.put(
             "/api/v1/certificates/server",
@@ -280,6 +288,8 @@ def test_a_certificate_upload_is_checked_then_used_by_the_console(
         assert uploaded.status_code == 200, uploaded.text
         assert uploaded.json()["applied"] is True
         assert uploaded.json()["server"]["names"] == ["mx.example.test", "127.0.0.1"]
+        # A configured certificate alone: no RSA one beside it.
+        assert client.get("/api/v1/certificates").json()["server_rsa"] is None
         ca_pem = client.get("/api/v1/certificates/ca.pem")
         assert ca_pem.headers["content-type"] == "application/x-pem-file"
         assert ca_pem.text == (console.gate.state_dir / "tls" / "ca.pem").read_text()

@@ -46,7 +46,11 @@ from smtpgate.console.traffic_routes import router as traffic_router
 from smtpgate.explain import rules_test
 from smtpgate.policy.rules import RecipientEncryption, SenderEncryption, TLSNameFrom
 from smtpgate.routing.resolver import blocking_lookup
-from smtpgate.tls.certificates import CertificateError, CertificateStore
+from smtpgate.tls.certificates import (
+    CertificateError,
+    CertificateStore,
+    generated_server_certs,
+)
 from smtpgate.traffic.database import TrafficDatabase
 
 API_PREFIX = "/api/v1"
@@ -653,10 +657,16 @@ def list_certificates(request: Request, response: Response, _: Reader) -> dict[s
     document = _read(request, response)
     config = document.config
     state_dir, certs = config.gateway.state_dir, config.certificates
-    server = certs.server_cert or state_dir / "tls" / "server.pem"
+    generated, generated_rsa = generated_server_certs(state_dir)
+    server = certs.server_cert or generated
+    # The RSA certificate presented beside the default one, to clients that need it.
+    server_rsa = certs.server_rsa_cert or (generated_rsa if certs.server_cert is None else None)
     ca = certs.ca_cert or state_dir / "tls" / "ca.pem"
     return {
         "server": {"configured": certs.server_cert is not None, **describe_file(server)},
+        "server_rsa": None
+        if server_rsa is None
+        else {"configured": certs.server_rsa_cert is not None, **describe_file(server_rsa)},
         "ca": {"configured": certs.ca_cert is not None, **describe_file(ca)},
         "sni": [{"names": list(entry.names), **describe_file(entry.cert)} for entry in certs.sni],
     }

@@ -216,6 +216,13 @@ GENERATED_KINDS: tuple[tuple[str, Callable[[], issuing.SigningKey]], ...] = (
 )
 
 
+def generated_server_certs(state_dir: Path) -> tuple[Path, ...]:
+    """The chain files of the server certificates :meth:`CertificateStore.load`
+    generates in ``state_dir`` (when none is configured), the default first."""
+    tls_dir = state_dir / GENERATED_CA_CERT.parent
+    return tuple(tls_dir / f"{stem}.pem" for stem, _ in GENERATED_KINDS)
+
+
 class CertificateStore:
     """All certificates the proxy presents. Build with :meth:`load`."""
 
