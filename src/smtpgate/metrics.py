@@ -339,9 +339,10 @@ class Metrics:
         return found.proxy_action if found is not None else ""
 
     def _rcpt_rejected(self, record: dict[str, Any]) -> None:
-        self.recipients_refused.labels(
-            record.get("policy", ""), refusal_kind(str(record.get("reason", "")))
-        ).inc()
+        # After several next hops, ``reason`` names them all; the last one's own
+        # reason says what kind of failure the recipient finally met.
+        reason = record.get("last_hop_reason") or record.get("reason", "")
+        self.recipients_refused.labels(record.get("policy", ""), refusal_kind(str(reason))).inc()
 
     def _mail_rejected(self, record: dict[str, Any]) -> None:
         self.senders_refused.inc()

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -44,10 +45,32 @@ def upstream(tmp_path: Path) -> Iterator[AiosmtpdUpstream]:
     server.stop()
 
 
-@pytest.fixture
-def gate(tmp_path: Path, upstream: AiosmtpdUpstream) -> Iterator[SmtpgateProcess]:
+PARTNERS = {
+    "name": "partners",
+    "recipient": "rcpt.example",
+    "sender_encryption": "required",
+    "recipient_encryption": "preferred",
+}
+
+
+def metrics_gate(
+    tmp_path: Path,
+    upstream: str | list[str],
+    rule: dict[str, str],
+    *,
+    trust: Path | None = None,
+    **policy: str,
+) -> SmtpgateProcess:
+    """serve with ``[metrics]`` (token ``TOKEN``) and one policy ``in`` towards
+    ``upstream``, its action ``incoming`` with ``rule``; not started yet. ``trust``:
+    the CA that upstream certificates are checked against."""
     token_file = tmp_path / "metrics.token"
     token_file.write_text(TOKEN + "\n")
+    starttls: dict[str, Any] = {"rules": [rule]}
+    profiles = []
+    if trust is not None:
+        profiles = [{"name": "checked", "ca_file": str(trust)}]
+        starttls["tls_profile"] = "checked"
     with ReservedPort() as metrics_port:
         config = {
             "metrics": {
@@ -55,31 +78,18 @@ def gate(tmp_path: Path, upstream: AiosmtpdUpstream) -> Iterator[SmtpgateProcess
                 "listen": f"127.0.0.1:{metrics_port.port}",
                 "token_file": str(token_file),
             },
-            "proxy_actions": [
-                {
-                    "name": "incoming",
-                    "starttls": {
-                        "rules": [
-                            {
-                                "name": "partners",
-                                "recipient": "rcpt.example",
-                                "sender_encryption": "required",
-                                "recipient_encryption": "preferred",
-                            }
-                        ]
-                    },
-                }
-            ],
+            "tls_profiles": profiles,
+            "proxy_actions": [{"name": "incoming", "starttls": starttls}],
             "policies": [
-                {
-                    "name": "in",
-                    "upstream": f"127.0.0.1:{upstream.port}",
-                    "proxy_action": "incoming",
-                }
+                {"name": "in", "upstream": upstream, "proxy_action": "incoming", **policy}
             ],
         }
-        gate = SmtpgateProcess(tmp_path / "gate", config)
-    with gate:
+        return SmtpgateProcess(tmp_path / "gate", config)
+
+
+@pytest.fixture
+def gate(tmp_path: Path, upstream: AiosmtpdUpstream) -> Iterator[SmtpgateProcess]:
+    with metrics_gate(tmp_path, f"127.0.0.1:{upstream.port}", PARTNERS) as gate:
         gate.wait_record("metrics_listening")
         yield gate
 
@@ -188,6 +198,43 @@ def test_a_scrape_counts_what_the_log_says(gate: SmtpgateProcess) -> None:
     for event in ("session_start", "transaction", "upstream_connected", "listening"):
         assert value(samples, "smtpgate_log_records_total", event=event) == logged[event]
     assert value(samples, "smtpgate_build_info", version="0.1.0") == 1
+
+
+def test_a_recipient_refused_after_every_next_hop_counts_as_the_last_failure(
+    tmp_path: Path,
+) -> None:
+    """The first next hop refuses the connection, the second does not offer STARTTLS
+    that the rule requires: the refusal counts as ``upstream_no_starttls``, the last
+    failure's kind (not ``other``, nor the first one's)."""
+    clear = AiosmtpdUpstream().start()  # no STARTTLS
+    try:
+        with ReservedPort() as unreachable:  # bound, never listening: refused
+            hops = [f"127.0.0.1:{unreachable.port}", f"127.0.0.1:{clear.port}"]
+            rule = {
+                "name": "secure",
+                "recipient": "rcpt.example",
+                "recipient_encryption": "required",
+            }
+            with metrics_gate(tmp_path, hops, rule) as gate:
+                gate.wait_record("metrics_listening")
+                with smtplib.SMTP("127.0.0.1", gate.port(), timeout=10) as client:
+                    client.ehlo("client.test")
+                    assert client.docmd("MAIL FROM:<a@sender.example>")[0] == 250
+                    assert client.docmd("RCPT TO:<b@rcpt.example>") == (
+                        451,
+                        b"4.7.5 Cannot deliver encrypted as required, try later",
+                    )
+                (rejected,) = gate.wait_record("rcpt_rejected")
+                assert rejected["reason"].startswith(
+                    f"all 2 next hops failed: 127.0.0.1:{unreachable.port}: connect "
+                ), rejected["reason"]
+                assert rejected["last_hop_reason"] == "upstream does not offer STARTTLS"
+                _, samples = scrape(gate)
+    finally:
+        clear.stop()
+    assert total(samples, "smtpgate_recipients_refused_total") == 1
+    refused = {"policy": "in", "reason": "upstream_no_starttls"}
+    assert value(samples, "smtpgate_recipients_refused_total", **refused) == 1
 
 
 def test_open_connections_are_a_gauge_read_at_scrape_time(gate: SmtpgateProcess) -> None:

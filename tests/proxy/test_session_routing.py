@@ -129,6 +129,7 @@ def test_all_hosts_failing_is_451_4_4_1_naming_each(backups_rt: PolicyRuntime) -
         "all 2 next hops failed: primary.test:2526: connect primary.test:2526: "
         "Connection refused; backup.test:2526: upstream greeting 421 4.3.2 shutting down"
     )
+    assert rejected["last_hop_reason"] == "upstream greeting 421 4.3.2 shutting down"
 
 
 def test_mx_hosts_are_tried_in_the_order_of_the_route(mx_rt: PolicyRuntime) -> None:
@@ -259,6 +260,7 @@ def test_recipients_with_other_next_hops_are_split_by_452(mx_rt: PolicyRuntime) 
     rejected = play.record("rcpt_rejected")
     assert (rejected["recipient_domain"], rejected["reply"]) == ("b.test", 452)
     assert rejected["reason"] == "its next hop mx.b.test:25 is not the transaction's"
+    assert rejected["last_hop_reason"] == ""  # no next hop was tried for it
     record = play.record("transaction")
     assert record["recipient_domains"] == ["a.test", "c.test"]
 

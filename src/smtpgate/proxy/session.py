@@ -1113,15 +1113,17 @@ class Session:
             self._open_upstream(self._target(pending))
             return
         self.pending = None
-        reason = all_hops_failed(pending, exc.reason) if pending.failures else exc.reason
         if isinstance(pending, AwaitAuth):
+            reason = all_hops_failed(pending, exc.reason) if pending.failures else exc.reason
             self.server.reply(*REPLY_AUTH_UNAVAILABLE)
             self._log_auth(pending, REPLY_AUTH_UNAVAILABLE[0], reason, upstream=str(failed))
             return
         txn = self.txn
         assert txn is not None
         self.server.reply(exc.code, exc.text)
-        self._rcpt_rejected(txn, pending.event, pending.domain, pending.rule, exc.code, reason)
+        self._rcpt_rejected(
+            txn, pending.event, pending.domain, pending.rule, exc.code, exc.reason, tried=pending
+        )
 
     def _reply(self, reply: Reply) -> None:
         pending = self.pending
@@ -1202,8 +1204,6 @@ class Session:
                 pending.mail_refusal = pending.answer = None
                 self._hop_failed(pending, UpstreamUnavailable((refusal.code, refusal.text), reason))
                 return
-            if pending.failures:
-                reason = all_hops_failed(pending, reason)
             server.reply_lines(refusal.code, refusal.lines)
             self._rcpt_rejected(
                 txn,
@@ -1212,6 +1212,7 @@ class Session:
                 pending.rule,
                 refusal.code,
                 reason,
+                tried=pending,
             )
             return
         answer = pending.answer
@@ -1353,8 +1354,22 @@ class Session:
         )
 
     def _rcpt_rejected(
-        self, txn: Transaction, event: RcptTo, domain: str, rule: str, code: int, reason: str
+        self,
+        txn: Transaction,
+        event: RcptTo,
+        domain: str,
+        rule: str,
+        code: int,
+        reason: str,
+        *,
+        tried: AwaitRcpt | None = None,
     ) -> None:
+        """``tried``: the recipient's next hops, when ``reason`` is why the last one of
+        them failed; after several, ``reason`` names every hop and ``last_hop_reason``
+        keeps the last one's own (its kind for the metrics)."""
+        last_hop_reason = ""
+        if tried is not None and tried.failures:
+            last_hop_reason, reason = reason, all_hops_failed(tried, reason)
         txn.refused_reply = code
         if not txn.rule:
             txn.rule = rule
@@ -1376,6 +1391,7 @@ class Session:
             **addresses,
             reply=code,
             reason=reason,
+            last_hop_reason=last_hop_reason,
         )
 
     def _received_header(self) -> bytes:
