@@ -54,6 +54,20 @@ SEVERITY: dict[str, int] = {
     "starttls_injection": 4,
 }
 INFO = 6
+#: Records whose severity depends on their ``outcome``, by (event, outcome): a
+#: failed AUTH (wrong credentials) is what fail2ban-style watchers look for; the
+#: other outcomes of ``auth`` are informational.
+OUTCOME_SEVERITY: dict[tuple[str, str], int] = {
+    ("auth", "failed"): 4,
+}
+
+
+def severity(record: dict[str, Any]) -> int:
+    """The syslog severity of ``record`` (RFC 5424 6.2.1), also the journal's PRIORITY."""
+    event = str(record.get("event", ""))
+    by_outcome = OUTCOME_SEVERITY.get((event, str(record.get("outcome", ""))))
+    return by_outcome if by_outcome is not None else SEVERITY.get(event, INFO)
+
 
 #: RFC 5424 facility codes by the name ``[logging] syslog_facility`` takes.
 FACILITIES: dict[str, int] = {
@@ -101,7 +115,7 @@ class JournaldSink:
         event = str(record.get("event", ""))
         fields = [
             (b"MESSAGE", line.encode()),
-            (b"PRIORITY", str(SEVERITY.get(event, INFO)).encode()),
+            (b"PRIORITY", str(severity(record)).encode()),
             (b"SYSLOG_IDENTIFIER", APP_NAME.encode()),
             (b"SYSLOG_FACILITY", self._facility),
             (b"SMTPGATE_EVENT", event.encode()),
@@ -228,7 +242,7 @@ class SyslogSink:
 
     def message(self, line: str, record: dict[str, Any]) -> bytes:
         event = str(record.get("event", "-"))
-        pri = self._facility * 8 + SEVERITY.get(event, INFO)
+        pri = self._facility * 8 + severity(record)
         msgid = "".join(c for c in event if 33 <= ord(c) <= 126)[:32] or "-"
         timestamp = str(record.get("time") or "-")
         head = f"<{pri}>1 {timestamp} {self._hostname} {APP_NAME} {self._pid} {msgid} - "

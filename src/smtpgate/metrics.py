@@ -188,6 +188,13 @@ class Metrics:
             ["policy", "reason"],
             registry=r,
         )
+        self.auths = Counter(
+            "smtpgate_auth_total",
+            "AUTH exchanges relayed (auth records), by policy, mechanism and outcome "
+            "(authenticated, failed, cancelled, tempfail).",
+            ["policy", "mechanism", "outcome"],
+            registry=r,
+        )
         self.senders_refused = Counter(
             "smtpgate_senders_refused_total",
             "MAIL FROM refused by the rules (mail_rejected).",
@@ -279,6 +286,7 @@ class Metrics:
             "transaction": self._transaction,
             "rcpt_rejected": self._rcpt_rejected,
             "mail_rejected": self._mail_rejected,
+            "auth": self._auth,
             "starttls": self._starttls,
             "upstream_connected": self._upstream_connected,
             "reloaded": self._reloaded,
@@ -343,6 +351,11 @@ class Metrics:
         # reason says what kind of failure the recipient finally met.
         reason = record.get("last_hop_reason") or record.get("reason", "")
         self.recipients_refused.labels(record.get("policy", ""), refusal_kind(str(reason))).inc()
+
+    def _auth(self, record: dict[str, Any]) -> None:
+        self.auths.labels(
+            record.get("policy", ""), record.get("mechanism", ""), record.get("outcome", "")
+        ).inc()
 
     def _mail_rejected(self, record: dict[str, Any]) -> None:
         self.senders_refused.inc()

@@ -31,7 +31,7 @@ from tests.peers.gate_config import gate_config, rule
 from tests.peers.postfix import PostfixInstance
 from tests.peers.relay import Relay
 from tests.peers.smtpgate_proc import SmtpgateProcess
-from tests.peers.swaks import SwaksResult, run_swaks
+from tests.peers.swaks import SwaksResult, run_swaks, run_swaks_auth
 from tests.peers.upstream import AiosmtpdUpstream
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
@@ -97,13 +97,7 @@ def traffic_rows(gate: SmtpgateProcess, count: int) -> list[Any]:
 
 
 def swaks_auth(port: int, mechanism: str, password: str = PASSWORD, **kw: Any) -> SwaksResult:
-    return run_swaks(
-        port,
-        tls="starttls",
-        sender=USER,
-        extra=["--auth", mechanism, "--auth-user", USER, "--auth-password", password],
-        **kw,
-    )
+    return run_swaks_auth(port, mechanism, USER, password, **kw)
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])

@@ -28,10 +28,19 @@ from smtpgate.config import toml_writer
 from smtpgate.config.errors import ConfigError
 from smtpgate.config.loader import parse_config
 from smtpgate.config.netaddr import parse_syslog_address
-from smtpgate.logtargets import FACILITIES, SEVERITY, JournaldSink, SyslogSink, journal_datagram
+from smtpgate.logtargets import (
+    FACILITIES,
+    JournaldSink,
+    SyslogSink,
+    journal_datagram,
+    severity,
+)
 from smtpgate.reserved_port import ReservedPort
 from tests.peers import accepts_connections, require_binary, wait_until
+from tests.peers.certs import TestPKI
+from tests.peers.gate_config import gate_config, rule
 from tests.peers.smtpgate_proc import Record, SmtpgateProcess, smtpgate_binary
+from tests.peers.swaks import run_swaks_auth
 from tests.peers.upstream import AiosmtpdUpstream
 
 #: RFC 5424 section 6: HEADER SP STRUCTURED-DATA SP MSG, with the values smtpgate sends.
@@ -153,13 +162,14 @@ class SocketLoggedGate(SmtpgateProcess):
         self,
         workdir: Path,
         logging: dict[str, Any],
-        upstream_port: int,
+        upstream: int | dict[str, Any],
         received: Callable[[], list[Any]],
         parse: Callable[[Any], Record],
     ) -> None:
-        super().__init__(
-            workdir, {"policies": [{"name": "in", "upstream": f"127.0.0.1:{upstream_port}"}]}
-        )
+        """``upstream``: the port of the one policy's upstream, or the whole configuration."""
+        if isinstance(upstream, int):
+            upstream = {"policies": [{"name": "in", "upstream": f"127.0.0.1:{upstream}"}]}
+        super().__init__(workdir, upstream)
         self.config["logging"] = {"format": "json", **logging}
         self.text = toml_writer.dumps(self.config)
         self.received = received
@@ -182,9 +192,9 @@ def syslog_record(data: bytes) -> Record:
     match = RFC5424.fullmatch(data.decode())
     assert match, data
     record: Record = json.loads(match["msg"])
-    facility, severity = divmod(int(match["pri"]), 8)
+    facility, level = divmod(int(match["pri"]), 8)
     assert facility == FACILITIES["mail"]
-    assert severity == SEVERITY.get(record["event"], 6)
+    assert level == severity(record)
     assert match["msgid"] == record["event"]
     assert match["time"] == record["time"]
     record["_pid"] = int(match["pid"])
@@ -235,6 +245,40 @@ def test_syslog_over_tcp_with_octet_counting(tmp_path: Path, upstream: AiosmtpdU
         )
 
 
+def test_a_failed_auth_is_logged_as_a_warning(tmp_path: Path) -> None:
+    """What fail2ban-style watchers look for: the ``auth`` record of wrong credentials
+    has severity warning (4), a successful one info (6). swaks authenticates through
+    smtpgate (``auth = "relay"``) to aiosmtpd as the submission server."""
+    user, password = "alice@sender.test", "s3cret-Pa55-wOrd"
+    pki = TestPKI(tmp_path / "pki")
+    submission = AiosmtpdUpstream(starttls=pki.server_context(), users={user: password})
+    with submission, datagram_server(socket.AF_INET, ("127.0.0.1", 0)) as (sock, received):
+        address = f"udp://127.0.0.1:{sock.getsockname()[1]}"
+        config = gate_config(
+            submission.port,
+            policy={"auth": "relay"},
+            profile={"ca_file": str(pki.ca_file)},
+            rules=[rule(recipient_encryption="none")],
+        )
+        logging = {"target": "syslog", "syslog_address": address}
+        with SocketLoggedGate(
+            tmp_path / "gate", logging, config, received.snapshot, syslog_record
+        ) as gate:
+            assert run_swaks_auth(gate.port(), "PLAIN", user, password).returncode == 0
+            refused = run_swaks_auth(gate.port(), "LOGIN", user, "wrong")
+            assert [r.code for r in refused.replies][-2:] == [535, 221], refused
+            gate.wait_record("auth", count=2)
+        pri_by_outcome = {}
+        for data in received.snapshot():
+            match = RFC5424.fullmatch(data.decode())
+            assert match, data
+            record = json.loads(match["msg"])
+            if record["event"] == "auth":
+                pri_by_outcome[record["outcome"]] = int(match["pri"])
+    mail = FACILITIES["mail"] * 8
+    assert pri_by_outcome == {"authenticated": mail + 6, "failed": mail + 4}
+
+
 def journal_fields(data: bytes) -> dict[str, bytes]:
     """Parse the journal's native protocol (both the ``KEY=value`` and the binary form)."""
     fields: dict[str, bytes] = {}
@@ -260,7 +304,7 @@ def journal_record(data: bytes) -> Record:
     record: Record = json.loads(fields["MESSAGE"])
     assert fields["SYSLOG_IDENTIFIER"] == b"smtpgate"
     assert fields["SMTPGATE_EVENT"].decode() == record["event"]
-    assert int(fields["PRIORITY"]) == SEVERITY.get(record["event"], 6)
+    assert int(fields["PRIORITY"]) == severity(record)
     assert fields["SYSLOG_FACILITY"] == str(FACILITIES["mail"]).encode()
     if "session" in record:
         assert fields["SMTPGATE_SESSION"].decode() == record["session"]
@@ -582,7 +626,7 @@ def rsyslog_parsed(line: str) -> Record:
     pri, host, app, procid, msgid, reported, msg = line.split("|", 6)
     record: Record = json.loads(msg)
     assert (pri, app, msgid) == (
-        f"mail.{ {3: 'err', 4: 'warning', 6: 'info'}[SEVERITY.get(record['event'], 6)] }",
+        f"mail.{ {3: 'err', 4: 'warning', 6: 'info'}[severity(record)] }",
         "smtpgate",
         record["event"],
     )

@@ -30,10 +30,12 @@ from smtpgate.metrics import REFUSAL_KINDS, Metrics, refusal_kind, rule_position
 from smtpgate.reserved_port import ReservedPort
 from tests.peers.certs import TestPKI
 from tests.peers.smtpgate_proc import SmtpgateProcess, smtpgate_binary
+from tests.peers.swaks import run_swaks_auth
 from tests.peers.upstream import AiosmtpdUpstream
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "smtpgate-dashboard.json"
 TOKEN = "s3cret-scrape-token"
+USER, PASSWORD = "alice@sender.test", "s3cret-Pa55-wOrd"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -235,6 +237,34 @@ def test_a_recipient_refused_after_every_next_hop_counts_as_the_last_failure(
     assert total(samples, "smtpgate_recipients_refused_total") == 1
     refused = {"policy": "in", "reason": "upstream_no_starttls"}
     assert value(samples, "smtpgate_recipients_refused_total", **refused) == 1
+
+
+def test_auth_outcomes_are_counted_by_mechanism_and_outcome(tmp_path: Path) -> None:
+    """swaks authenticates through smtpgate (``auth = "relay"``) to aiosmtpd as a
+    submission server: once right (PLAIN), once with a wrong password (LOGIN)."""
+    pki = TestPKI(tmp_path / "upstream-pki")
+    submission = AiosmtpdUpstream(starttls=pki.server_context(), users={USER: PASSWORD}).start()
+    try:
+        rule = {"name": "any", "recipient_encryption": "none"}
+        upstream = f"127.0.0.1:{submission.port}"
+        with metrics_gate(tmp_path, upstream, rule, trust=pki.ca_file, auth="relay") as gate:
+            gate.wait_record("metrics_listening")
+            assert run_swaks_auth(gate.port(), "PLAIN", USER, PASSWORD).returncode == 0
+            refused = run_swaks_auth(gate.port(), "LOGIN", USER, "wrong")
+            assert refused.reply_to("AUTH") is not None
+            assert [r.code for r in refused.replies][-2:] == [535, 221], refused
+            gate.wait_record("auth", count=2)
+            _, samples = scrape(gate)
+    finally:
+        submission.stop()
+    assert submission.auth_attempts == [("PLAIN", USER, True), ("LOGIN", USER, False)]
+    authenticated = {"policy": "in", "mechanism": "PLAIN", "outcome": "authenticated"}
+    assert value(samples, "smtpgate_auth_total", **authenticated) == 1
+    failed = {"policy": "in", "mechanism": "LOGIN", "outcome": "failed"}
+    assert value(samples, "smtpgate_auth_total", **failed) == 1
+    assert total(samples, "smtpgate_auth_total") == 2
+    # No user data in any label.
+    assert not [labels for _, labels in samples if any(USER in v for _, v in labels)]
 
 
 def test_open_connections_are_a_gauge_read_at_scrape_time(gate: SmtpgateProcess) -> None:

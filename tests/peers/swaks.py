@@ -16,6 +16,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from smtpgate.smtp import Reply
 
@@ -192,3 +193,15 @@ def run_swaks(
         check=False,
     )
     return SwaksResult(proc.returncode, proc.stdout, proc.stderr, *parse_transcript(proc.stdout))
+
+
+def run_swaks_auth(port: int, mechanism: str, user: str, password: str, **kw: Any) -> SwaksResult:
+    """:func:`run_swaks` over STARTTLS, authenticating as ``user`` (also the sender)
+    with ``mechanism`` before MAIL."""
+    return run_swaks(
+        port,
+        tls="starttls",
+        sender=user,
+        extra=["--auth", mechanism, "--auth-user", user, "--auth-password", password],
+        **kw,
+    )
