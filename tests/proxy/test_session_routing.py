@@ -54,6 +54,27 @@ DELIVER = """
 """
 
 
+def opened(host: str) -> str:
+    """A new leg in clear to ``host``, up to the upstream's EHLO answer."""
+    return f"""
+        > open none to {host}
+        < connected
+        {UPSTREAM_HELLO}
+    """
+
+
+def relayed(recipient: str) -> str:
+    """MAIL and the RCPT for ``recipient`` pipelined upstream, both accepted: the
+    client's RCPT gets 250."""
+    return f"""
+        U: MAIL FROM:<alice@sender.test>
+        U: RCPT TO:<{recipient}>
+        R: 250 ok
+        R: 250 ok
+        S: 250 ok
+    """
+
+
 @pytest.fixture
 def mx_rt(state_dir: Path) -> PolicyRuntime:
     """``upstream = "mx"``; a.test, b.test, c.test in clear, secure.test TLS required."""
@@ -86,14 +107,8 @@ def test_the_backup_is_used_when_the_primary_refuses_connections(
         C: RCPT TO:<bob@rcpt.test>
         > open none to primary.test
         < connect failed Connection refused
-        > open none to backup.test
-        < connected
-        {UPSTREAM_HELLO}
-        U: MAIL FROM:<alice@sender.test>
-        U: RCPT TO:<bob@rcpt.test>
-        R: 250 ok
-        R: 250 ok
-        S: 250 ok
+        {opened("backup.test")}
+        {relayed("bob@rcpt.test")}
         {DELIVER}
         """
     )
@@ -141,14 +156,8 @@ def test_mx_hosts_are_tried_in_the_order_of_the_route(mx_rt: PolicyRuntime) -> N
         < route mx1.a.test@10 mx2.a.test@20
         > open none to mx1.a.test
         < connect failed timed out
-        > open none to mx2.a.test
-        < connected
-        {UPSTREAM_HELLO}
-        U: MAIL FROM:<alice@sender.test>
-        U: RCPT TO:<bob@a.test>
-        R: 250 ok
-        R: 250 ok
-        S: 250 ok
+        {opened("mx2.a.test")}
+        {relayed("bob@a.test")}
         {DELIVER}
         """
     )
@@ -168,14 +177,8 @@ def test_implicit_mx_is_logged_as_such(mx_rt: PolicyRuntime) -> None:
         C: RCPT TO:<bob@a.test>
         > resolve a.test
         < route a.test
-        > open none to a.test
-        < connected
-        {UPSTREAM_HELLO}
-        U: MAIL FROM:<alice@sender.test>
-        U: RCPT TO:<bob@a.test>
-        R: 250 ok
-        R: 250 ok
-        S: 250 ok
+        {opened("a.test")}
+        {relayed("bob@a.test")}
         {DELIVER}
         """
     )
@@ -207,14 +210,8 @@ def test_a_recipient_without_route_gets_the_reply_and_nothing_is_opened(
         C: RCPT TO:<carol@b.test>
         > resolve b.test
         < route mx.b.test@10
-        > open none to mx.b.test
-        < connected
-        {UPSTREAM_HELLO}
-        U: MAIL FROM:<alice@sender.test>
-        U: RCPT TO:<carol@b.test>
-        R: 250 ok
-        R: 250 ok
-        S: 250 ok
+        {opened("mx.b.test")}
+        {relayed("carol@b.test")}
         {DELIVER}
         """
     )
@@ -236,14 +233,8 @@ def test_recipients_with_other_next_hops_are_split_by_452(mx_rt: PolicyRuntime) 
         C: RCPT TO:<bob@a.test>
         > resolve a.test
         < route mx1.host.test@10 mx2.host.test@10
-        > open none to mx1.host.test
-        < connected
-        {UPSTREAM_HELLO}
-        U: MAIL FROM:<alice@sender.test>
-        U: RCPT TO:<bob@a.test>
-        R: 250 ok
-        R: 250 ok
-        S: 250 ok
+        {opened("mx1.host.test")}
+        {relayed("bob@a.test")}
         C: RCPT TO:<carol@b.test>
         > resolve b.test
         < route mx.b.test@10
@@ -283,11 +274,7 @@ def test_an_mx_host_without_starttls_is_skipped_when_tls_is_required(
         > open required to mx2.secure.test
         < connected
         {UPSTREAM_HELLO_STARTTLS}
-        U: MAIL FROM:<alice@sender.test>
-        U: RCPT TO:<bob@secure.test>
-        R: 250 ok
-        R: 250 ok
-        S: 250 ok
+        {relayed("bob@secure.test")}
         {DELIVER}
         """
     )
@@ -309,25 +296,15 @@ def test_a_session_reuses_its_leg_for_the_next_transaction_to_the_same_mx(
         C: RCPT TO:<bob@a.test>
         > resolve a.test
         < route mx.a.test@10
-        > open none to mx.a.test
-        < connected
-        {UPSTREAM_HELLO}
-        U: MAIL FROM:<alice@sender.test>
-        U: RCPT TO:<bob@a.test>
-        R: 250 ok
-        R: 250 ok
-        S: 250 ok
+        {opened("mx.a.test")}
+        {relayed("bob@a.test")}
         {DELIVER}
         C: MAIL FROM:<alice@sender.test>
         S: 250 2.1.0 Ok
         C: RCPT TO:<carol@a.test>
         > resolve a.test
         < route mx.a.test@10
-        U: MAIL FROM:<alice@sender.test>
-        U: RCPT TO:<carol@a.test>
-        R: 250 ok
-        R: 250 ok
-        S: 250 ok
+        {relayed("carol@a.test")}
         C: RSET
         U: RSET
         R: 250 ok
@@ -361,14 +338,8 @@ def test_a_dead_pooled_leg_is_replaced_on_the_same_next_hop(mx_rt: PolicyRuntime
         U: RCPT TO:<bob@a.test>
         < lost upstream
         > abort
-        > open none to mx2.a.test
-        < connected
-        {UPSTREAM_HELLO}
-        U: MAIL FROM:<alice@sender.test>
-        U: RCPT TO:<bob@a.test>
-        R: 250 ok
-        R: 250 ok
-        S: 250 ok
+        {opened("mx2.a.test")}
+        {relayed("bob@a.test")}
         """
     )
     assert play.records("rcpt_rejected") == []
