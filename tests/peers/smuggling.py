@@ -80,7 +80,14 @@ def expected_refusal(data: bytes, bare_newline: str, nul_bytes: str) -> str | No
     The first offending byte names the refusal (docs/smtp-core.md). A dot right
     after a real CRLF (or first in the body) is a stuffing dot, not content.
     """
-    content = (b"\r\n" + data[:-3]).replace(b"\r\n.", b"\r\n")[2:]
+    return content_refusal(
+        (b"\r\n" + data[:-3]).replace(b"\r\n.", b"\r\n")[2:], bare_newline, nul_bytes
+    )
+
+
+def content_refusal(content: bytes, bare_newline: str, nul_bytes: str) -> str | None:
+    """The reply smtpgate promises for message ``content`` (unstuffed: as BDAT carries
+    it); None: the message is relayed."""
     bare = _BARE_CR_OR_LF.search(content)
     nul = content.find(b"\x00")
     refusals = []

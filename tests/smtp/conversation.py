@@ -26,6 +26,8 @@ from smtpgate.smtp import (
     PAUSED,
     BodyChunk,
     BodyEnd,
+    ChunkEnd,
+    ChunkRequested,
     ClientConnection,
     DataRequested,
     Event,
@@ -61,7 +63,10 @@ class AcceptAll:
         if callable(override):
             override = override(event)
         if override is not None:
-            server.reply(*override)
+            if isinstance(event, ChunkRequested):
+                server.refuse_chunk(*override)
+            else:
+                server.reply(*override)
             return
         if isinstance(event, Hello):
             if event.esmtp:
@@ -75,6 +80,10 @@ class AcceptAll:
             server.reply(250, "2.1.0 Ok" if isinstance(event, MailFrom) else "2.1.5 Ok")
         elif isinstance(event, DataRequested):
             server.accept_data()
+        elif isinstance(event, ChunkRequested):
+            server.accept_chunk()
+        elif isinstance(event, ChunkEnd):
+            server.reply(250, f"2.0.0 Ok: {event.size} octets")
         elif isinstance(event, BodyEnd):
             server.reply(250, "2.0.0 Ok: queued")
         # BodyChunk, BodyInvalid, Reset, ConnectionClosed need no answer.

@@ -24,7 +24,14 @@ from smtpgate.smtp import (
     RcptTo,
     ServerLimits,
 )
-from tests.peers.smuggling import FAKE_ENDS, canonical, carrier, expected_refusal, lenient_ends
+from tests.peers.smuggling import (
+    FAKE_ENDS,
+    canonical,
+    carrier,
+    content_refusal,
+    expected_refusal,
+    lenient_ends,
+)
 
 from .conversation import AcceptAll, body_of, converse, new_server, pump, wire
 
@@ -109,6 +116,65 @@ def test_one_message_or_one_refusal(
     # What the client role sends upstream, decoded by a fresh decoder: exactly one message,
     # and nothing a lenient receiver could take for an end before the real one.
     upstream = relayed(body, step)
+    decoder = DataDecoder(max_size=1 << 20, max_line_length=1000, bare_newline="reject")
+    chunks, done, trailing = decoder.feed(upstream)
+    assert done and trailing == b"" and decoder.violation is None
+    assert b"".join(bytes(c) for c in chunks) == body
+    assert lenient_ends(upstream[:-3]) == []
+
+
+def bdat_session(bare_newline: str, nul_bytes: str) -> object:
+    limits = ServerLimits(bare_newline=bare_newline, nul_bytes=nul_bytes)  # type: ignore[arg-type]
+    server = new_server(limits=limits)
+    converse(
+        server,
+        """
+        S: 220 mx.test ESMTP
+        C: EHLO client.example
+        C: MAIL FROM:<alice@example.com>
+        C: RCPT TO:<bob@example.com>
+        S: 250-mx.test
+        S: 250 CHUNKING
+        S: 250 2.1.0 Ok
+        S: 250 2.1.5 Ok
+        """,
+        AcceptAll(keywords=["CHUNKING"]),
+    )
+    return server
+
+
+@pytest.mark.parametrize(("bare_newline", "nul_bytes"), MODES)
+@pytest.mark.parametrize("stream", STREAMS, ids=repr)
+@pytest.mark.parametrize("chunk", [1, 3, 7, 10_000])
+def test_bdat_text_one_message_or_one_refusal(
+    bare_newline: str, nul_bytes: str, stream: bytes, chunk: int
+) -> None:
+    # The same content sent by BDAT (no end marker, no stuffing) in chunks of ``chunk``
+    # octets: the same policy applies, and what is relayed is safe to convert to DATA.
+    content = stream[:-3]
+    pieces = [content[i : i + chunk] for i in range(0, len(content), chunk)]
+    wire_in = b"".join(
+        b"BDAT %d%s\r\n" % (len(p), b" LAST" if i == len(pieces) - 1 else b"") + p
+        for i, p in enumerate(pieces)
+    )
+    server = bdat_session(bare_newline, nul_bytes)
+    events, out = run(server, wire_in + b"NOOP\r\n", 5)
+    assert not any(isinstance(e, MailFrom | RcptTo) for e in events)
+    refusal = content_refusal(content, bare_newline, nul_bytes)
+    if refusal is not None:
+        assert not any(isinstance(e, BodyEnd) for e in events)
+        code, text = refusal.split(" ", 1)
+        assert [e for e in events if isinstance(e, BodyInvalid)] == [BodyInvalid(int(code), text)]
+        # The chunks pipelined after the refused one are dropped (RFC 3030 section 2).
+        after = out.split(refusal.encode() + b"\r\n", 1)[1]
+        assert set(after.splitlines()) <= {b"503 5.5.1 Need MAIL command", b"250 2.0.0 Ok"}
+        assert after.endswith(b"250 2.0.0 Ok\r\n")
+        return
+    assert sum(isinstance(e, BodyEnd) for e in events) == 1
+    assert out.endswith(b"250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n")
+    body = body_of(events)
+    assert canonical(body) and b"wire the money" in body
+    upstream = relayed(body, chunk)  # converted to DATA for an upstream without CHUNKING
     decoder = DataDecoder(max_size=1 << 20, max_line_length=1000, bare_newline="reject")
     chunks, done, trailing = decoder.feed(upstream)
     assert done and trailing == b"" and decoder.violation is None

@@ -13,7 +13,7 @@ Neither touches a socket. The caller feeds received bytes with
 
 from smtpgate.smtp.address import Address, AddressError, parse_path
 from smtpgate.smtp.client import ClientConnection, ClientLimits, UpstreamProtocolError
-from smtpgate.smtp.data import DataDecoder, DataEncoder, canonicalize
+from smtpgate.smtp.data import ChunkDecoder, DataDecoder, DataEncoder, canonicalize
 from smtpgate.smtp.events import (
     NEED_DATA,
     PAUSED,
@@ -23,6 +23,8 @@ from smtpgate.smtp.events import (
     BodyChunk,
     BodyEnd,
     BodyInvalid,
+    ChunkEnd,
+    ChunkRequested,
     ConnectionClosed,
     DataRequested,
     Event,
@@ -46,6 +48,9 @@ __all__ = [
     "BodyChunk",
     "BodyEnd",
     "BodyInvalid",
+    "ChunkDecoder",
+    "ChunkEnd",
+    "ChunkRequested",
     "ClientConnection",
     "ClientLimits",
     "ConnectionClosed",

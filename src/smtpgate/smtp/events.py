@@ -89,6 +89,24 @@ class DataRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkRequested:
+    """``BDAT size [LAST]`` (RFC 3030). The caller answers ``accept_chunk()`` (the
+    octets then come as ``BodyChunk`` events) or ``refuse_chunk(...)`` (they are
+    dropped and the reply follows them)."""
+
+    size: int
+    last: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkEnd:
+    """Every octet of a BDAT chunk that is not the last is in; the caller answers
+    with ``reply``: a refusal ends the transaction (RFC 3030 section 2)."""
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class BodyChunk:
     """Message content: unstuffed, canonical CRLF, never the whole message at once."""
 
@@ -97,7 +115,8 @@ class BodyChunk:
 
 @dataclass(frozen=True, slots=True)
 class BodyEnd:
-    """The client's final ``.``; the caller answers with the upstream's reply."""
+    """The client's final ``.`` (or the end of its ``BDAT ... LAST`` chunk); the
+    caller answers with the upstream's reply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +177,8 @@ Event = (
     | MailFrom
     | RcptTo
     | DataRequested
+    | ChunkRequested
+    | ChunkEnd
     | BodyChunk
     | BodyEnd
     | BodyInvalid

@@ -22,8 +22,20 @@ MAIL_PARAMETERS: Mapping[str, str] = MappingProxyType(
     }
 )
 
+#: BODY values whose extension is not 8BITMIME's: BINARYMIME needs its own keyword.
+_BODY_VALUE_KEYWORDS: Mapping[str, str] = MappingProxyType({"BINARYMIME": "BINARYMIME"})  # RFC 3030
+
 #: RCPT parameter -> the EHLO keyword that must have been offered for it.
 RCPT_PARAMETERS: Mapping[str, str] = MappingProxyType({"NOTIFY": "DSN", "ORCPT": "DSN"})
+
+
+def required_keyword(table: Mapping[str, str], name: str, value: str | None) -> str | None:
+    """The EHLO keyword parameter ``name=value`` of ``table`` needs (None: unknown)."""
+    if name == "BODY" and table is MAIL_PARAMETERS and value is not None:
+        keyword = _BODY_VALUE_KEYWORDS.get(value.upper())
+        if keyword is not None:
+            return keyword
+    return table.get(name)
 
 
 def offered_parameters(
@@ -41,8 +53,9 @@ def offered_parameters(
     for word in raw.split(b" "):
         if not word:
             continue
-        name = word.split(b"=", 1)[0].decode("ascii", "replace").upper()
-        keyword = table.get(name, "")
+        name, _, value = word.decode("ascii", "replace").partition("=")
+        name = name.upper()
+        keyword = required_keyword(table, name, value or None) or ""
         if keyword and keyword in offered:
             kept.append(word)
         else:

@@ -4,8 +4,14 @@ One object owns all session state; :data:`TRANSITIONS` is the table of what a
 positive answer to each command does. The core answers what needs no
 decision (NOOP, RSET, HELP, VRFY, QUIT, syntax and sequence errors) and asks
 the caller, through an event, for everything a proxy must decide or relay
-(EHLO/HELO, STARTTLS, AUTH and each SASL response, MAIL, RCPT, DATA, end of
-data).
+(EHLO/HELO, STARTTLS, AUTH and each SASL response, MAIL, RCPT, DATA, BDAT,
+end of data).
+
+BDAT (RFC 3030, offered with CHUNKING) frames the message by octet count:
+the core reads exactly the announced octets after the command line, whatever
+the reads split, and what follows them is the next command. A BDAT it
+refuses itself still has its octets read and dropped before the reply, so
+message content is never taken for commands.
 
 Commands are parsed one at a time: while a command waits for its answer, the
 next one stays in the buffer, so replies to pipelined commands (RFC 2920)
@@ -23,7 +29,14 @@ from enum import Enum
 from typing import Final
 
 from smtpgate.smtp.address import AddressError, is_hello_name, parse_path
-from smtpgate.smtp.data import BareNewlinePolicy, DataDecoder, NulPolicy
+from smtpgate.smtp.data import (
+    TOO_BIG,
+    BareNewlinePolicy,
+    ChunkDecoder,
+    DataDecoder,
+    DataViolation,
+    NulPolicy,
+)
 from smtpgate.smtp.events import (
     NEED_DATA,
     PAUSED,
@@ -33,6 +46,8 @@ from smtpgate.smtp.events import (
     BodyChunk,
     BodyEnd,
     BodyInvalid,
+    ChunkEnd,
+    ChunkRequested,
     ConnectionClosed,
     DataRequested,
     Event,
@@ -43,7 +58,7 @@ from smtpgate.smtp.events import (
     StartTLSRequested,
     _Sentinel,
 )
-from smtpgate.smtp.extensions import MAIL_PARAMETERS, RCPT_PARAMETERS
+from smtpgate.smtp.extensions import MAIL_PARAMETERS, RCPT_PARAMETERS, required_keyword
 from smtpgate.smtp.replies import format_reply, format_reply_bytes
 
 #: RFC 4954 section 4: an AUTH command with its initial response, and each response
@@ -63,6 +78,9 @@ REPLY_AUTH_NEEDS_TLS: Final = (
 """AUTH on a client leg in clear (RFC 4954 section 6): the credentials are never relayed."""
 
 REPLY_NOT_IMPLEMENTED: Final = (502, "5.5.1 Command not implemented")
+
+#: BODY values (RFC 6152, RFC 3030 BINARYMIME).
+_BODY_VALUES = ("7BIT", "8BITMIME", "BINARYMIME")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +107,8 @@ class State(Enum):
     MAIL = "mail"  # MAIL accepted
     RCPT = "rcpt"  # at least one RCPT accepted
     DATA = "data"  # reading the body
+    CHUNK = "chunk"  # reading the octets of an accepted BDAT
+    BDAT = "bdat"  # between BDAT chunks: the transaction's body is under way
     TLS = "tls"  # paused for the TLS handshake
     AUTH = "auth"  # a 334 challenge was sent: the next line is the client's SASL response
     CLOSED = "closed"
@@ -110,9 +130,12 @@ TRANSITIONS: dict[tuple[str, bool], State | None] = {
     ("BODY", False): State.READY,
     ("AUTH", True): State.READY,
     ("AUTH", False): State.READY,
+    # A chunk that is not the last (RFC 3030): a refusal fails the transaction.
+    ("CHUNK", True): State.BDAT,
+    ("CHUNK", False): State.READY,
 }
 
-_NOT_IMPLEMENTED = frozenset({b"EXPN", b"TURN", b"ETRN", b"BDAT", b"ATRN", b"SEND"})
+_NOT_IMPLEMENTED = frozenset({b"EXPN", b"TURN", b"ETRN", b"ATRN", b"SEND"})
 
 
 class LocalProtocolError(RuntimeError):
@@ -150,6 +173,21 @@ class ServerConnection:
         self._events: deque[Event] = deque()
         self._out: list[bytes] = []
         self._decoder: DataDecoder | None = None
+        #: The transaction's BDAT content (from its first accepted chunk), and whether
+        #: MAIL said BODY=BINARYMIME (RFC 3030: only BDAT may carry it).
+        self._chunks: ChunkDecoder | None = None
+        self._binarymime = False
+        #: The BDAT waiting for an answer: its size and LAST; then the octets left to read.
+        self._chunk_size = 0
+        self._chunk_last = False
+        self._chunk_left = 0
+        #: Octets of a refused BDAT still to drop, and the reply that follows them.
+        self._skip_left = 0
+        self._skip_reply = b""
+        self._skip_error = False
+        #: A BDAT transaction just failed: BDATs the client pipelined after it are dropped
+        #: without counting as errors (RFC 3030 section 2 asks the server to expect them).
+        self._bdat_failed = False
 
     # -- output -------------------------------------------------------------------------------
 
@@ -223,6 +261,37 @@ class ServerConnection:
             raise LocalProtocolError("accept_data answers DATA")
         self.reply(354, "End data with <CR><LF>.<CR><LF>")
 
+    def accept_chunk(self) -> None:
+        """Read the chunk :class:`ChunkRequested` announced: its content comes as
+        ``BodyChunk`` events, then ``ChunkEnd`` (answered with ``reply``) or, after
+        ``LAST``, ``BodyEnd`` (answered with the upstream's verdict)."""
+        if self._awaiting != "BDAT":
+            raise LocalProtocolError("accept_chunk answers BDAT")
+        self._awaiting = None
+        self.state = State.CHUNK
+        self._chunk_left = self._chunk_size
+        if not self._chunk_left:
+            self._chunk_done()
+
+    def refuse_chunk(self, code: int, text: str | Sequence[str]) -> None:
+        """Refuse the BDAT awaiting an answer: its octets are read and dropped, then
+        ``code text`` answers it, and the transaction is over (RFC 3030 section 2)."""
+        self.refuse_chunk_lines(code, [text] if isinstance(text, str) else text)
+
+    def refuse_chunk_lines(self, code: int, lines: Sequence[str | bytes]) -> None:
+        """As :meth:`refuse_chunk`, with a reply relayed verbatim."""
+        if self._awaiting != "BDAT":
+            raise LocalProtocolError("refuse_chunk answers BDAT")
+        self._awaiting = None
+        raw = [line.encode("utf-8") if isinstance(line, str) else line for line in lines]
+        self._end_transaction_body()
+        self._skip(self._chunk_size, format_reply_bytes(code, raw))
+
+    @property
+    def reading_body(self) -> bool:
+        """Message octets are expected (DATA, or a BDAT chunk, read or dropped)."""
+        return self.state is State.DATA or self.state is State.CHUNK or self._skip_left > 0
+
     def _answered(self, code: int) -> None:
         command = self._awaiting
         if command is None:
@@ -250,13 +319,23 @@ class ServerConnection:
                 bare_newline=limits.bare_newline,
                 nul_bytes=limits.nul_bytes,
             )
-        elif command == "BODY":
+        elif command in ("BODY", "CHUNK") and (command == "BODY" or not positive):
+            self._bdat_failed = self._chunks is not None and not (command == "BODY" and positive)
             self._reset_transaction()
+
+    def _end_transaction_body(self) -> None:
+        """A BDAT failed: the transaction is over, whatever its state."""
+        if self.state in (State.RCPT, State.BDAT, State.CHUNK):
+            self.state = State.READY
+        self._reset_transaction()
+        self._bdat_failed = True
 
     def _reset_transaction(self) -> None:
         self.recipients = 0
         self._smtputf8 = False
+        self._binarymime = False
         self._decoder = None
+        self._chunks = None
 
     # -- input --------------------------------------------------------------------------------
 
@@ -272,7 +351,7 @@ class ServerConnection:
         else:
             self._buf = data
         self._pos = 0
-        if len(self._buf) > self.limits.max_buffer and self.state is not State.DATA:
+        if len(self._buf) > self.limits.max_buffer and not self.reading_body:
             # A client that pipelines more than we will hold is flooding: stop reading it.
             self._fail(421, "4.7.0 Too much pipelined input, closing connection")
 
@@ -286,7 +365,11 @@ class ServerConnection:
         if self._awaiting is not None:
             raise LocalProtocolError(f"{self._awaiting} is waiting for an answer")
         while self._pos < len(self._buf):
-            if self.state is State.DATA:
+            if self._skip_left:
+                self._receive_skipped()
+            elif self.state is State.CHUNK:
+                self._receive_chunk()
+            elif self.state is State.DATA:
                 self._receive_body()
             elif self.state is State.AUTH:
                 if not self._receive_sasl_response():
@@ -306,7 +389,7 @@ class ServerConnection:
         the event for it is produced.
         """
         buf, pos = self._buf, self._pos
-        if self.state is State.DATA or buf.find(b"\n", pos) < 0:
+        if self.reading_body or buf.find(b"\n", pos) < 0:
             return False
         line = buf[pos : pos + len(verb) + 2].rstrip(b"\r\n").upper()
         return line == verb
@@ -361,6 +444,73 @@ class ServerConnection:
         self._events.append(AuthAborted(code, text))
         self._error(code, text)
 
+    def _receive_chunk(self) -> None:
+        """The octets of the accepted BDAT in the buffer: content events, then its end."""
+        chunks = self._chunks
+        assert chunks is not None
+        buf, pos = self._buf, self._pos
+        stop = min(pos + self._chunk_left, len(buf))
+        self._chunk_left -= stop - pos
+        self._pos = stop
+        had_violation = chunks.violation is not None
+        content = chunks.feed(buf, pos, stop)
+        if chunks.violation is not None:
+            if not had_violation:
+                self._events.append(BodyInvalid(chunks.violation.code, chunks.violation.text))
+        elif content is not None:
+            self._events.append(BodyChunk(content))
+        if stop == len(buf):
+            self._buf, self._pos = b"", 0
+        if not self._chunk_left:
+            self._chunk_done()
+
+    def _chunk_done(self) -> None:
+        """Every octet of the chunk is in: ask for its answer, or answer a violation."""
+        chunks = self._chunks
+        assert chunks is not None
+        last = self._chunk_last
+        had_violation = chunks.violation is not None
+        if last and not had_violation:
+            tail = chunks.finish()  # a CR kept back at the very end is a bare CR
+            if chunks.violation is not None:
+                self._events.append(BodyInvalid(chunks.violation.code, chunks.violation.text))
+            elif tail is not None:
+                self._events.append(BodyChunk(tail))
+        violation = chunks.violation
+        if violation is not None:
+            self._awaiting = "BODY"  # the transaction is over, as after DATA's refusal
+            self.reply(violation.code, violation.text)
+        elif last:
+            self._awaiting = "BODY"
+            self._events.append(BodyEnd())
+        else:
+            self._awaiting = "CHUNK"
+            self._events.append(ChunkEnd(self._chunk_size))
+
+    def _receive_skipped(self) -> None:
+        """Drop the octets of a refused BDAT; its reply follows the last of them."""
+        take = min(self._skip_left, len(self._buf) - self._pos)
+        self._skip_left -= take
+        self._pos += take
+        if self._pos == len(self._buf):
+            self._buf, self._pos = b"", 0
+        if self._skip_left:
+            return
+        reply, self._skip_reply = self._skip_reply, b""
+        self._queue(reply)
+        if self._skip_error:
+            self._skip_error = False
+            self.errors += 1
+            if self.errors >= self.limits.max_errors:
+                self._fail(421, "4.7.0 Too many errors, closing connection")
+
+    def _skip(self, size: int, reply: bytes, *, error: bool = False) -> None:
+        self._skip_left = size
+        self._skip_reply = reply
+        self._skip_error = error
+        if not size:
+            self._receive_skipped()
+
     def _receive_command(self) -> bool:
         """Parse one command line; False when only a partial line is left."""
         buf, pos = self._buf, self._pos
@@ -398,6 +548,8 @@ class ServerConnection:
             return
         verb, _, arg = line.partition(b" ")
         verb = verb.upper()
+        if verb != b"BDAT":
+            self._bdat_failed = False
         handler = _COMMANDS.get(verb)
         if handler is not None:
             handler(self, arg)
@@ -483,6 +635,9 @@ class ServerConnection:
             self._error(*problem)
             return
         self._smtputf8 = any(key == "SMTPUTF8" for key, _ in params)
+        self._binarymime = any(
+            key == "BODY" and (value or "").upper() == "BINARYMIME" for key, value in params
+        )
         self._ask("MAIL", MailFrom(sender, params, raw))
 
     def _check_mail_params(
@@ -490,14 +645,14 @@ class ServerConnection:
     ) -> tuple[int, str] | None:
         smtputf8 = False
         for key, value in params:
-            if MAIL_PARAMETERS.get(key) not in self.offered or not self.esmtp:
+            if required_keyword(MAIL_PARAMETERS, key, value) not in self.offered or not self.esmtp:
                 return 555, f"5.5.4 Unsupported parameter {key}"
             if key == "SIZE":
                 if value is None or not value.isdigit():
                     return 501, "5.5.4 Bad SIZE parameter"
                 if int(value) > self.limits.max_message_size:
                     return 552, "5.3.4 Message size exceeds fixed maximum message size"
-            elif key == "BODY" and (value or "").upper() not in ("7BIT", "8BITMIME"):
+            elif key == "BODY" and (value or "").upper() not in _BODY_VALUES:
                 return 501, "5.5.4 Bad BODY parameter"
             elif key == "SMTPUTF8":
                 if value is not None:
@@ -510,6 +665,9 @@ class ServerConnection:
         return None
 
     def _cmd_rcpt(self, arg: bytes) -> None:
+        if self.state is State.BDAT:
+            self._error(503, "5.5.1 RCPT not allowed after BDAT")
+            return
         if self.state not in (State.MAIL, State.RCPT):
             self._error(503, "5.5.1 Need MAIL command")
             return
@@ -540,6 +698,10 @@ class ServerConnection:
     def _cmd_data(self, arg: bytes) -> None:
         if arg.strip(b" "):
             self._error(501, "5.5.4 Syntax: DATA")
+        elif self.state is State.BDAT:
+            self._error(503, "5.5.1 DATA not allowed after BDAT")  # RFC 3030 section 2
+        elif self._binarymime and self.state is State.RCPT:
+            self._error(503, "5.5.1 BODY=BINARYMIME requires BDAT")  # RFC 3030 section 3
         elif self.state is State.RCPT:
             self._ask("DATA", DataRequested())
         elif self.state is State.MAIL:
@@ -547,11 +709,56 @@ class ServerConnection:
         else:
             self._error(503, "5.5.1 Need RCPT command")
 
+    def _cmd_bdat(self, arg: bytes) -> None:
+        if "CHUNKING" not in self.offered or not self.esmtp:
+            # Not offered: the octets cannot be told from commands, as for any unknown verb.
+            self._error(*REPLY_NOT_IMPLEMENTED)
+            return
+        words = arg.split(b" ")
+        if (
+            not 1 <= len(words) <= 2
+            or not words[0].isdigit()
+            or (len(words) == 2 and words[1].upper() != b"LAST")
+        ):
+            # Where the chunk ends is unknown: what follows is read as commands (as Postfix).
+            self._error(501, "5.5.4 Syntax: BDAT chunk-size [LAST]")
+            return
+        size = int(words[0])
+        refusal: tuple[int, str] | None = None
+        if self.state is State.MAIL:
+            refusal = 554, "5.5.1 No valid recipients"
+        elif self.state not in (State.RCPT, State.BDAT):
+            refusal = 503, "5.5.1 Need MAIL command"
+        if refusal is not None:
+            self._skip(size, format_reply(*refusal), error=not self._bdat_failed)
+            return
+        chunks = self._chunks
+        if chunks is None:
+            limits = self.limits
+            chunks = self._chunks = ChunkDecoder(
+                max_size=limits.max_message_size,
+                max_line_length=limits.max_data_line,
+                bare_newline=limits.bare_newline,
+                nul_bytes=limits.nul_bytes,
+                binary=self._binarymime,
+            )
+        if not chunks.reserve(size):
+            self._refuse_body(size, TOO_BIG)
+            return
+        self._chunk_size, self._chunk_last = size, len(words) == 2
+        self._ask("BDAT", ChunkRequested(size, self._chunk_last))
+
+    def _refuse_body(self, size: int, violation: DataViolation) -> None:
+        """The core refuses the body (the size limit): the caller abandons the transaction."""
+        self._events.append(BodyInvalid(violation.code, violation.text))
+        self._end_transaction_body()
+        self._skip(size, format_reply(violation.code, violation.text))
+
     def _cmd_rset(self, arg: bytes) -> None:
         if arg.strip(b" "):
             self._error(501, "5.5.4 Syntax: RSET")
             return
-        if self.state in (State.MAIL, State.RCPT):
+        if self.state in (State.MAIL, State.RCPT, State.BDAT):
             self.state = State.READY
         self._reset_transaction()
         self._queue(format_reply(250, "2.0.0 Ok"))
@@ -597,6 +804,7 @@ class ServerConnection:
     def _close(self, reason: str) -> None:
         self.state = State.CLOSED
         self._buf, self._pos = b"", 0
+        self._skip_left, self._skip_reply = 0, b""
         self._awaiting = None
         self._events.append(ConnectionClosed(reason))
 
@@ -616,6 +824,7 @@ _COMMANDS = {
     b"MAIL": ServerConnection._cmd_mail,
     b"RCPT": ServerConnection._cmd_rcpt,
     b"DATA": ServerConnection._cmd_data,
+    b"BDAT": ServerConnection._cmd_bdat,
     b"RSET": ServerConnection._cmd_rset,
     b"NOOP": ServerConnection._cmd_noop,
     b"HELP": ServerConnection._cmd_help,
