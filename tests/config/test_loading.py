@@ -93,6 +93,7 @@ def test_action_defaults() -> None:
         "SMTPUTF8",
         "DSN",
         "ENHANCEDSTATUSCODES",
+        "CHUNKING",
     )
     assert action.starttls.enabled
     assert not action.starttls.require_tls_for_envelope
@@ -245,9 +246,7 @@ def test_general_limits(line: str, path: str) -> None:
         ('["STARTTLS"]', "STARTTLS is set in [starttls]"),
         ('["XCLIENT"]', "unknown ESMTP keyword 'XCLIENT'"),
         ('["SIZE", "size"]', "more than once"),
-        ('["CHUNKING"]', "CHUNKING cannot be advertised: smtpgate does not implement BDAT"),
-        ('["CHUNKING", "BINARYMIME"]', "CHUNKING cannot be advertised"),
-        ('["8BITMIME", "binarymime"]', "BINARYMIME cannot be advertised: it needs BDAT"),
+        ('["8BITMIME", "binarymime"]', "BINARYMIME requires CHUNKING"),
         ('["SMTPUTF8"]', "SMTPUTF8 requires 8BITMIME"),
     ],
 )
@@ -257,6 +256,14 @@ def test_esmtp_keywords_validated(keywords: str, message: str) -> None:
     )
     assert path == "proxy_actions[1].esmtp.keywords"
     assert message in reason
+
+
+def test_chunking_and_binarymime_may_be_advertised() -> None:
+    config = load(
+        '[[proxy_actions]]\nname = "A"\n[proxy_actions.esmtp]\n'
+        'keywords = ["8BITMIME", "chunking", "BINARYMIME"]\n'
+    )
+    assert config.action("A").esmtp.keywords == ("8BITMIME", "CHUNKING", "BINARYMIME")
 
 
 def test_policy_naming_missing_action() -> None:

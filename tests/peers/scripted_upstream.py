@@ -7,7 +7,9 @@ purpose: a scripted greeting (or none), replies of the test's choosing to
 STARTTLS, RCPT, DATA and the final dot (or no answer at all), a hang-up at the
 n-th RCPT or after some body bytes, a STARTTLS that answers 220 and then sends
 no TLS. With a certificate it speaks real TLS (STARTTLS or implicit), as the
-proxy benchmark's receiving server does.
+proxy benchmark's receiving server does. With ``CHUNKING`` among its EHLO
+keywords it takes BDAT (RFC 3030): each chunk is answered after its octets,
+and the message is kept as the octets arrived (``ReceivedMessage.bdat``).
 
 It runs on an asyncio loop: the end-to-end tests start it on their
 :class:`tests.proxy.helpers.LoopThread` (fixture ``make_scripted_upstream``),
@@ -53,7 +55,8 @@ FAULT_STAGES = (
     "RCPT",
     "DATA",
     "body",  # the first body bytes arrived (STALL: stop reading the socket)
-    "dot",  # the final dot arrived: its reply is due
+    "chunk",  # a BDAT chunk before the last arrived: its reply is due
+    "dot",  # the final dot (or the BDAT LAST chunk) arrived: its reply is due
 )
 
 
@@ -64,6 +67,10 @@ class ReceivedMessage:
     wire: bytes  # DATA bytes as received, still dot-stuffed, without the final ".\r\n"
     tls_version: str  # "TLSv1.3", or "none"
     cipher: str  # "TLS_AES_256_GCM_SHA384", or "none"
+    #: Sent by BDAT: ``wire`` is the chunks' octets, the content itself.
+    bdat: bool = False
+    #: The BDAT commands as sent (b"BDAT 512", b"BDAT 0 LAST").
+    chunks: tuple[bytes, ...] = ()
 
     @property
     def sender(self) -> str:
@@ -76,7 +83,10 @@ class ReceivedMessage:
 
     @property
     def content(self) -> bytes:
-        """The message as the sender meant it: dot-unstuffed (RFC 5321 4.5.2)."""
+        """The message as the sender meant it: dot-unstuffed (RFC 5321 4.5.2); by BDAT,
+        the octets as they came."""
+        if self.bdat:
+            return self.wire
         return (b"\r\n" + self.wire).replace(b"\r\n.", b"\r\n")[2:]
 
 
@@ -276,6 +286,13 @@ class _Conversation:
         self.in_mail = False
         self.rcpt_count = 0
         self.delivered = 0  # messages accepted on this connection
+        #: BDAT: the content so far, the commands, and the chunk being read (octets left,
+        #: LAST, the reply owed after it when the chunk is refused).
+        self.bdat_content = bytearray()
+        self.bdat_commands: list[bytes] = []
+        self.chunk_left = 0
+        self.chunk_last = False
+        self.chunk_refusal: bytes | None = None
 
     async def read(self) -> bytes:
         async with asyncio.timeout(self.server.idle_timeout):
@@ -304,6 +321,7 @@ class _Conversation:
             return
         buf = b""
         body: bytearray | None = None  # inside DATA: what arrived of the body so far
+        answer_after_chunk = False  # a BDAT was read: its octets, then its reply
         while True:
             data = await self.read()
             if not data:
@@ -340,12 +358,33 @@ class _Conversation:
                             return
                         out.append(self.end_of_data(wire))
                         continue
+                    if self.chunk_left or answer_after_chunk:
+                        take = min(self.chunk_left, len(buf))
+                        if self.chunk_refusal is None:
+                            self.bdat_content += buf[:take]
+                            limit = server.drop_after_body_bytes
+                            if limit is not None and len(self.bdat_content) >= max(limit, 1):
+                                raise _Hangup
+                        buf, self.chunk_left = buf[take:], self.chunk_left - take
+                        if self.chunk_left:
+                            break
+                        answer_after_chunk = False
+                        reply = self.end_of_chunk()
+                        if reply is _LISTEN:
+                            self.writer.write(b"".join(out))
+                            await self.listen_only()
+                            return
+                        assert isinstance(reply, bytes)
+                        out.append(reply)
+                        continue
                     line, found, rest = buf.partition(b"\n")
                     if not found:
                         break
                     buf = rest
                     answer = await self.command(line + b"\n", out)
-                    if answer is _DATA:
+                    if answer is _CHUNK:
+                        answer_after_chunk = True
+                    elif answer is _DATA:
                         body, buf, searched = bytearray(buf), b"", 0
                     elif answer is _LISTEN:
                         await self.listen_only()
@@ -456,8 +495,10 @@ class _Conversation:
             if server.data_reply.startswith(b"354"):
                 return _DATA
         elif verb == b"RSET":
-            self.mail_from, self.rcpts, self.in_mail = b"", [], False
+            self.end_transaction()
             out.append(b"250 2.0.0 Ok\r\n")
+        elif verb == b"BDAT" and "CHUNKING" in server.ehlo_keywords:
+            return self.bdat(line)
         elif verb == b"NOOP":
             out.append(b"250 2.0.0 Ok\r\n")
         elif verb == b"QUIT":
@@ -467,7 +508,40 @@ class _Conversation:
             out.append(b"500 5.5.2 What?\r\n")
         return None
 
-    def end_of_data(self, wire: bytes) -> bytes:
+    def bdat(self, line: bytes) -> object:
+        """``BDAT size [LAST]``: the octets are read next, then :meth:`end_of_chunk`."""
+        words = line.split()
+        if not 2 <= len(words) <= 3 or not words[1].isdigit():
+            raise _Hangup  # where the chunk ends is unknown
+        self.chunk_left, self.chunk_last = int(words[1]), len(words) == 3
+        self.bdat_commands.append(line.rstrip(b"\r\n"))
+        self.chunk_refusal = None if self.rcpts else b"503 5.5.1 Need RCPT command\r\n"
+        return _CHUNK
+
+    def end_of_chunk(self) -> bytes | object:
+        """Every octet of a chunk is in: its reply (LAST: the verdict), or _LISTEN."""
+        server = self.server
+        if self.chunk_refusal is not None:
+            return self.chunk_refusal
+        stage = "dot" if self.chunk_last else "chunk"
+        fault = server.faults.get(stage)
+        if fault is Fault.CLOSE:
+            raise _Hangup
+        if fault is Fault.STALL or (self.chunk_last and server.dot_reply is None):
+            return _LISTEN
+        if not self.chunk_last:
+            if isinstance(fault, bytes):
+                self.end_transaction()  # RFC 3030: the transaction failed
+                return fault
+            return b"250 2.0.0 Ok: %d octets\r\n" % int(self.bdat_commands[-1].split()[1])
+        wire = bytes(self.bdat_content)
+        return self.end_of_data(wire, bdat=True)
+
+    def end_transaction(self) -> None:
+        self.mail_from, self.rcpts, self.in_mail = b"", [], False
+        self.bdat_content, self.bdat_commands = bytearray(), []
+
+    def end_of_data(self, wire: bytes, *, bdat: bool = False) -> bytes:
         server = self.server
         at_dot = server.faults.get("dot")
         reply = at_dot if isinstance(at_dot, bytes) else server.dot_reply
@@ -475,12 +549,16 @@ class _Conversation:
         if reply.startswith(b"2"):
             self.delivered += 1
             version, cipher = describe_tls(self.writer.get_extra_info("ssl_object"))
-            server._store(ReceivedMessage(self.mail_from, self.rcpts, wire, version, cipher))
-        self.mail_from, self.rcpts, self.in_mail = b"", [], False
+            chunks = tuple(self.bdat_commands)
+            message = ReceivedMessage(
+                self.mail_from, self.rcpts, wire, version, cipher, bdat=bdat, chunks=chunks
+            )
+            server._store(message)
+        self.end_transaction()
         return reply
 
 
-_DATA, _LISTEN, _QUIT, _TLS = object(), object(), object(), object()
+_DATA, _LISTEN, _QUIT, _TLS, _CHUNK = object(), object(), object(), object(), object()
 _STAGES_BY_VERB = {
     b"EHLO": "EHLO",
     b"HELO": "HELO",

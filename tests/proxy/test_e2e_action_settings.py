@@ -100,6 +100,7 @@ def test_default_esmtp_keywords(make_gate: Any, make_upstream: Make) -> None:
         b"SMTPUTF8",
         b"DSN",
         b"ENHANCEDSTATUSCODES",
+        b"CHUNKING",
         b"STARTTLS",
     }
 

@@ -23,6 +23,7 @@ EHLO_CLEAR = """
     S: 250-SMTPUTF8
     S: 250-DSN
     S: 250-ENHANCEDSTATUSCODES
+    S: 250-CHUNKING
     S: 250 STARTTLS
 """
 EHLO_TLS = """
@@ -33,7 +34,8 @@ EHLO_TLS = """
     S: 250-SIZE 25000000
     S: 250-SMTPUTF8
     S: 250-DSN
-    S: 250 ENHANCEDSTATUSCODES
+    S: 250-ENHANCEDSTATUSCODES
+    S: 250 CHUNKING
 """
 #: The upstream's greeting and EHLO answer, up to where the leg is ready.
 UPSTREAM_HELLO = """
@@ -406,6 +408,7 @@ def test_rset_and_ehlo_end_the_upstream_transaction(clear_rt: PolicyRuntime) -> 
         S: 250-SMTPUTF8
         S: 250-DSN
         S: 250-ENHANCEDSTATUSCODES
+        S: 250-CHUNKING
         S: 250 STARTTLS
         """
     )
@@ -1177,6 +1180,7 @@ def test_body_over_the_limit_abandons_the_upstream_and_refuses_at_the_dot(
         S: 250-SMTPUTF8
         S: 250-DSN
         S: 250-ENHANCEDSTATUSCODES
+        S: 250-CHUNKING
         S: 250 STARTTLS
         {ENVELOPE}
         > open none

@@ -73,18 +73,14 @@ KNOWN_ESMTP_KEYWORDS = frozenset(
         "SMTPUTF8",
         "DSN",
         "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "BINARYMIME",
     }
 )
 """Keywords smtpgate may pass to the client. STARTTLS has its own section."""
 
-# Keyword -> why it cannot be advertised: a sender that believes the EHLO reply
-# would use a command smtpgate answers with 502 (RFC 3030 BDAT).
-_UNIMPLEMENTED_ESMTP_KEYWORDS = {
-    "CHUNKING": "CHUNKING cannot be advertised: smtpgate does not implement BDAT yet",
-    "BINARYMIME": "BINARYMIME cannot be advertised: it needs BDAT, which smtpgate does not "
-    "implement yet",
-}
-
+# BINARYMIME is known but not a default: a binary message can only go on to an
+# upstream that offers BINARYMIME and CHUNKING (docs/proxy.md).
 DEFAULT_ESMTP_KEYWORDS = (
     "8BITMIME",
     "PIPELINING",
@@ -92,13 +88,15 @@ DEFAULT_ESMTP_KEYWORDS = (
     "SMTPUTF8",
     "DSN",
     "ENHANCEDSTATUSCODES",
+    "CHUNKING",
 )
 
 DEFAULT_AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 _SASL_MECHANISM = re.compile(r"[A-Z0-9_-]{1,20}")
 
-# Keyword -> keyword it depends on (RFC 6531: an SMTPUTF8 server also supports 8BITMIME).
-_ESMTP_DEPENDENCIES = {"SMTPUTF8": "8BITMIME"}
+# Keyword -> keyword it depends on (RFC 6531: an SMTPUTF8 server also supports 8BITMIME;
+# RFC 3030: BINARYMIME is sent with BDAT only).
+_ESMTP_DEPENDENCIES = {"SMTPUTF8": "8BITMIME", "BINARYMIME": "CHUNKING"}
 
 
 class _Model(BaseModel):
@@ -406,8 +404,6 @@ class ESMTPSettings(_Model):
         for keyword in upper:
             if keyword == "STARTTLS":
                 raise _custom_error("esmtp_keyword", "STARTTLS is set in [starttls], not here")
-            if keyword in _UNIMPLEMENTED_ESMTP_KEYWORDS:
-                raise _custom_error("esmtp_keyword", _UNIMPLEMENTED_ESMTP_KEYWORDS[keyword])
             if keyword not in KNOWN_ESMTP_KEYWORDS:
                 known = ", ".join(sorted(KNOWN_ESMTP_KEYWORDS))
                 raise _custom_error(

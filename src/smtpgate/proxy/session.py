@@ -93,6 +93,8 @@ from smtpgate.smtp.events import (
     BodyChunk,
     BodyEnd,
     BodyInvalid,
+    ChunkEnd,
+    ChunkRequested,
     ConnectionClosed,
     DataRequested,
     Hello,
@@ -146,7 +148,10 @@ class Transaction:
     its log record gives."""
 
     __slots__ = (
+        "binarymime",
+        "body_transfer",
         "checked_domain",
+        "chunk_refusal",
         "final_reply",
         "headers",
         "mail_params",
@@ -165,7 +170,13 @@ class Transaction:
     )
 
     def __init__(
-        self, sender: Address, sender_domain: str, mail_params: bytes, *, smtputf8: bool
+        self,
+        sender: Address,
+        sender_domain: str,
+        mail_params: bytes,
+        *,
+        smtputf8: bool,
+        binarymime: bool = False,
     ) -> None:
         #: The reverse-path as relayed upstream; ``sender_address`` is its parsed form, for the log.
         self.sender = sender.path
@@ -174,6 +185,12 @@ class Transaction:
         self.mail_params = mail_params
         #: MAIL had SMTPUTF8: only an upstream that offers SMTPUTF8 may get it (RFC 6531 3.4).
         self.smtputf8 = smtputf8
+        #: MAIL had BODY=BINARYMIME: only BDAT to an upstream with BINARYMIME may carry it.
+        self.binarymime = binarymime
+        #: How the body travelled: "data", "bdat" (relayed as BDAT), "bdat-to-data".
+        self.body_transfer = ""
+        #: The upstream's first refusal of a BDAT chunk, relayed to the client.
+        self.chunk_refusal: Reply | None = None
         #: The upstream TLS mode fixed by the first accepted recipient (SPEC 2.2).
         self.mode: UpstreamTLS | None = None
         #: ... and the domain its certificate is checked against ("": the next hop's name).
@@ -207,6 +224,7 @@ class Transaction:
             fields["sender"] = log_address(self.sender_address)
             fields["recipients"] = [str(r) for r in self.recipients]
         fields["size"] = self.size
+        fields["body_transfer"] = self.body_transfer
         fields["message_id"] = self.headers.message_id()
         fields["outcome"] = outcome
         fields["reply"] = reply
@@ -215,6 +233,11 @@ class Transaction:
         final = self.final_reply
         fields["upstream_reply"] = f"{final.code} {final.text}" if final is not None else ""
         return fields
+
+
+def _outcome(code: int) -> str:
+    """A transaction's outcome by the reply that ended it."""
+    return "delivered" if code < 300 else "tempfail" if code < 500 else "rejected"
 
 
 def milliseconds(seconds: float | None) -> float | None:
@@ -306,7 +329,18 @@ class AwaitRcpt:
 
 @dataclass(slots=True)
 class AwaitData:
-    """DATA relayed (or pipelined earlier); the 354 is owed."""
+    """DATA relayed (or pipelined earlier); the 354 is owed. ``chunk``: for a client's
+    first BDAT, converted to DATA (its octets are read after the 354)."""
+
+    chunk: bool = False
+
+
+@dataclass(slots=True)
+class AwaitChunks:
+    """BDAT chunks relayed whose replies are owed. ``answer``: the client's chunk
+    ends here and gets its reply once they are in (None: flow control mid-chunk)."""
+
+    answer: ChunkEnd | None = None
 
 
 @dataclass(slots=True)
@@ -350,7 +384,7 @@ class AwaitAuth:
     aborted: bool = False
 
 
-Pending = AwaitRoute | AwaitRcpt | AwaitAuth | AwaitData | AwaitEnd | AwaitReset
+Pending = AwaitRoute | AwaitRcpt | AwaitAuth | AwaitData | AwaitChunks | AwaitEnd | AwaitReset
 
 
 @dataclass(slots=True)
@@ -446,7 +480,7 @@ class Session:
             return None
         if self.pending is not None:
             return self._wait_verdict if isinstance(self.pending, AwaitEnd) else self._wait_upstream
-        return self._wait_body if self.server.state is State.DATA else self._wait_client
+        return self._wait_body if self.server.reading_body else self._wait_client
 
     # -- the interface ----------------------------------------------------------------------------
 
@@ -606,6 +640,73 @@ class Session:
             txn.size += len(data)
             if not txn.headers.done:
                 txn.headers.feed(data)
+            if leg.chunked and leg.chunks_in_flight:
+                self.pending = AwaitChunks()  # flow control: the upstream answers first
+
+    def _chunk_requested(self, event: ChunkRequested) -> None:
+        """BDAT: relayed as BDAT when the upstream offers CHUNKING, else as DATA."""
+        server = self.server
+        txn = self.txn
+        leg = self.leg
+        assert txn is not None
+        if leg is None or leg.state is LegState.LOST:
+            server.refuse_chunk(*REPLY_UPSTREAM_FAILED)
+            self._end_transaction("tempfail", REPLY_UPSTREAM_FAILED[0])
+            return
+        if leg.state is LegState.BODY:  # a further chunk of the body under way
+            server.accept_chunk()
+            return
+        if leg.chunking:
+            txn.body_transfer = "bdat"
+            leg.chunks()
+            if self.rt.received_header:
+                leg.body(self._received_header())
+            server.accept_chunk()
+            if leg.chunks_in_flight:
+                self.pending = AwaitChunks()
+            return
+        # leg.mail refused BODY=BINARYMIME towards this upstream: only text gets here.
+        txn.body_transfer = "bdat-to-data"
+        leg.data()
+        self.pending = AwaitData(chunk=True)
+
+    def _chunk_ended(self, event: ChunkEnd) -> None:
+        """A chunk that is not the last is in: ``250`` once what went upstream of it is
+        accepted (relayed as BDAT) or queued (converted to DATA)."""
+        leg = self.leg
+        if leg is not None and leg.state is LegState.BODY and leg.chunked and leg.owes_replies:
+            self.pending = AwaitChunks(event)
+            return
+        self._answer_chunk(event)
+
+    def _answer_chunk(self, event: ChunkEnd) -> None:
+        txn = self.txn
+        assert txn is not None
+        leg = self.leg
+        refusal = txn.chunk_refusal
+        if refusal is not None:
+            self.server.reply_lines(refusal.code, refusal.lines)
+            self._end_transaction(_outcome(refusal.code), refusal.code)
+        elif leg is None or leg.state is not LegState.BODY:
+            self.server.reply(*REPLY_UPSTREAM_FAILED)
+            self._end_transaction("tempfail", REPLY_UPSTREAM_FAILED[0])
+        else:
+            self.server.reply(250, f"2.0.0 Ok: {event.size} octets")
+
+    def _chunk_reply(self, pending: AwaitChunks, reply: Reply) -> None:
+        """A reply to a BDAT chunk relayed; the first refusal ends the upstream side."""
+        txn = self.txn
+        assert txn is not None
+        if not reply.is_positive and txn.chunk_refusal is None:
+            txn.chunk_refusal = reply
+            # RFC 3030: after a refused chunk the upstream discards the rest; no LAST goes.
+            self._drop_leg()
+        leg = self.leg
+        if leg is not None and leg.state is not LegState.LOST and leg.owes_replies:
+            return
+        self.pending = None
+        if pending.answer is not None:
+            self._answer_chunk(pending.answer)
 
     def _data_requested(self, event: DataRequested) -> None:
         self._data()
@@ -616,6 +717,7 @@ class Session:
     def _body_invalid(self, event: BodyInvalid) -> None:
         # Abandon the upstream transaction without its final dot: nothing is delivered.
         self._end_transaction("rejected", event.code)
+        self._reset_upstream()  # a first BDAT refused: MAIL and RCPT are open upstream
 
     def _hello_received(self, event: Hello) -> None:
         if self.txn is not None:  # EHLO/HELO ends a transaction, like RSET (RFC 5321 4.1.4)
@@ -775,7 +877,16 @@ class Session:
             )
             return
         smtputf8 = any(key == "SMTPUTF8" for key, _ in event.params)
-        self.txn = Transaction(event.sender, sender_domain, event.raw_params, smtputf8=smtputf8)
+        binarymime = any(
+            key == "BODY" and (value or "").upper() == "BINARYMIME" for key, value in event.params
+        )
+        self.txn = Transaction(
+            event.sender,
+            sender_domain,
+            event.raw_params,
+            smtputf8=smtputf8,
+            binarymime=binarymime,
+        )
         self.server.reply(250, "2.1.0 Ok")
 
     def _rcpt(self, event: RcptTo) -> None:
@@ -922,7 +1033,9 @@ class Session:
         assert txn is not None
         if leg.state is LegState.READY:
             try:
-                dropped = leg.mail(txn.sender, txn.mail_params, smtputf8=txn.smtputf8)
+                dropped = leg.mail(
+                    txn.sender, txn.mail_params, smtputf8=txn.smtputf8, binarymime=txn.binarymime
+                )
             except UpstreamUnavailable as exc:  # the leg stays at rest, fit for others
                 self.pending = None
                 self.server.reply(exc.code, exc.text)
@@ -963,9 +1076,17 @@ class Session:
         if leg.state is not LegState.DATA:
             leg.data()
         self.pending = AwaitData()
+        if self.txn is not None:
+            self.txn.body_transfer = "data"
 
     def _body_end(self) -> None:
         leg = self.leg
+        txn = self.txn
+        if txn is not None and txn.chunk_refusal is not None:
+            refusal = txn.chunk_refusal
+            self.server.reply_lines(refusal.code, refusal.lines)
+            self._end_transaction(_outcome(refusal.code), refusal.code)
+            return
         if leg is None or leg.state is not LegState.BODY:
             self.server.reply(*REPLY_UPSTREAM_FAILED)
             self._end_transaction("tempfail", REPLY_UPSTREAM_FAILED[0])
@@ -975,12 +1096,18 @@ class Session:
 
     def _reset(self, then: Hello | None = None) -> None:
         self._end_transaction("aborted", 0)
+        if not self._reset_upstream(then) and then is not None:
+            self._hello(then)
+
+    def _reset_upstream(self, then: Hello | None = None) -> bool:
+        """RSET the upstream's open envelope (MAIL and RCPT sent, no body yet); False
+        when there is none."""
         leg = self.leg
         if leg is not None and leg.state is LegState.ENVELOPE and not leg.owes_replies:
             leg.reset()
             self.pending = AwaitReset(then)
-        elif then is not None:
-            self._hello(then)
+            return True
+        return False
 
     # -- upstream events ------------------------------------------------------------------------
 
@@ -1136,20 +1263,35 @@ class Session:
         elif isinstance(pending, AwaitData):
             self.pending = None
             if reply.code != 354:
-                self.server.reply_lines(reply.code, reply.lines)
+                if pending.chunk:  # a refused BDAT ends the client's transaction (RFC 3030)
+                    self.server.refuse_chunk_lines(reply.code, reply.lines)
+                    self._end_transaction(_outcome(reply.code), reply.code)
+                    self._reset_upstream()
+                else:
+                    self.server.reply_lines(reply.code, reply.lines)
                 return
-            self.server.accept_data()
+            if pending.chunk:
+                self.server.accept_chunk()
+            else:
+                self.server.accept_data()
             if self.rt.received_header:
                 leg.body(self._received_header())
+        elif isinstance(pending, AwaitChunks):
+            self._chunk_reply(pending, reply)
         elif isinstance(pending, AwaitEnd):
+            txn = self.txn
+            assert txn is not None
+            if reply.command == "BDAT":  # a chunk before the last; the verdict follows
+                if not reply.is_positive and txn.chunk_refusal is None:
+                    txn.chunk_refusal = reply
+                return
             self.pending = None
-            self.server.reply_lines(reply.code, reply.lines)
-            assert self.txn is not None
-            self.txn.final_reply = reply
-            self.txn.relay_seconds = self._clock() - pending.since
-            code = reply.code
-            outcome = "delivered" if code < 300 else "tempfail" if code < 500 else "rejected"
-            self._end_transaction(outcome, code)
+            # After a refused chunk the verdict is that refusal (the LAST's answer is moot).
+            verdict = txn.chunk_refusal or reply
+            self.server.reply_lines(verdict.code, verdict.lines)
+            txn.final_reply = verdict
+            txn.relay_seconds = self._clock() - pending.since
+            self._end_transaction(_outcome(verdict.code), verdict.code)
         elif isinstance(pending, AwaitReset):
             self.pending = None
             if pending.then is not None:
@@ -1291,6 +1433,16 @@ class Session:
                 REPLY_UPSTREAM_FAILED[0],
                 f"upstream failed during MAIL/RCPT: {reason}",
             )
+        elif isinstance(pending, AwaitData) and pending.chunk:
+            self.pending = None
+            self.server.refuse_chunk(*REPLY_UPSTREAM_FAILED)
+            self._end_transaction("tempfail", REPLY_UPSTREAM_FAILED[0])
+            self.leg = None
+        elif isinstance(pending, AwaitChunks):
+            # The client's chunk (or the rest of it) is answered 451 at its end.
+            self.pending = None
+            if pending.answer is not None:
+                self._answer_chunk(pending.answer)
         elif isinstance(pending, AwaitData | AwaitEnd):
             # After the dot we cannot know whether the upstream took it; a 4xx makes the
             # client retry (a possible duplicate is better than a loss, RFC 5321 6.1).
@@ -1443,6 +1595,8 @@ _CLIENT_EVENT_HANDLERS: Final[dict[type, Callable[[Session, Any], None]]] = {
     RcptTo: Session._rcpt,
     MailFrom: Session._mail,
     DataRequested: Session._data_requested,
+    ChunkRequested: Session._chunk_requested,
+    ChunkEnd: Session._chunk_ended,
     BodyEnd: Session._body_ended,
     BodyInvalid: Session._body_invalid,
     Hello: Session._hello_received,

@@ -47,6 +47,19 @@ REPLY_NO_SMTPUTF8_UPSTREAM: Final = (
 """MAIL had SMTPUTF8 and the upstream does not offer it: never downgraded or sent on,
 refused so that the sender bounces it (RFC 6531 3.4)."""
 
+REPLY_NO_BINARYMIME_UPSTREAM: Final = (
+    554,
+    "5.6.3 BINARYMIME message cannot be relayed: the upstream server does not offer "
+    "BINARYMIME and CHUNKING",
+)
+"""MAIL had BODY=BINARYMIME and the upstream cannot take binary content by BDAT:
+smtpgate never converts a body (RFC 3030 section 3 leaves converting or bouncing;
+RFC 3463 5.6.3 conversion required but not supported), so the sender bounces it."""
+
+#: BDAT chunks sent whose replies may be owed at once; then the session waits for them,
+#: so neither side piles up replies (or chunks) without bound.
+MAX_CHUNKS_IN_FLIGHT: Final = 32
+
 #: Parameters the upstream leg left out: (parameter, the EHLO keyword it needs).
 Dropped = list[tuple[str, str]]
 
@@ -188,7 +201,17 @@ class Opened(Enum):
 
 
 class UpstreamLeg:
-    __slots__ = ("bound", "client", "fallback", "peer", "reused", "state", "target", "tls")
+    __slots__ = (
+        "bound",
+        "chunked",
+        "client",
+        "fallback",
+        "peer",
+        "reused",
+        "state",
+        "target",
+        "tls",
+    )
 
     def __init__(self, target: UpstreamTarget, tls: TLSFacts = CLEAR) -> None:
         self.target = target
@@ -204,6 +227,8 @@ class UpstreamLeg:
         #: AUTH was sent on it: it speaks for one client's credentials, so it serves that
         #: session alone and is never parked for another (docs/proxy.md, AUTH).
         self.bound = False
+        #: The body in progress goes by BDAT (RFC 3030), not DATA.
+        self.chunked = False
 
     @property
     def mode(self) -> UpstreamTLS:
@@ -223,6 +248,16 @@ class UpstreamLeg:
     @property
     def pipelining(self) -> bool:
         return self.client.pipelining
+
+    @property
+    def chunking(self) -> bool:
+        return self.client.chunking
+
+    @property
+    def chunks_in_flight(self) -> bool:
+        """BDAT replies are owed: without PIPELINING, any; with it, a full window."""
+        owed = self.client.waiting
+        return owed > 0 and (not self.pipelining or owed >= MAX_CHUNKS_IN_FLIGHT)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -303,12 +338,18 @@ class UpstreamLeg:
         self.client.send_auth_response(data)
         self.state = LegState.AUTH
 
-    def mail(self, sender: bytes, raw_params: bytes, *, smtputf8: bool) -> Dropped:
+    def mail(
+        self, sender: bytes, raw_params: bytes, *, smtputf8: bool, binarymime: bool = False
+    ) -> Dropped:
         """MAIL with the parameters this upstream offers; returns those left out."""
         caps = self.client.capabilities
         if smtputf8 and "SMTPUTF8" not in caps:
             raise UpstreamUnavailable(
                 REPLY_NO_SMTPUTF8_UPSTREAM, "upstream does not offer SMTPUTF8"
+            )
+        if binarymime and not ("BINARYMIME" in caps and "CHUNKING" in caps):
+            raise UpstreamUnavailable(
+                REPLY_NO_BINARYMIME_UPSTREAM, "upstream does not offer BINARYMIME and CHUNKING"
             )
         params, dropped = offered_parameters(raw_params, MAIL_PARAMETERS, caps)
         self.client.send_mail(sender, params)
@@ -322,14 +363,26 @@ class UpstreamLeg:
         return dropped
 
     def data(self) -> None:
+        self.chunked = False
         self.client.send_data()
         self.state = LegState.DATA
 
+    def chunks(self) -> None:
+        """The body goes by BDAT: each :meth:`body` is one chunk, :meth:`end` the last."""
+        self.chunked = True
+        self.state = LegState.BODY
+
     def body(self, chunk: bytes | memoryview) -> None:
-        self.client.send_body(chunk)
+        if self.chunked:
+            self.client.send_bdat(chunk)
+        else:
+            self.client.send_body(chunk)
 
     def end(self) -> None:
-        self.client.send_end_of_data()
+        if self.chunked:
+            self.client.send_bdat(b"", last=True)
+        else:
+            self.client.send_end_of_data()
         self.state = LegState.END
 
     def reset(self) -> None:
@@ -359,7 +412,9 @@ class UpstreamLeg:
                     self.state = LegState.BODY
                 elif self.state is LegState.DATA:
                     self.state = LegState.ENVELOPE
-            elif command in (".", "RSET") or (command == "MAIL" and not event.is_positive):
+            elif command in (".", "BDAT LAST", "RSET") or (
+                command == "MAIL" and not event.is_positive
+            ):
                 self.state = LegState.READY
             elif command == "AUTH" and event.code != 334:
                 self.state = LegState.READY  # the exchange is over, whatever its outcome

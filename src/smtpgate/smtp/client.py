@@ -53,6 +53,11 @@ class ClientConnection:
         return "PIPELINING" in self.capabilities
 
     @property
+    def chunking(self) -> bool:
+        """BDAT may carry the body (RFC 3030 CHUNKING)."""
+        return "CHUNKING" in self.capabilities
+
+    @property
     def offers_starttls(self) -> bool:
         return "STARTTLS" in self.capabilities
 
@@ -103,6 +108,18 @@ class ClientConnection:
         self._out.append(self._encoder.end())
         self._encoder = None
         self._expect.append(".")
+
+    def send_bdat(self, chunk: bytes | memoryview, *, last: bool = False) -> None:
+        """``BDAT <size> [LAST]`` and the chunk's octets as they are, in one write
+        (RFC 3030: no dot stuffing). The reply names ``"BDAT"``, or ``"BDAT LAST"``."""
+        if last:
+            self._out.append(b"BDAT %d LAST\r\n" % len(chunk))
+            self._expect.append("BDAT LAST")
+        else:
+            self._out.append(b"BDAT %d\r\n" % len(chunk))
+            self._expect.append("BDAT")
+        if chunk:
+            self._out.append(chunk)
 
     def send_rset(self) -> None:
         self._encoder = None

@@ -41,6 +41,7 @@ COLUMNS = (
     "reply",
     "upstream_reply",
     "size",
+    "body_transfer",
     "message_id",
     "relay_ms",
     "upstream_reused",
@@ -85,6 +86,7 @@ class TrafficRow:
     reply: int
     upstream_reply: str
     size: int
+    body_transfer: str
     message_id: str
     relay_ms: float | None
     upstream_reused: bool
@@ -133,6 +135,7 @@ class TrafficRow:
             reply=number("reply"),
             upstream_reply=text("upstream_reply"),
             size=number("size"),
+            body_transfer=text("body_transfer"),
             message_id=text("message_id"),
             relay_ms=float(relay_ms) if isinstance(relay_ms, int | float) else None,
             upstream_reused=record.get("upstream_reused") is True,
@@ -166,6 +169,7 @@ class TrafficRow:
             self.reply,
             self.upstream_reply,
             self.size,
+            self.body_transfer,
             self.message_id,
             self.relay_ms,
             int(self.upstream_reused),
