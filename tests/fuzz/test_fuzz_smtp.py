@@ -138,6 +138,72 @@ def test_server_relays_no_end_of_data_before_the_end(
     assert len(codes) >= 6
 
 
+CHUNKING_POLICY = AcceptAll(keywords=("PIPELINING", "8BITMIME", "CHUNKING", "BINARYMIME"))
+
+
+@budget(500)
+@given(
+    chunks=st.lists(nasty_bytes, min_size=1, max_size=6),
+    last=st.booleans(),
+    binary=st.booleans(),
+    cuts=cut_lists,
+    mode=st.sampled_from(["reject", "normalize"]),
+    nul=st.sampled_from(["reject", "strip"]),
+    max_size=st.sampled_from([64, 10_000]),
+)
+def test_bdat_frames_by_octet_count_only(
+    chunks: list[bytes],
+    last: bool,
+    binary: bool,
+    cuts: list[int],
+    mode: str,
+    nul: str,
+    max_size: int,
+) -> None:
+    """Whatever the chunks hold (command lines, dots, CR, LF, NUL) and however the
+    reads split them: every command gets exactly one reply, chunk octets are never
+    read as commands, a BINARYMIME body comes out exactly as sent, a text body comes
+    out canonical, and a body over the size limit never reaches its end."""
+    limits = ServerLimits(  # type: ignore[arg-type]
+        bare_newline=mode, nul_bytes=nul, max_message_size=max_size
+    )
+    server = ServerConnection("mx.test", limits)
+    server.greet()
+    body = b" BODY=BINARYMIME" if binary else b""
+    head = b"EHLO c.test\r\nMAIL FROM:<a@b.example>%s\r\nRCPT TO:<c@d.example>\r\n" % body
+    framed = b"".join(
+        b"BDAT %d%s\r\n" % (len(c), b" LAST" if last and i == len(chunks) - 1 else b"") + c
+        for i, c in enumerate(chunks)
+    )
+    policy = CHUNKING_POLICY
+    events: list[object] = []
+    out = [server.data_to_send()]
+    for piece in split(head + framed + b"NOOP\r\n", cuts):
+        server.receive_data(piece)
+        events += pump(server, policy)
+        out.append(server.data_to_send())
+    wire = b"".join(out)
+    codes = final_replies(wire)
+    # 220, EHLO, MAIL, RCPT, one reply per BDAT, NOOP: the octets were never commands.
+    assert len(codes) == 4 + len(chunks) + 1, wire
+    assert codes[-1] == b"250" and wire.endswith(b"250 2.0.0 Ok\r\n")
+    assert server.state is not State.CLOSED
+    content, end = body_events(events)
+    sent = b"".join(chunks)
+    if len(sent) > max_size:
+        assert not isinstance(end, BodyEnd)
+    if isinstance(end, BodyInvalid):
+        return
+    if binary:
+        assert content == sent[: len(content)]
+        if last:
+            assert isinstance(end, BodyEnd) and content == sent
+    elif last:
+        assert isinstance(end, BodyEnd)
+        assert content.count(b"\r") == content.count(b"\n") == content.count(b"\r\n")
+        assert b"\x00" not in content
+
+
 # --- the client role ----------------------------------------------------------------------------
 
 reply_lines = st.one_of(
