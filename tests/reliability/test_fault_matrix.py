@@ -404,3 +404,137 @@ def test_clients_that_vanish_mid_handshake_do_not_hold_up_others(
     finally:
         for client in stuck:
             client.close()
+
+
+# --- BDAT (RFC 3030): the same guarantees when the client sends chunks -------------------------
+
+CHUNKING = ("PIPELINING", "8BITMIME", "CHUNKING")
+NO_CHUNKING = ("PIPELINING", "8BITMIME")
+
+
+def send_one_bdat(port: int, marker: str, *, lines: int = 2000) -> list[tuple[str, Reply]]:
+    """EHLO, MAIL, RCPT, then the message in two BDAT chunks (``chunk``, then ``last``),
+    each awaited; stops at the first reply that is not ``250``."""
+    content = body(marker, lines)
+    half = len(content) // 2
+    taken: list[tuple[str, Reply]] = []
+    with RawClient(port) as client:
+        for step in ("EHLO", "MAIL", "RCPT", "chunk", "last"):
+            if step == "EHLO":
+                answer = client.ehlo()
+            elif step == "MAIL":
+                answer = client.cmd("MAIL FROM:<a@sender.example>")
+            elif step == "RCPT":
+                answer = client.cmd(f"RCPT TO:<{marker}@rcpt.example>")
+            elif step == "chunk":
+                client.send(b"BDAT %d\r\n" % half + content[:half])
+                answer = client.reply("BDAT")
+            else:
+                client.send(b"BDAT %d LAST\r\n" % (len(content) - half) + content[half:])
+                answer = client.reply("BDAT")
+            taken.append((step, answer))
+            if answer.code != 250:
+                break
+        with contextlib.suppress(OSError):
+            client.cmd("QUIT")
+    return taken
+
+
+@dataclass(frozen=True)
+class BdatCase:
+    """The upstream's keywords, faults and options, and what the client must get: the
+    reply at one of ``steps`` (None: ``250`` to the LAST chunk, one copy upstream)."""
+
+    keywords: tuple[str, ...]
+    faults: Mapping[str, Fault | bytes] = field(default_factory=dict)
+    steps: tuple[str, ...] = ()
+    reply: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+BDAT_CASES: dict[str, BdatCase] = {
+    "relayed": BdatCase(CHUNKING),
+    "converted": BdatCase(NO_CHUNKING),
+    # Relayed as BDAT: a chunk's 250 waits for the upstream's, so a loss shows at that chunk.
+    "close-mid-chunk": BdatCase(
+        CHUNKING, steps=("chunk",), reply=UPSTREAM_LOST, options={"drop_after_body_bytes": 20_000}
+    ),
+    "refuse-chunk": BdatCase(
+        CHUNKING, {"chunk": b"452 4.3.1 Out of space\r\n"}, ("chunk",), "452 4.3.1 Out of space"
+    ),
+    "close-after-last": BdatCase(CHUNKING, {"dot": Fault.CLOSE}, ("last",), UPSTREAM_LOST),
+    "stall-after-last": BdatCase(CHUNKING, {"dot": Fault.STALL}, ("last",), UPSTREAM_LOST),
+    "451-last": BdatCase(
+        CHUNKING, {"dot": b"451 4.3.0 Queue full\r\n"}, ("last",), "451 4.3.0 Queue full"
+    ),
+    "554-last": BdatCase(CHUNKING, {"dot": b"554 5.7.1 Spam\r\n"}, ("last",), "554 5.7.1 Spam"),
+    # Converted to DATA: the upstream says nothing before the dot, so a loss shows at the
+    # end of whichever client chunk comes after smtpgate noticed it.
+    "converted-451-DATA": BdatCase(
+        NO_CHUNKING, {"DATA": b"451 4.3.0 Not now\r\n"}, ("chunk",), "451 4.3.0 Not now"
+    ),
+    "converted-close-mid-body": BdatCase(
+        NO_CHUNKING,
+        steps=("chunk", "last"),
+        reply=UPSTREAM_LOST,
+        options={"drop_after_body_bytes": 20_000},
+    ),
+    "converted-close-after-dot": BdatCase(
+        NO_CHUNKING, {"dot": Fault.CLOSE}, ("last",), UPSTREAM_LOST
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BDAT_CASES), ids=str)
+def test_upstream_fault_during_bdat(
+    make_gate: Any, make_scripted_upstream: MakeRaw, upstream_cert: Any, case: str
+) -> None:
+    spec = BDAT_CASES[case]
+    upstream = make_scripted_upstream(
+        starttls_context=server_context(upstream_cert),
+        ehlo_keywords=spec.keywords,
+        faults=spec.faults,
+        **spec.options,
+    )
+    gate = make_gate(upstream.port, rules=PREFERRED, general=FAST)
+    taken = send_one_bdat(gate.port, "m1")
+    if spec.reply is None:
+        assert [step for step, _ in taken] == ["EHLO", "MAIL", "RCPT", "chunk", "last"], taken
+        assert taken[-1][1].code == 250
+        assert copies(upstream, "m1") == 1
+    else:
+        step, reply = taken[-1]
+        assert step in spec.steps and str(reply) == spec.reply, taken
+        assert copies(upstream, "m1") == 0
+    # Nothing is left broken: the next message goes through, by DATA and by BDAT.
+    upstream.faults = {}
+    upstream.drop_after_body_bytes = None
+    then_delivers(gate, upstream, "m2")
+    taken = send_one_bdat(gate.port, "m3")
+    assert taken[-1][0] == "last" and taken[-1][1].code == 250, taken
+    assert copies(upstream, "m3") == 1
+
+
+@pytest.mark.parametrize("keywords", [CHUNKING, NO_CHUNKING], ids=["relayed", "converted"])
+def test_client_disconnects_mid_chunk(
+    make_gate: Any,
+    make_scripted_upstream: MakeRaw,
+    upstream_cert: Any,
+    keywords: tuple[str, ...],
+) -> None:
+    upstream = make_scripted_upstream(
+        starttls_context=server_context(upstream_cert), ehlo_keywords=keywords
+    )
+    gate = make_gate(upstream.port, rules=PREFERRED)
+    content = body("m1", lines=2000)
+    with RawClient(gate.port) as client:
+        client.ehlo()
+        assert client.cmd("MAIL FROM:<a@sender.example>").code == 250
+        assert client.cmd("RCPT TO:<m1@rcpt.example>").code == 250
+        client.send(b"BDAT %d LAST\r\n" % len(content) + content[: len(content) // 2])
+    assert gate.transaction()["outcome"] == "aborted"
+    assert copies(upstream, "m1") == 0
+    for transcript in upstream.transcripts:  # no end of data, no LAST chunk reached it
+        assert b"\r\n.\r\n" not in bytes(transcript).partition(b"DATA\r\n")[2]
+        assert b"LAST" not in bytes(transcript)
+    then_delivers(gate, upstream, "m2")
