@@ -10,6 +10,7 @@ is an exact ``4xx`` and leaves no complete copy upstream.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -269,3 +270,27 @@ def test_rset_between_chunks_leaves_nothing_upstream(
     [message] = upstream.messages
     assert message.content.endswith(b"Subject: second\r\n\r\nok\r\n")
     assert [r["outcome"] for r in gate.records("transaction")] == ["aborted", "delivered"]
+
+
+@pytest.mark.parametrize(
+    "keywords", [CHUNKING, ("8BITMIME", "CHUNKING")], ids=["pipelining", "no-pipelining"]
+)
+def test_a_large_message_in_large_chunks_arrives_exactly(
+    make_gate: Any, tls_upstream: Callable[..., ScriptedUpstream], keywords: tuple[str, ...]
+) -> None:
+    # Many reads per chunk: more pieces in flight than the window of 32 (with PIPELINING),
+    # or each piece awaited (without it, RFC 2920 forbids sending the next one blindly).
+    upstream = tls_upstream(ehlo_keywords=keywords)
+    gate = make_gate(upstream.port, general={"max_message_size": "20MB"})
+    line = b"0123456789" * 9 + b"\r\n"
+    content = b"Subject: big\r\n\r\n" + line * 60_000  # 5.5 MB
+    cuts = [0, 2_000_000, 4_500_000, len(content)]
+    with envelope(gate) as client:
+        for start, stop in itertools.pairwise(cuts):
+            client.send(chunk(content[start:stop], last=stop == len(content)))
+        replies = [client.reply("BDAT") for _ in range(3)]
+    assert [r.code for r in replies] == [250, 250, 250]
+    [message] = upstream.messages
+    assert message.bdat and received_header_and(content, message.content)
+    assert len(message.chunks) > 3  # the upstream's chunks are smtpgate's pieces, not the client's
+    assert gate.transaction()["size"] == len(content)

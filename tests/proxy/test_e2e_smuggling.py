@@ -24,6 +24,7 @@ from tests.peers.smuggling import (
     SMUGGLED,
     canonical,
     carrier,
+    content_refusal,
     expected_refusal,
     lenient_ends,
 )
@@ -105,3 +106,60 @@ def test_every_fake_end_is_refused_or_relayed_harmless(
     assert len(refused) == sum(
         expected_refusal(carrier(end), bare_newline, nul_bytes) is not None for end in FAKE_ENDS
     )
+
+
+@pytest.mark.parametrize(("bare_newline", "nul_bytes"), MODES)
+def test_every_fake_end_sent_by_bdat_and_converted_to_data_is_harmless(
+    make_gate: Any,
+    make_scripted_upstream: MakeRaw,
+    upstream_cert: Any,
+    bare_newline: str,
+    nul_bytes: str,
+) -> None:
+    """The same content sent in BDAT chunks (cut right inside each fake end) to an
+    upstream without CHUNKING: refused as by DATA, or converted with one end of data."""
+    upstream = make_scripted_upstream(starttls_context=server_context(upstream_cert))
+    gate = make_gate(
+        upstream.port,
+        rules=[rule(recipient_encryption="required")],
+        general={"bare_newline": bare_newline, "nul_bytes": nul_bytes, "received_header": False},
+    )
+    delivered = 0
+    with RawClient(gate.port) as client:
+        client.ehlo()
+        for fake_end in FAKE_ENDS:
+            content = carrier(fake_end)[:-3]
+            refusal = content_refusal(content, bare_newline, nul_bytes)
+            cut = content.index(fake_end) + 1
+            assert client.cmd("MAIL FROM:<a@sender.example>").code == 250
+            assert client.cmd("RCPT TO:<b@rcpt.example>").code == 250
+            client.send(
+                b"BDAT %d\r\n" % cut
+                + content[:cut]
+                + b"BDAT %d LAST\r\n" % (len(content) - cut)
+                + content[cut:]
+            )
+            replies = [str(client.reply()), str(client.reply())]
+            if refusal is None:
+                assert replies == [f"250 2.0.0 Ok: {cut} octets", "250 2.0.0 Ok queued"]
+                carried = upstream.messages[delivered]
+                assert canonical(carried.wire) and lenient_ends(carried.wire) == [], fake_end
+                assert SMUGGLED.replace(b"\r\n.", b"\r\n..") in carried.wire, fake_end
+                delivered += 1
+            else:
+                # Refused at the chunk where the offending byte came; what the client
+                # pipelined after it is out of sequence (RFC 3030 section 2).
+                assert refusal in replies, (fake_end, replies)
+                assert replies[-1] in (refusal, "503 5.5.1 Need MAIL command")
+        client.cmd("QUIT")
+    assert upstream.accepted == delivered
+    assert not any(b"evil" in c or b"victim" in c for c in upstream.commands)
+    real_ends = 0
+    for transcript in upstream.transcripts:
+        relayed = bytes(transcript)
+        assert canonical(relayed)
+        ends = lenient_ends(relayed)
+        assert ends == [b"\n.\r"] * relayed.count(b"\r\n.\r\n")
+        real_ends += len(ends)
+    assert real_ends == delivered
+    assert {r["body_transfer"] for r in gate.records("transaction")} <= {"bdat-to-data"}
