@@ -31,6 +31,7 @@ EHLO_TLS = """
     S: 250-SMTPUTF8
     S: 250-DSN
     S: 250-ENHANCEDSTATUSCODES
+    S: 250-CHUNKING
     S: 250 AUTH PLAIN LOGIN
 """
 #: A new leg for AUTH: STARTTLS whatever the rules say.
@@ -210,6 +211,7 @@ def test_auth_in_clear_is_538_and_nothing_is_opened(auth_rt: PolicyRuntime) -> N
         S: 250-SMTPUTF8
         S: 250-DSN
         S: 250-ENHANCEDSTATUSCODES
+        S: 250-CHUNKING
         S: 250 STARTTLS
         C: AUTH PLAIN {PLAIN}
         S: 538 5.7.11 Encryption required for requested authentication mechanism

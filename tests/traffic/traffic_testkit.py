@@ -52,6 +52,7 @@ def transaction(
         "sender": f"alice@{sender_domain}" if sender_domain else "<>",
         "recipients": [f"bob@{d}" for d in recipient_domains],
         "size": 120,
+        "body_transfer": "data",
         "message_id": "<m1@partner.example>",
         "outcome": outcome,
         "reply": {"delivered": 250, "tempfail": 451, "rejected": 550}.get(outcome, 0),
