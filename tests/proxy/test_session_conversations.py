@@ -1344,3 +1344,80 @@ def test_commands_are_read_in_pieces_the_core_takes(clear_rt: PolicyRuntime) -> 
     session = Playbook(clear_rt).session
     wait = session.wait
     assert wait is not None and wait.max_bytes == clear_rt.limits.max_buffer // 2
+
+
+# -- BDAT (RFC 3030) ----------------------------------------------------------------------------
+
+
+def test_bdat_relayed_as_bdat_each_chunk_awaited_without_pipelining(
+    clear_rt: PolicyRuntime,
+) -> None:
+    # The upstream offers CHUNKING but not PIPELINING: each chunk waits for its reply
+    # before the next goes (RFC 2920), and the client's chunk gets its 250 only after.
+    play = Playbook(clear_rt).play(
+        f"""
+        {GREETING}
+        {EHLO_CLEAR}
+        {ENVELOPE}
+        > open none
+        < connected
+        R: 220 upstream.test ESMTP
+        U: EHLO mx.example.test
+        R: 250-upstream.test
+        R: 250 CHUNKING
+        U: MAIL FROM:<alice@sender.test>
+        R: 250 2.1.0 sender ok
+        U: RCPT TO:<bob@rcpt.test>
+        R: 250 2.1.5 recipient ok
+        S: 250 2.1.5 recipient ok
+        C: BDAT 13
+        C: Subject: hi
+        U: BDAT 13
+        U: Subject: hi
+        R: 250 2.0.0 13 octets
+        S: 250 2.0.0 Ok: 13 octets
+        C: BDAT 3 LAST
+        C: .
+        U: BDAT 3
+        U: .
+        R: 250 2.0.0 3 octets
+        U: BDAT 0 LAST
+        R: 250 2.0.0 queued as 99
+        S: 250 2.0.0 queued as 99
+        """
+    )
+    delivered(play)
+    assert play.record("transaction")["body_transfer"] == "bdat"
+
+
+def test_bdat_converted_to_data_for_an_upstream_without_chunking(
+    clear_rt: PolicyRuntime,
+) -> None:
+    play = Playbook(clear_rt).play(
+        f"""
+        {GREETING}
+        {EHLO_CLEAR}
+        {ENVELOPE}
+        > open none
+        < connected
+        {UPSTREAM_HELLO}
+        {UPSTREAM_ENVELOPE}
+        R: 250 2.1.0 sender ok
+        R: 250 2.1.5 recipient ok
+        S: 250 2.1.5 recipient ok
+        C: BDAT 13
+        C: Subject: hi
+        U: DATA
+        R: 354 go ahead
+        S: 250 2.0.0 Ok: 13 octets
+        U: Subject: hi
+        C: BDAT 3 LAST
+        C: .
+        U: ..
+        U: .
+        R: 250 2.0.0 queued as 98
+        S: 250 2.0.0 queued as 98
+        """
+    )
+    delivered(play)
+    assert play.record("transaction")["body_transfer"] == "bdat-to-data"
