@@ -363,3 +363,41 @@ def test_sections_policies_and_action_settings_by_key(console: ConsoleUnderTest)
         "actions.set",
         "policies.set",
     ]
+
+
+def test_a_ca_file_that_cannot_be_read_is_refused_for_an_unused_profile_too(
+    console: ConsoleUnderTest, tmp_path: Path
+) -> None:
+    """An unused profile's ca_file is read as a used one's: the edit is 422 naming
+    the key, nothing is saved, nothing applied (it used to be saved, applied: true)."""
+    not_pem = tmp_path / "not-a-ca.pem"
+    not_pem.write_text("hello\n")
+    with console.admin() as client:
+        clone = client.post(
+            "/api/v1/profiles/TLS-Client.Standard/clone", headers={"If-Match": etag(client)}
+        )
+        assert clone.status_code == 201, clone.text
+        name = clone.json()["name"]
+        saved = console.gate.config_file.read_text()
+        versions = client.get("/api/v1/versions").json()
+        for ca_file, reason in (
+            ("/nonexistent", "/nonexistent: cannot read ca_file: No such file or directory"),
+            (str(not_pem), f"{not_pem}: no PEM certificate in ca_file"),
+        ):
+            reply = client.patch(
+                f"/api/v1/profiles/{name}",
+                json={"ca_file": ca_file},
+                headers={"If-Match": clone.headers["ETag"]},
+            )
+            assert reply.status_code == 422, reply.text
+            assert reply.json()["errors"] == [{"key": "tls_profiles[2].ca_file", "reason": reason}]
+        assert console.gate.config_file.read_text() == saved
+        assert client.get("/api/v1/versions").json() == versions
+        # A file that holds a certificate is taken.
+        good = client.patch(
+            f"/api/v1/profiles/{name}",
+            json={"ca_file": str(console.gate.state_dir / "tls" / "ca.pem")},
+            headers={"If-Match": clone.headers["ETag"]},
+        )
+        assert good.status_code == 200, good.text
+        assert good.json()["applied"] is True

@@ -218,3 +218,25 @@ def test_version_and_help_send_nobody_outside_the_repository() -> None:
     assert version.stdout.startswith("smtpgate ") and version.stdout.strip() != "smtpgate"
     helptext = run("--help").stdout
     assert "SPEC" not in helptext and "docs/configuration.md" in helptext
+
+
+def test_an_unused_profile_with_an_unreadable_ca_file_is_an_error(tmp_path: Path) -> None:
+    """Used or not, a profile's ca_file is read at start and by every edit, with the
+    same reason; an edit that would leave it unreadable changes nothing."""
+    spare = '[[tls_profiles]]\nname = "Spare"\nca_file = "missing-ca.pem"\n'
+    path = write(tmp_path, spare)
+    expected = (
+        f"error: {path}: tls_profiles[2].ca_file: {tmp_path}/missing-ca.pem: "
+        "cannot read ca_file: No such file or directory"
+    )
+    for command in ("check", "serve"):
+        result = run(command, "--config", str(path))
+        assert result.returncode == 1, result.stderr
+        assert expected in result.stderr.splitlines(), result.stderr
+
+    path = write(tmp_path, '[[tls_profiles]]\nname = "Spare"\n')
+    before = path.read_text()
+    edit = run("config", "set", "-c", str(path), "tls_profiles[2].ca_file", "missing-ca.pem")
+    assert edit.returncode == 1
+    assert edit.stderr.splitlines() == [expected]
+    assert path.read_text() == before

@@ -66,6 +66,7 @@ from tomlkit.items import AoT, Array, InlineTable, Table
 from tomlkit.toml_document import TOMLDocument
 
 from smtpgate.config.errors import ConfigError, Loc, format_loc
+from smtpgate.config.files import profile_file_errors
 from smtpgate.config.loader import config_from_data
 from smtpgate.config.names import (
     PREDEFINED_ACTION_NAMES,
@@ -302,6 +303,7 @@ class ConfigDocument:
         work = copy.deepcopy(self._doc)
         change(work)
         config = _validate(work, self.base_dir)
+        _check_files(config)
         if tomllib.loads(work.as_string()) != work.unwrap():
             # What is validated must be what is written; tomlkit could not lay it out.
             raise Invalid(
@@ -709,6 +711,14 @@ def _validate(document: TOMLDocument, base_dir: Path) -> Config:
         return config_from_data(document.unwrap(), base_dir)
     except ConfigError as exc:
         raise Invalid.from_config_error(exc) from None
+
+
+def _check_files(config: Config) -> None:
+    """Refuse an edit that leaves a file the start would refuse (a reload would fail
+    after the save); read here, the reason is the one ``check`` gives."""
+    unusable = profile_file_errors(config)
+    if unusable:
+        raise Invalid([(format_loc(loc), reason) for loc, reason in unusable])
 
 
 def _drop_empty_tables(doc: Any, loc: Loc) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from smtpgate.config.errors import Loc
 from smtpgate.config.schema import Config
+from smtpgate.tls.certificates import CertificateError
+from smtpgate.tls.trust import read_ca_file
 
 
 def file_keys(config: Config) -> dict[Path, Loc]:
@@ -56,3 +58,18 @@ def file_key(config: Config, path: Path | None, fallback: Loc) -> Loc:
     if path.is_relative_to(config.gateway.state_dir):
         return ("gateway", "state_dir")
     return fallback
+
+
+def profile_file_errors(config: Config) -> list[tuple[Loc, str]]:
+    """``(tls_profiles[N].ca_file, reason)`` for each profile whose ``ca_file`` cannot
+    be used, whether an action uses the profile or not: a profile nobody uses yet is
+    one an edit may point an action at next, and it must not fail only then."""
+    errors: list[tuple[Loc, str]] = []
+    for k, profile in enumerate(config.tls_profiles):
+        if profile.ca_file is None:
+            continue
+        try:
+            read_ca_file(profile.ca_file)
+        except CertificateError as exc:
+            errors.append((("tls_profiles", k, "ca_file"), str(exc)))
+    return errors

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from smtpgate.config.errors import ConfigError, Loc
-from smtpgate.config.files import file_key
+from smtpgate.config.files import file_key, profile_file_errors
 from smtpgate.config.netaddr import TRANSPARENT, HostPort, in_networks
 from smtpgate.config.schema import Config
 from smtpgate.config.warnings import config_warnings
@@ -76,6 +76,9 @@ def compile_runtimes(config: Config, contexts: TLSContextCache) -> dict[str, Pol
     except (CertificateError, OSError) as exc:
         # The only error without a file is the host name a certificate is made for.
         raise _file_error(config, exc, ("gateway", "hostname")) from exc
+    unusable = profile_file_errors(config)
+    if unusable:
+        raise ConfigError.at(unusable)
     trust = TrustAnchors()
     resolver = gateway_resolver(config.gateway)
     runtimes = {}

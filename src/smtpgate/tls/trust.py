@@ -44,6 +44,21 @@ def _parse_bundle(data: bytes) -> list[x509.Certificate]:
     return certs
 
 
+def read_ca_file(ca_file: Path) -> list[x509.Certificate]:
+    """The certificates of a profile's ``ca_file``; CertificateError if it cannot
+    be read or holds none. Every use of a ``ca_file`` (the start, a reload, an
+    edit) reads it through here, so all give the same reason."""
+    try:
+        found = _parse_bundle(ca_file.read_bytes())
+    except OSError as exc:
+        raise CertificateError(
+            f"{ca_file}: cannot read ca_file: {exc.strerror or exc}", path=ca_file
+        ) from exc
+    if not found:
+        raise CertificateError(f"{ca_file}: no PEM certificate in ca_file", path=ca_file)
+    return found
+
+
 class TrustAnchors:
     """The parsed system bundle and ``ca_file`` anchors of one configuration.
 
@@ -74,16 +89,7 @@ class TrustAnchors:
         found = self._anchors.get(ca_file)
         if found is not None:
             return found
-        extra: list[x509.Certificate] = []
-        if ca_file is not None:
-            try:
-                extra = _parse_bundle(ca_file.read_bytes())
-            except OSError as exc:
-                raise CertificateError(
-                    f"{ca_file}: cannot read ca_file: {exc.strerror or exc}", path=ca_file
-                ) from exc
-            if not extra:
-                raise CertificateError(f"{ca_file}: no PEM certificate in ca_file", path=ca_file)
+        extra = read_ca_file(ca_file) if ca_file is not None else []
         found = self._anchors[ca_file] = self._system_anchors() + tuple(extra)
         return found
 
