@@ -7,8 +7,13 @@ Configuration reference: docs/configuration.md; examples: examples/*.toml
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +26,7 @@ from smtpgate.commands.config import config_app
 from smtpgate.commands.objects import actions_app, profiles_app
 from smtpgate.commands.rules import rules_app
 from smtpgate.config.errors import ConfigError
+from smtpgate.config.files import CERTIFICATE_FILE_KEYS, file_key
 from smtpgate.config.loader import load_config
 from smtpgate.config.schema import Config
 from smtpgate.config.warnings import config_warnings
@@ -149,28 +155,125 @@ def check(
     """Validate a configuration as serve would start it; exit 1 on error.
 
     Reads every certificate, key and CA file and builds the TLS contexts
-    exactly as serve does; generates the proxy CA and server certificate in
-    state_dir if they are missing, as serve's first start would, and says
-    so. Errors and warnings go to standard error, one line each, naming the
+    exactly as serve does, and writes nothing: files serve would generate in
+    state_dir (the proxy CA, the server certificate) are made in a temporary
+    folder, used, thrown away and named (`smtpgate ca init` makes them for
+    good). Errors and warnings go to standard error, one line each, naming the
     key path; warnings (settings without effect) do not change the exit code.
     """
     cfg = load(config)
-    _open_log(cfg, config).close()  # serve appends to it; a file that is not there yet is made
+    _check_log(cfg, config)
     state_dir = cfg.gateway.state_dir
-    before = _files_under(state_dir)
-    try:
-        run_async(_build(cfg, bind=bind))
-    except ConfigError as exc:
-        raise fail(config, exc) from exc
-    finally:
-        for created in sorted(_files_under(state_dir) - before):
-            typer.echo(f"note: {config}: created {created} (gateway.state_dir)", err=True)
+    with _stand_in_state_dir(state_dir) as stand_in:
+        try:
+            run_async(_build(_with_state_dir(cfg, stand_in), bind=bind))
+            generated = [
+                state_dir / made.relative_to(stand_in)
+                for made in sorted(stand_in.rglob("*"))
+                if made.is_file() and not made.is_symlink()
+            ]
+            _check_creatable(generated)
+        except ConfigError as exc:
+            raise fail(config, _named_in(exc, stand_in, state_dir)) from exc
+    for made in generated:
+        typer.echo(f"note: {config}: serve would generate {made} (gateway.state_dir)", err=True)
     found = config_warnings(cfg)
     print_problems("warning", config, ((w.key, w.reason) for w in found))
     typer.echo(
         f"{config}: ok ({len(cfg.policies)} policies, {len(cfg.proxy_actions)} proxy actions, "
         f"{len(cfg.tls_profiles)} TLS profiles, {len(found)} warnings)"
     )
+
+
+def _check_log(cfg: Config, path: Path) -> None:
+    """Whether serve can open its log, without creating the file: ``check`` writes nothing."""
+    settings = cfg.logging
+    if settings.target == "file" and settings.file is not None and not settings.file.exists():
+        folder = settings.file.parent
+        problem = _why_not_writable(folder) if folder.is_dir() else errno.ENOENT
+        if problem is not None:
+            key, reason = open_error(settings, OSError(problem, os.strerror(problem))).split(
+                ": ", 1
+            )
+            raise fail(path, ConfigError([(key, reason)]))
+        return
+    _open_log(cfg, path).close()  # an existing file is opened for appending: nothing written
+
+
+@contextmanager
+def _stand_in_state_dir(state_dir: Path) -> Iterator[Path]:
+    """A temporary stand-in for ``state_dir`` for ``check``: its folders made anew, its
+    files linked (read through, never written: a generated file replaces the link),
+    so what serve would generate is generated here and thrown away."""
+    with tempfile.TemporaryDirectory(prefix="smtpgate-check-") as scratch:
+        stand_in = Path(scratch, "state")
+        stand_in.mkdir(mode=0o700)
+        if state_dir.is_dir():
+            for existing in sorted(state_dir.rglob("*")):
+                copy = stand_in / existing.relative_to(state_dir)
+                if existing.is_dir() and not existing.is_symlink():
+                    copy.mkdir(mode=0o700)
+                else:
+                    copy.symlink_to(existing)
+        yield stand_in
+
+
+def _with_state_dir(cfg: Config, stand_in: Path) -> Config:
+    """``cfg`` with ``stand_in`` for its state_dir, in it and in every file key that
+    names a file there (a ca_file may trust the CA serve generates, say)."""
+    state_dir = cfg.gateway.state_dir
+
+    def moved(path: Path | None) -> Path | None:
+        if path is None or not path.is_relative_to(state_dir):
+            return path
+        return stand_in / path.relative_to(state_dir)
+
+    certs = cfg.certificates
+    certificates = certs.model_copy(
+        update={
+            **{name: moved(getattr(certs, name)) for name in CERTIFICATE_FILE_KEYS},
+            "sni": tuple(
+                entry.model_copy(update={"cert": moved(entry.cert), "key": moved(entry.key)})
+                for entry in certs.sni
+            ),
+        }
+    )
+    # Constructed anew rather than copied: Config caches lookups by name.
+    return Config.model_construct(
+        **{
+            **dict(cfg),
+            "gateway": cfg.gateway.model_copy(update={"state_dir": stand_in}),
+            "certificates": certificates,
+            "tls_profiles": tuple(
+                p.model_copy(update={"ca_file": moved(p.ca_file)}) for p in cfg.tls_profiles
+            ),
+        }
+    )
+
+
+def _named_in(exc: ConfigError, stand_in: Path, state_dir: Path) -> ConfigError:
+    """The errors as serve would give them: paths in ``state_dir``, not the stand-in."""
+    return ConfigError(
+        (key, reason.replace(str(stand_in), str(state_dir))) for key, reason in exc.errors
+    )
+
+
+def _check_creatable(files: list[Path]) -> None:
+    """A ConfigError naming ``gateway.state_dir`` if serve could not create ``files``."""
+    for path in files:
+        folder = path.parent
+        while not folder.exists():
+            folder = folder.parent
+        problem = _why_not_writable(folder) if folder.is_dir() else errno.ENOTDIR
+        if problem is not None:
+            reason = f"{folder}: cannot create {path.relative_to(folder)}: {os.strerror(problem)}"
+            raise ConfigError([("gateway.state_dir", reason)])
+
+
+def _why_not_writable(folder: Path) -> int | None:
+    """``EACCES`` when this process may not create files in ``folder`` (a read-only
+    mount included), else None."""
+    return None if os.access(folder, os.W_OK | os.X_OK) else errno.EACCES
 
 
 def _open_log(cfg: Config, path: Path | None) -> EventLog:
@@ -203,6 +306,32 @@ def _files_under(folder: Path) -> set[Path]:
     return set(folder.rglob("*")) if folder.is_dir() else set()
 
 
+@ca_app.command("init")
+def ca_init(config: ConfigOption = None) -> None:
+    """Generate in state_dir what serve's first start would (the proxy CA, the
+    server certificate) where it is missing, and name each file made.
+
+    For a CA to hand to clients (`smtpgate ca export`) before serve first runs;
+    `check` only reads.
+    """
+    from smtpgate.proxy.runtime import load_certificates
+
+    cfg = load(config)
+    state_dir = cfg.gateway.state_dir
+    before = _files_under(state_dir)
+    try:
+        load_certificates(cfg)
+    except CertificateError as exc:
+        key = file_key(cfg, exc.path, ("gateway", "hostname"))
+        raise fail(config, ConfigError.at([(key, str(exc))])) from exc
+    except OSError as exc:  # writing a generated file
+        reason = f"{exc.filename}: cannot write: {exc.strerror or exc}"
+        raise fail(config, ConfigError([("gateway.state_dir", reason)])) from exc
+    for created in sorted(_files_under(state_dir) - before):
+        if created.is_file():
+            typer.echo(f"created {created}")
+
+
 @ca_app.command("export")
 def ca_export(config: ConfigOption = None) -> None:
     """Print the proxy CA certificate (PEM) for clients to trust.
@@ -217,7 +346,7 @@ def ca_export(config: ConfigOption = None) -> None:
     except CertificateError as exc:
         raise fail(config, ConfigError([("certificates.ca_cert", str(exc))])) from exc
     if pem is None:
-        start = f"smtpgate check --config {config}" if config else "smtpgate serve"
+        start = f"smtpgate ca init --config {config}" if config else "smtpgate ca init"
         typer.echo(
             f"error: no proxy CA in {state_dir} (gateway.state_dir) yet, and none configured "
             f"(certificates.ca_cert); `{start}` generates one there, "

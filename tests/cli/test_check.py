@@ -65,8 +65,8 @@ def test_check_loads_certificates_keys_and_ca_files_as_serve_does(tmp_path: Path
             "cannot read certificate: No such file or directory"
         ) in result.stderr.splitlines()
 
-    # A real certificate (one check generates), but a key file that is no key.
-    assert run("check", "--config", str(write(tmp_path))).returncode == 0
+    # A real certificate (one `ca init` generates), but a key file that is no key.
+    assert run("ca", "init", "--config", str(write(tmp_path))).returncode == 0
     (tmp_path / "not-a-key.pem").write_text("hello\n")
     no_key = write(
         tmp_path,
@@ -145,7 +145,7 @@ def test_check_warns_and_serve_logs_the_same_warnings(tmp_path: Path) -> None:
     assert "3 warnings" in result.stdout
 
     log = tmp_path / "smtpgate.log"
-    shutil.rmtree(tmp_path / "state")  # serve's first start generates, and says where
+    assert not (tmp_path / "state").exists()  # check wrote nothing; serve generates, and says where
     proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(path)], stderr=subprocess.PIPE)
 
     def records_after(event: str) -> list[dict[str, str]]:
@@ -195,18 +195,21 @@ def test_ca_export_only_reads_and_says_how_to_create_the_ca(tmp_path: Path) -> N
     assert result.stdout == ""
     assert result.stderr == (
         f"error: no proxy CA in {home}/state/smtpgate (gateway.state_dir) yet, and none "
-        "configured (certificates.ca_cert); `smtpgate serve` generates one there, "
+        "configured (certificates.ca_cert); `smtpgate ca init` generates one there, "
         "or set certificates.ca_cert and ca_key to your own CA\n"
     )
 
     path = write(tmp_path)
     refused = run("ca", "export", "--config", str(path))
-    assert refused.returncode == 1 and f"`smtpgate check --config {path}`" in refused.stderr
+    assert refused.returncode == 1 and f"`smtpgate ca init --config {path}`" in refused.stderr
     assert not (tmp_path / "state").exists()
-    created = run("check", "--config", str(path))
-    assert f"note: {path}: created {tmp_path}/state/tls/ca.key (gateway.state_dir)" in (
-        created.stderr.splitlines()
-    )
+    created = run("ca", "init", "--config", str(path))
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.splitlines() == [
+        f"created {tmp_path}/state/tls/{name}"
+        for name in ("ca.key", "ca.pem", "leaves/leaf.key", "server.key", "server.pem")
+    ]
+    assert run("ca", "init", "--config", str(path)).stdout == ""  # made once
     exported = run("ca", "export", "--config", str(path))
     assert exported.returncode == 0, exported.stderr
     assert exported.stdout == (tmp_path / "state/tls/ca.pem").read_text()
@@ -240,3 +243,110 @@ def test_an_unused_profile_with_an_unreadable_ca_file_is_an_error(tmp_path: Path
     assert edit.returncode == 1
     assert edit.stderr.splitlines() == [expected]
     assert path.read_text() == before
+
+
+READ_ONLY = """\
+[gateway]
+hostname = "mx.check.test"
+state_dir = "{state_dir}"
+[logging]
+file = "{log}"
+[[policies]]
+name = "inbound"
+listen = "127.0.0.1:{listen}"
+upstream = "127.0.0.1:{upstream}"
+[[policies]]
+name = "outgoing"
+listen = "127.0.0.1:{outgoing}"
+upstream = "relay.check.test:25"
+proxy_action = "SMTP-Outgoing.Standard"
+"""
+
+
+def test_check_writes_nothing_not_even_next_to_a_read_only_config() -> None:
+    """`check --config /dev/null` wrote keys under /dev/state. Now it generates what
+    serve would in a throwaway folder and names it; where serve could not, it says so."""
+    base = Path(tempfile.mkdtemp(prefix="smtpgate-ro-"))
+    try:
+        etc, var = base / "etc", base / "var"
+        etc.mkdir()
+        var.mkdir()
+        base.chmod(0o755)
+        var.chmod(0o777)  # serve could write here; check must not
+        user = AS_NOBODY if os.geteuid() == 0 else []
+        if not user:
+            etc.chmod(0o555)
+
+        def check(state_dir: str, log: str) -> subprocess.CompletedProcess[str]:
+            path = etc / "smtpgate.toml"
+            etc.chmod(0o755)
+            path.write_text(
+                READ_ONLY.format(
+                    state_dir=state_dir,
+                    log=log,
+                    listen=free_port(),
+                    upstream=free_port(),
+                    outgoing=free_port(),
+                )
+            )
+            etc.chmod(0o755 if user else 0o555)
+            return subprocess.run(
+                [*user, SMTPGATE, "check", "--config", str(path)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+
+        config = etc / "smtpgate.toml"
+        ok = check(f"{var}/state", f"{var}/smtpgate.log")
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stderr.splitlines() == [
+            f"note: {config}: serve would generate {var}/state/tls/{name} (gateway.state_dir)"
+            for name in (
+                "ca.key",
+                "ca.pem",
+                "leaves/leaf.key",
+                "leaves/relay.check.test.pem",
+                "server.key",
+                "server.pem",
+            )
+        ]
+        assert list(var.iterdir()) == []
+        # Next to the file, in the read-only folder, serve could create nothing.
+        refused = check("state", f"{var}/smtpgate.log")
+        assert refused.returncode == 1
+        assert refused.stderr == (
+            f"error: {config}: gateway.state_dir: {etc}: cannot create state/tls/ca.key: "
+            "Permission denied\n"
+        )
+        no_log = check(f"{var}/state", "smtpgate.log")
+        assert no_log.returncode == 1
+        assert no_log.stderr == (
+            f"error: {config}: logging.file: {etc}/smtpgate.log: cannot open: Permission denied\n"
+        )
+        assert sorted(p.name for p in etc.iterdir()) == ["smtpgate.toml"]
+        assert list(var.iterdir()) == []
+    finally:
+        shutil.rmtree(base)
+
+
+def test_check_reads_what_serve_generated_and_rewrites_none_of_it(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    assert run("ca", "init", "--config", str(path)).returncode == 0
+    tls = tmp_path / "state" / "tls"
+    before = {p: p.read_bytes() for p in tls.rglob("*") if p.is_file()}
+    # A new host name: serve would make a new server certificate; check only says so.
+    path.write_text(path.read_text().replace("mx.check.test", "mx2.check.test"))
+    result = run("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"note: {path}: serve would generate {tls}/server.pem (gateway.state_dir)"
+    ]
+    assert {p: p.read_bytes() for p in tls.rglob("*") if p.is_file()} == before
+    # A damaged generated key is named where it is, not where check looked.
+    (tls / "ca.key").write_text("damaged\n")
+    damaged = run("check", "--config", str(path))
+    assert damaged.returncode == 1
+    assert damaged.stderr.startswith(
+        f"error: {path}: gateway.state_dir: {tls}/ca.key: not an unencrypted PEM private key"
+    ), damaged.stderr

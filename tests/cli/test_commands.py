@@ -155,7 +155,7 @@ def test_rules_test_with_envelope_switch_rejects_at_mail(tmp_path: Path) -> None
 
 def test_ca_export_prints_the_ca_that_signed_the_server_certificate(tmp_path: Path) -> None:
     path = write_config(tmp_path)
-    assert run("check", "--config", str(path)).returncode == 0  # generates the CA, as serve would
+    assert run("ca", "init", "--config", str(path)).returncode == 0  # as serve's first start
     result = run("ca", "export", "--config", str(path))
     assert result.returncode == 0, result.stderr
     ca = x509.load_pem_x509_certificate(result.stdout.encode())

@@ -15,20 +15,23 @@ from smtpgate.config.schema import Config
 from smtpgate.tls.certificates import CertificateError
 from smtpgate.tls.trust import read_ca_file
 
+#: The keys of ``[certificates]`` that name one file each (``sni`` entries name two).
+CERTIFICATE_FILE_KEYS = (
+    "server_cert",
+    "server_key",
+    "server_rsa_cert",
+    "server_rsa_key",
+    "ca_cert",
+    "ca_key",
+)
+
 
 def file_keys(config: Config) -> dict[Path, Loc]:
     """Every file path the configuration sets, with the key that sets it
     (the first key, when two keys name the same file)."""
     keys: dict[Path, Loc] = {}
     certs = config.certificates
-    for name in (
-        "server_cert",
-        "server_key",
-        "server_rsa_cert",
-        "server_rsa_key",
-        "ca_cert",
-        "ca_key",
-    ):
+    for name in CERTIFICATE_FILE_KEYS:
         path = getattr(certs, name)
         if path is not None:
             keys.setdefault(path, ("certificates", name))
