@@ -291,10 +291,15 @@ async def _build(cfg: Config, *, bind: bool) -> None:
     """What serve builds before it accepts connections; with ``bind``, its listeners too."""
     from smtpgate.metrics_server import read_token
     from smtpgate.proxy.gateway import Gateway
+    from smtpgate.traffic.store import traffic_database
 
     gateway = Gateway(cfg, EventLog(io.StringIO(), fmt=cfg.logging.format))
     if cfg.metrics.enabled and cfg.metrics.token_file:
         read_token(cfg.metrics.token_file)  # serve reads it when the listener starts
+    database = traffic_database(cfg)
+    if database is not None and (problem := database.unusable()) is not None:
+        key = "console.database" if cfg.console.database is not None else "gateway.state_dir"
+        raise ConfigError([(key, f"{database.where}: cannot reach: {problem}")])
     if bind:
         try:
             await gateway.start()

@@ -24,6 +24,9 @@ from smtpgate.traffic.rows import COLUMNS, TrafficRow
 #: Errors of either database: the writer logs them and retries, a request answers 503.
 DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error, OSError)
 
+#: How long ``check`` waits for PostgreSQL to answer (serve's writer waits 10 s and retries).
+_PROBE_TIMEOUT = 5
+
 #: SQLite's file in ``gateway.state_dir``.
 SQLITE_FILE = "traffic.sqlite3"
 
@@ -124,6 +127,24 @@ class TrafficDatabase:
         raw.execute("PRAGMA journal_mode=WAL")
         raw.execute("PRAGMA synchronous=NORMAL")
         return Connection(raw, pyformat=False)
+
+    def unusable(self) -> str | None:
+        """Why this database cannot be reached, found without writing to it (for
+        ``check``); None when it can, or when it is an SQLite file not made yet."""
+        try:
+            if self.url is not None:
+                with psycopg.connect(self.url, connect_timeout=_PROBE_TIMEOUT) as connection:
+                    connection.execute("SELECT 1")
+            elif self.path is not None and self.path.exists():
+                raw = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=10)
+                try:
+                    raw.execute("SELECT count(*) FROM sqlite_master").fetchall()
+                finally:
+                    raw.close()
+        except DatabaseError as exc:
+            # libpq's second line is a hint ("Is the server running ...?").
+            return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:

@@ -196,13 +196,19 @@ class TrafficStore:
 def open_store(config: Config, log: EventLog) -> TrafficStore | None:
     """The store ``serve`` runs: with the console enabled (its pages read it), or with
     ``[console] database`` set (an instance that only writes to the shared database)."""
-    console = config.console
-    if not console.enabled and console.database is None:
+    database = traffic_database(config)
+    if database is None:
         return None
-    if console.database is not None:
-        database = TrafficDatabase(url=console.database)
-    else:
-        database = TrafficDatabase(path=config.gateway.state_dir / SQLITE_FILE)
     return TrafficStore(
-        database, log, instance=config.gateway.hostname, retention=console.retention
+        database, log, instance=config.gateway.hostname, retention=config.console.retention
     )
+
+
+def traffic_database(config: Config) -> TrafficDatabase | None:
+    """The database ``serve`` keeps traffic rows in; None when it keeps none."""
+    console = config.console
+    if console.database is not None:
+        return TrafficDatabase(url=console.database)
+    if console.enabled:
+        return TrafficDatabase(path=config.gateway.state_dir / SQLITE_FILE)
+    return None
