@@ -42,6 +42,7 @@ SEVERITY: dict[str, int] = {
     "session_error": 3,
     "reload_failed": 3,
     "accept_failed": 3,
+    "out_of_memory": 3,
     "log_reopen_failed": 3,
     "pid_file_failed": 3,
     "console_tls_failed": 3,

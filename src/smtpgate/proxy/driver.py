@@ -46,6 +46,7 @@ from smtpgate.proxy.events import (
     UpstreamConnectFailed,
     UpstreamData,
 )
+from smtpgate.proxy.limits import REPLY_OUT_OF_MEMORY, is_out_of_memory
 from smtpgate.proxy.pool import UpstreamPool, usable
 from smtpgate.proxy.runtime import PolicyRuntime
 from smtpgate.proxy.session import Session, Wait
@@ -112,6 +113,13 @@ class SessionDriver:
         except asyncio.CancelledError:
             end = "server_shutdown"  # the drain time after SIGTERM ran out
             raise
+        except MemoryError:
+            # Said before the close below flushes it; the upstream leg is aborted there,
+            # so it never holds a complete copy of a message the client was not told of.
+            end = "out_of_memory"
+            with contextlib.suppress(Exception):
+                self.client.write(REPLY_OUT_OF_MEMORY)
+            raise
         finally:
             if not session.closed:  # end it as a vanished client, with the reason
                 # After a bug in the session, ending it may fail too: the first error counts.
@@ -148,6 +156,8 @@ class SessionDriver:
             except TimeoutError:
                 return TimedOut(Side.CLIENT, expiry)
             if not data:
+                if is_out_of_memory(client.lost_because):  # the transport could not go on
+                    return ConnectionLost(Side.CLIENT, "out_of_memory")
                 return ConnectionLost(Side.CLIENT)
             if wait.min_rate:
                 self._clock.received(wait, len(data), now())

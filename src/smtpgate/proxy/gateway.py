@@ -48,7 +48,14 @@ from smtpgate.proxy.interception import (
     parse_sockaddr,
     platform_problem,
 )
-from smtpgate.proxy.limits import ConnectionLimits, Refusal, descriptors_needed
+from smtpgate.proxy.limits import (
+    OUT_OF_MEMORY,
+    REPLY_OUT_OF_MEMORY,
+    ConnectionLimits,
+    Refusal,
+    descriptors_needed,
+    is_out_of_memory,
+)
 from smtpgate.proxy.pool import UpstreamPool
 from smtpgate.proxy.preamble import Opening, PeekingSocket, read_proxy_header
 from smtpgate.proxy.proxyproto import ProxyHeaderError
@@ -107,6 +114,7 @@ def _file_error(config: Config, exc: CertificateError | OSError, fallback: Loc) 
 
 
 Address = tuple[str, int]
+LoopExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +162,7 @@ class RawAcceptor:
         self,
         sock: socket.socket,
         on_accept: Callable[[socket.socket, Any], None],
-        on_error: Callable[[OSError], None],
+        on_error: Callable[[OSError | MemoryError], None],
     ) -> None:
         self._sock = sock
         self._on_accept = on_accept
@@ -169,12 +177,16 @@ class RawAcceptor:
             conn, peer = self._sock.accept()
         except (BlockingIOError, InterruptedError):
             return  # another acceptor on the same socket took it
-        except OSError as exc:  # e.g. out of descriptors: pause, keep the listener
+        except (OSError, MemoryError) as exc:  # out of descriptors or memory: pause
             self._on_error(exc)
             self._loop.remove_reader(self._sock.fileno())
             self._resume = self._loop.call_later(0.1, self._listen_again)
             return
-        self._on_accept(conn, peer)
+        try:
+            self._on_accept(conn, peer)
+        except MemoryError as exc:  # no task for it: closed, nothing can be said
+            conn.close()
+            self._on_error(exc)
 
     def _listen_again(self) -> None:
         self._resume = None
@@ -220,6 +232,7 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         self._stopping = False
         self._reloads: set[asyncio.Task[bool]] = set()
+        self._previous_loop_handler: LoopExceptionHandler | None = None
 
     async def start(self) -> None:
         """Listen on every policy's address; a ConfigError naming the
@@ -228,6 +241,9 @@ class Gateway:
         Under the reload lock: serve installs its signal handlers first, and a
         SIGHUP that comes meanwhile reloads once the listeners are up."""
         async with self._reload_lock:
+            loop = asyncio.get_running_loop()
+            self._previous_loop_handler = loop.get_exception_handler()
+            loop.set_exception_handler(self._loop_exception)
             opened = self._bind_new(self.runtimes)
             try:
                 acceptors = await self._start_accepting(self.runtimes, self.pools, opened)
@@ -320,9 +336,7 @@ class Gateway:
                         self._serve(serving, PeekingSocket(conn, (str(peer[0]), int(peer[1]))))
                     )
                 ),
-                lambda exc: self.log.emit(
-                    "accept_failed", policy=rt.name, reason=describe_error(exc)
-                ),
+                lambda exc: self._accept_failed(rt, exc),
             )
             return acceptor.close
         try:
@@ -337,6 +351,34 @@ class Gateway:
             own.close()
             raise
         return server.close
+
+    def _accept_failed(self, rt: PolicyRuntime, exc: OSError | MemoryError) -> None:
+        if isinstance(exc, MemoryError):
+            self._out_of_memory("accept", rt.name)
+        else:
+            self.log.emit("accept_failed", policy=rt.name, reason=describe_error(exc))
+
+    def _out_of_memory(self, where: str, policy: str | None = None) -> None:
+        """One ``out_of_memory`` record a second at most, with how many failed since the
+        last (a storm must not become a flood of records, nor of tracebacks). Never
+        raises: writing the record needs memory too, and then it is left out."""
+        count = self._connections.refused(OUT_OF_MEMORY, asyncio.get_running_loop().time())
+        if count:
+            named = {"policy": policy} if policy is not None else {}
+            with contextlib.suppress(MemoryError):
+                self.log.emit("out_of_memory", **named, where=where, count=count)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Errors the event loop meets outside any session task: a transport whose
+        TLS layer or read buffer could not be allocated (the connection is closed
+        already, nothing can be said) becomes the rate-limited record; anything
+        else goes where it went before."""
+        if is_out_of_memory(context.get("exception")):
+            self._out_of_memory("transport")
+        elif self._previous_loop_handler is not None:
+            self._previous_loop_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
     def _log_listening(self, listener: Listener) -> None:
         rt = self.runtimes[listener.policy]
@@ -415,6 +457,18 @@ class Gateway:
             await self._run_session(
                 stream, serving, client, tls=tls, first_bytes=first_bytes, interception=interception
             )
+        except MemoryError:
+            # 421 4.3.0 where a reply can be given (a session's driver gave it already:
+            # a closed stream takes no more), then closed; the other sessions go on,
+            # and new connections are served again once memory is to be had.
+            self._out_of_memory("session", rt.name)
+            leg = stream if stream is not None else connection
+            if isinstance(leg, Stream):
+                with contextlib.suppress(Exception):
+                    leg.write(REPLY_OUT_OF_MEMORY)
+                leg.close()
+            else:
+                leg.sock.close()  # before TLS: nothing can be said
         except Exception as exc:  # a bug in one session must not stop the others
             self.log.emit("session_error", policy=rt.name, error=repr(exc))
             if stream is not None:

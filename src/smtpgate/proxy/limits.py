@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import ssl
 from dataclasses import dataclass
 from typing import Final
 
@@ -23,6 +24,10 @@ REPLY_TOO_MANY: Final = b"421 4.7.0 Too many connections, try again later\r\n"
 REPLY_TOO_MANY_FROM_CLIENT: Final = (
     b"421 4.7.0 Too many connections from your address, try again later\r\n"
 )
+
+#: A session that ran out of memory (RFC 3463 X.3.0: a temporary problem of the
+#: mail system; nothing about it the client could change).
+REPLY_OUT_OF_MEMORY: Final = b"421 4.3.0 Insufficient system resources, try again later\r\n"
 
 #: Why a connection was refused (the ``connection_refused`` record's ``reason``).
 MAX_CONNECTIONS = "max_connections"
@@ -45,6 +50,16 @@ class Refusal:
 TOO_MANY = Refusal(MAX_CONNECTIONS, REPLY_TOO_MANY)
 TOO_MANY_FROM_CLIENT = Refusal(MAX_CONNECTIONS_PER_CLIENT, REPLY_TOO_MANY_FROM_CLIENT)
 OUT_OF_DESCRIPTORS = Refusal(OPEN_FILES, REPLY_TOO_MANY)
+#: Not a refusal at the door but counted and logged the same way (one record a second).
+OUT_OF_MEMORY = Refusal("out_of_memory", REPLY_OUT_OF_MEMORY)
+
+
+def is_out_of_memory(exc: BaseException | None) -> bool:
+    """A failed allocation: Python's ``MemoryError``, or OpenSSL's own (an
+    ``SSLError`` whose reason is ``MALLOC_FAILURE``, raised inside a handshake)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, ssl.SSLError) and "MALLOC_FAILURE" in str(exc.reason or exc).upper()
 
 
 class ConnectionLimits:

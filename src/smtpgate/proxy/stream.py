@@ -41,6 +41,8 @@ class Stream(asyncio.Protocol):
         self.writing_paused = False
         self.task: asyncio.Task[None] | None = None
         self._tls = False
+        #: What ended the connection, when the transport said (None: a close or EOF).
+        self.lost_because: Exception | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -65,6 +67,7 @@ class Stream(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_because = exc
         self._eof = True
         self._wake_reader()
         if self._timer is not None:  # it would keep this stream alive until it fires
