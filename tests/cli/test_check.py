@@ -207,7 +207,16 @@ def test_ca_export_only_reads_and_says_how_to_create_the_ca(tmp_path: Path) -> N
     assert created.returncode == 0, created.stderr
     assert created.stdout.splitlines() == [
         f"created {tmp_path}/state/tls/{name}"
-        for name in ("ca.key", "ca.pem", "leaves/leaf.key", "server.key", "server.pem")
+        for name in (
+            "ca.key",
+            "ca.pem",
+            "leaves/ecdsa/leaf.key",
+            "leaves/leaf.key",
+            "server-ecdsa.key",
+            "server-ecdsa.pem",
+            "server.key",
+            "server.pem",
+        )
     ]
     assert run("ca", "init", "--config", str(path)).stdout == ""  # made once
     exported = run("ca", "export", "--config", str(path))
@@ -305,8 +314,12 @@ def test_check_writes_nothing_not_even_next_to_a_read_only_config() -> None:
             for name in (
                 "ca.key",
                 "ca.pem",
+                "leaves/ecdsa/leaf.key",
+                "leaves/ecdsa/relay.check.test.pem",
                 "leaves/leaf.key",
                 "leaves/relay.check.test.pem",
+                "server-ecdsa.key",
+                "server-ecdsa.pem",
                 "server.key",
                 "server.pem",
             )
@@ -340,7 +353,8 @@ def test_check_reads_what_serve_generated_and_rewrites_none_of_it(tmp_path: Path
     result = run("check", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
-        f"note: {path}: serve would generate {tls}/server.pem (gateway.state_dir)"
+        f"note: {path}: serve would generate {tls}/{name} (gateway.state_dir)"
+        for name in ("server-ecdsa.pem", "server.pem")
     ]
     assert {p: p.read_bytes() for p in tls.rglob("*") if p.is_file()} == before
     # A damaged generated key is named where it is, not where check looked.
