@@ -85,6 +85,7 @@ async def _serve(cfg: Config, path: Path | None) -> None:
     from smtpgate.console.server import start_console
     from smtpgate.metrics_server import count_metrics, start_metrics
     from smtpgate.proxy.gateway import Gateway
+    from smtpgate.proxy.supervisor import Supervisor, worker_count
     from smtpgate.traffic.store import open_store
 
     log = _open_log(cfg, path)
@@ -94,8 +95,15 @@ async def _serve(cfg: Config, path: Path | None) -> None:
     for warning in config_warnings(cfg):
         log.emit("config_warning", key=warning.key, warning=warning.reason)
     before = _files_under(cfg.gateway.state_dir)
+    reload_config = (lambda: load_config(path)) if path else None
+    workers = worker_count(cfg)
     try:
-        gateway = Gateway(cfg, log, reload_config=(lambda: load_config(path)) if path else None)
+        # One process, or a supervisor of worker processes: the same start, reload and stop.
+        gateway: Gateway | Supervisor = (
+            Gateway(cfg, log, reload_config=reload_config)
+            if workers == 1
+            else Supervisor(cfg, log, workers=workers, reload_config=reload_config)
+        )
     except ConfigError as exc:
         raise fail(path, exc) from exc
     for created in sorted(_files_under(cfg.gateway.state_dir) - before):

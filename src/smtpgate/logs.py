@@ -155,6 +155,15 @@ class EventLog:
         line = _encode_json(record) if self._json else render_text(record)
         self._sink.write(line, record)
 
+    def forward(self, line: str, record: dict[str, Any]) -> None:
+        """A record another process emitted, ``line`` its JSON (a worker's, which
+        :mod:`smtpgate.proxy.supervisor` reads): observed and written as if it were
+        emitted here, ``line`` as it is when this log writes JSON."""
+        for observer in self._observers:
+            with contextlib.suppress(Exception):
+                observer(record)
+        self._sink.write(line if self._json else render_text(record), record)
+
     def observe(self, observer: RecordObserver) -> None:
         """Feed ``observer`` every record from now on (the same records the log gets,
         so what the traffic store and the metrics count is what the log says)."""

@@ -91,6 +91,10 @@ class GatewayState(Protocol):
     @property
     def open_connections(self) -> int: ...
 
+    async def refresh(self) -> None:
+        """Before a scrape: bring the gauges up to date (a supervisor asks its workers,
+        whose records before the answer are then counted too)."""
+
 
 class _GatewayCollector(Collector):
     """Gauges read at scrape time: what no record says."""

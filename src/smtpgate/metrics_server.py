@@ -64,6 +64,7 @@ def metrics_app(metrics: Metrics, token: str | None) -> ASGIApp:
                     send, 401, b"a bearer token is required\n", [(b"www-authenticate", b"Bearer")]
                 )
                 return
+        await metrics.gateway.refresh()
         await exposition(scope, receive, send)
 
     return app

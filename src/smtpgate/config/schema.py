@@ -102,6 +102,14 @@ _ESMTP_DEPENDENCIES = {"SMTPUTF8": "8BITMIME", "BINARYMIME": "CHUNKING"}
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickled (``serve`` hands its workers the configuration so) without what a
+        ``cached_property`` computed: the fields only; the copy computes it again."""
+        state = super().__getstate__()
+        fields = type(self).model_fields
+        state["__dict__"] = {k: v for k, v in state["__dict__"].items() if k in fields}
+        return state
+
 
 def _custom_error(kind: str, reason: str) -> PydanticCustomError:
     # The reason goes through the context so braces in it are never a template.
@@ -158,6 +166,28 @@ def default_hostname() -> str:
 
 # --- gateway, logging, certificates, console -------------------------------------
 
+#: The most ``[gateway] workers`` may ask for.
+MAX_WORKERS = 256
+
+
+def _workers(value: Any) -> int | Literal["auto"]:
+    if value == "auto" and isinstance(value, str):
+        return "auto"
+    if type(value) is not int or not 1 <= value <= MAX_WORKERS:
+        raise _custom_error(
+            "workers", f'{value!r} is not a number of processes: 1 to {MAX_WORKERS}, or "auto"'
+        )
+    return value
+
+
+Workers = Annotated[
+    int | Literal["auto"],
+    PlainValidator(_workers),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_WORKERS}, {"const": "auto"}]}
+    ),
+]
+
 
 class Gateway(_Model):
     hostname: StrictStr = Field(default_factory=default_hostname)
@@ -173,6 +203,9 @@ class Gateway(_Model):
     resolvers: tuple[Nameserver, ...] = Field(default=(), strict=False, max_length=10)
     #: How long one DNS lookup may take, all servers and retries included.
     dns_timeout: Duration = Field(default=10.0, validate_default=True)
+    #: Processes that serve connections (``serve``): ``"auto"`` is one per core this
+    #: process may run on; 1 is one process, as before there were workers.
+    workers: Workers = "auto"
 
     @field_validator("hostname")
     @classmethod

@@ -24,7 +24,7 @@ import socket
 import ssl
 import sys
 from asyncio import sslproto
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +200,27 @@ class RawAcceptor:
         self._sock.close()
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerShare:
+    """What one of ``workers`` worker processes takes (``[gateway] workers``).
+
+    The connection limits hold for all workers together: each takes its share,
+    ``limit // workers`` (at least 1). ``ports``: for a listen address with port 0,
+    the port the supervisor chose, the same for every worker.
+    """
+
+    workers: int
+    ports: Mapping[Address, int]
+
+
+def _limits(config: Config, worker: WorkerShare | None) -> tuple[int, int]:
+    """``max_connections`` and ``max_connections_per_client`` for this process."""
+    total, per_client = config.gateway.max_connections, config.gateway.max_connections_per_client
+    if worker is None:
+        return total, per_client
+    return max(1, total // worker.workers), max(1, per_client // worker.workers)
+
+
 class Gateway:
     def __init__(
         self,
@@ -208,9 +229,16 @@ class Gateway:
         *,
         reload_config: Callable[[], Config] | None = None,
         drain_seconds: float = 30.0,
+        worker: WorkerShare | None = None,
     ) -> None:
+        """``worker``: one of several processes of ``serve`` (:mod:`smtpgate.proxy.worker`):
+        it binds its listeners with ``SO_REUSEPORT`` beside the other workers', takes
+        its share of the connection limits, and its log only forwards records to the
+        supervisor, which applies ``[logging]``."""
         self.config = config
         self.log = log
+        self._worker = worker
+        self._max_connections, self._max_per_client = _limits(config, worker)
         # The log was opened by our creator, with the file and format; the rest is ours.
         log.addresses = config.logging.addresses
         self._reload_config = reload_config
@@ -260,7 +288,7 @@ class Gateway:
 
     def _check_descriptors(self) -> None:
         """A warning when the open-files limit is below what max_connections may need."""
-        wanted = self.config.gateway.max_connections
+        wanted = self._max_connections  # a worker's share: its own open-files limit
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         needed = descriptors_needed(wanted)
         if soft != resource.RLIM_INFINITY and needed > soft:
@@ -284,19 +312,16 @@ class Gateway:
                     for sock in self._listeners[address].socks:
                         _set_transparent(sock, on=rt.tproxy)
                     continue
-                opened[address] = _bind(*address, transparent=rt.tproxy)
-            except _NotTransparent as exc:
-                _close(*opened.values())
-                raise ConfigError.at([(("policies", index, "tproxy"), str(exc))]) from exc
+                if self._worker is None:
+                    opened[address] = _bind(*address, transparent=rt.tproxy)
+                else:
+                    port = self._worker.ports.get(address, address[1])
+                    opened[address] = _bind(
+                        address[0], port, transparent=rt.tproxy, reuse_port=True
+                    )
             except OSError as exc:
                 _close(*opened.values())
-                # The errno's text (create_server's own repeats the address), or the resolver's.
-                if isinstance(exc, socket.gaierror) or not exc.errno:
-                    why = exc.strerror or str(exc)
-                else:
-                    why = os.strerror(exc.errno)
-                reason = f"{rt.listen_host}:{rt.listen_port}: {why.lower()}"
-                raise ConfigError.at([(("policies", index, "listen"), reason)]) from exc
+                raise listen_error(index, address, exc) from exc
         return opened
 
     async def _start_accepting(
@@ -396,6 +421,9 @@ class Gateway:
         reading a PROXY header or doing an implicit-TLS handshake)."""
         return len(self._sessions)
 
+    async def refresh(self) -> None:
+        """What a scrape reads is up to date in one process (see the supervisor's)."""
+
     def bound_ports(self) -> dict[str, int]:
         return {listener.policy: listener.port for listener in self._listeners.values()}
 
@@ -423,9 +451,8 @@ class Gateway:
             assert connection.task is not None
             self._track(connection.task)
         rt = serving.runtime
-        limits = self.config.gateway
         counts = self._connections
-        refusal = counts.take(limits.max_connections)
+        refusal = counts.take(self._max_connections)
         if refusal is not None:
             # Before any reading: on a listener that looks first, before TLS, so nothing
             # can be said and the socket is just closed.
@@ -449,7 +476,7 @@ class Gateway:
             stream, client, tls, first_bytes = opened
             # The client's address: from the PROXY header where there is one.
             address = client[0] if client else "unknown"
-            refusal = counts.take_client(address, limits.max_connections_per_client)
+            refusal = counts.take_client(address, self._max_per_client)
             if refusal is not None:
                 address = None
                 self._refuse(stream, rt, client, refusal)
@@ -580,12 +607,7 @@ class Gateway:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.reload_soon)
-        # logrotate's convention for daemons that reopen their log without reloading.
-        loop.add_signal_handler(signal.SIGUSR1, self.log.reopen)
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        handle_signals(reload=self.reload_soon, reopen=self.log.reopen, stop=self.request_stop)
 
     def reload_soon(self) -> None:
         """SIGHUP: :meth:`reload` as a task of its own (a signal handler cannot wait)."""
@@ -612,30 +634,48 @@ class Gateway:
                 return False
             try:
                 config = self._reload_config()
-                contexts = TLSContextCache()
-                runtimes = compile_runtimes(config, contexts)
-                opened = self._bind_new(runtimes)
             except (ConfigError, CertificateError, OSError) as exc:
                 self.log.emit("reload_failed", reason=describe_error(exc))
                 return False
-            try:
-                _configure_log(self.log, config)
-            except OSError as exc:
-                _close(*opened.values())
-                self.log.emit("reload_failed", reason=open_error(config.logging, exc))
+            return await self._apply(config)
+
+    async def apply(self, config: Config, worker: WorkerShare) -> bool:
+        """A worker's reload: run ``config`` (read and checked by its supervisor, which
+        also chose the ports in ``worker``) as :meth:`reload` runs the file's; True when
+        it was applied."""
+        async with self._reload_lock:
+            if self._stopping:
                 return False
-            pools = {name: UpstreamPool() for name in runtimes}
-            try:
-                acceptors = await self._start_accepting(runtimes, pools, opened)
-            except OSError as exc:
-                _close(*opened.values())
-                with contextlib.suppress(OSError):  # back to where it logged before
-                    _configure_log(self.log, self.config)
-                self.log.emit("reload_failed", reason=f"cannot accept: {describe_error(exc)}")
-                return False
-            # From here on nothing waits: no session sees half of this.
-            self._commit(config, contexts, runtimes, pools, opened, acceptors)
-            return True
+            self._worker = worker
+            return await self._apply(config)
+
+    async def _apply(self, config: Config) -> bool:
+        """:meth:`reload`'s work once the configuration is read, under the reload lock."""
+        try:
+            contexts = TLSContextCache()
+            runtimes = compile_runtimes(config, contexts)
+            opened = self._bind_new(runtimes)
+        except (ConfigError, CertificateError, OSError) as exc:
+            self.log.emit("reload_failed", reason=describe_error(exc))
+            return False
+        try:
+            self._configure_log(config)
+        except OSError as exc:
+            _close(*opened.values())
+            self.log.emit("reload_failed", reason=open_error(config.logging, exc))
+            return False
+        pools = {name: UpstreamPool() for name in runtimes}
+        try:
+            acceptors = await self._start_accepting(runtimes, pools, opened)
+        except OSError as exc:
+            _close(*opened.values())
+            with contextlib.suppress(OSError):  # back to where it logged before
+                self._configure_log(self.config)
+            self.log.emit("reload_failed", reason=f"cannot accept: {describe_error(exc)}")
+            return False
+        # From here on nothing waits: no session sees half of this.
+        self._commit(config, contexts, runtimes, pools, opened, acceptors)
+        return True
 
     def _commit(
         self,
@@ -660,6 +700,7 @@ class Gateway:
         for pool in self.pools.values():
             pool.close()  # parked legs were set up under the old settings
         self.config, self._contexts, self.runtimes, self.pools = config, contexts, runtimes, pools
+        self._max_connections, self._max_per_client = _limits(config, self._worker)
         self._listeners = {
             address: Listener(
                 address,
@@ -680,6 +721,14 @@ class Gateway:
         for warning in config_warnings(config):
             self.log.emit("config_warning", key=warning.key, warning=warning.reason)
         self._check_descriptors()
+
+    def _configure_log(self, config: Config) -> None:
+        """Apply ``[logging]``; OSError if the file cannot be opened (nothing changed).
+        A worker's log forwards every record: only ``addresses`` is its own."""
+        if self._worker is not None:
+            self.log.addresses = config.logging.addresses
+            return
+        configure_log(self.log, config)
 
     def request_stop(self) -> None:
         self._stopped.set()
@@ -704,6 +753,26 @@ class Gateway:
         for pool in self.pools.values():
             pool.close()
         self.log.emit("stopped")
+
+
+def handle_signals(
+    *, reload: Callable[[], None], reopen: Callable[[], None], stop: Callable[[], None]
+) -> None:
+    """What ``serve``'s signals do (one process, or the supervisor of workers)."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    # logrotate's convention for daemons that reopen their log without reloading.
+    loop.add_signal_handler(signal.SIGUSR1, reopen)
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    loop.add_signal_handler(signal.SIGINT, stop)
+
+
+def configure_log(log: EventLog, config: Config) -> None:
+    """Apply ``[logging]``; OSError if the file cannot be opened (nothing changed)."""
+    logging = config.logging
+    log.configure(
+        destination(logging), lambda: open_sink(logging), logging.format, logging.addresses
+    )
 
 
 async def _stream_on_accepted(sock: socket.socket, rt: PolicyRuntime, tls: bool) -> Stream:
@@ -750,31 +819,65 @@ class _NotTransparent(OSError):
     """IP_TRANSPARENT cannot be set on a listener (policy key ``tproxy``)."""
 
 
-def _bind(host: str, port: int, *, transparent: bool = False) -> list[socket.socket]:
+def _bind(
+    host: str,
+    port: int,
+    *,
+    transparent: bool = False,
+    reuse_port: bool = False,
+    listen: bool = True,
+) -> list[socket.socket]:
     """Listening sockets for ``host:port``: one for an address, one per address
     a host name resolves to (as the event loop's ``create_server`` binds).
-    ``transparent``: with IP_TRANSPARENT, for connections a TPROXY rule diverts."""
+    ``transparent``: with IP_TRANSPARENT, for connections a TPROXY rule diverts.
+    ``reuse_port``: with SO_REUSEPORT, beside the other workers' sockets (the kernel
+    spreads the connections over them). Not ``listen``: only bound, holding the port
+    (the supervisor's: :func:`hold`)."""
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     socks: list[socket.socket] = []
     try:
         for family, *_, sockaddr in dict.fromkeys(found):
-            if not transparent:
-                # SO_REUSEADDR, and IPV6_V6ONLY on an IPv6 socket, as create_server sets them.
-                socks.append(socket.create_server(sockaddr, family=family, backlog=512))
-                continue
-            # The same by hand: IP_TRANSPARENT must be set before the bind.
+            # SO_REUSEADDR, and IPV6_V6ONLY on an IPv6 socket, as create_server sets them;
+            # IP_TRANSPARENT and SO_REUSEPORT must be set before the bind.
             sock = socket.socket(family, socket.SOCK_STREAM)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            _set_transparent(sock, on=True)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if transparent:
+                _set_transparent(sock, on=True)
             sock.bind(sockaddr)
-            sock.listen(512)
+            if listen:
+                sock.listen(512)
     except BaseException:
         _close(socks)
         raise
     return socks
+
+
+def listen_error(index: int, address: Address, exc: OSError) -> ConfigError:
+    """Why policy ``index`` cannot listen on ``address``, naming its key (``listen``,
+    or ``tproxy`` when IP_TRANSPARENT is refused)."""
+    if isinstance(exc, _NotTransparent):
+        return ConfigError.at([(("policies", index, "tproxy"), str(exc))])
+    # The errno's text (create_server's own repeats the address), or the resolver's.
+    if isinstance(exc, socket.gaierror) or not exc.errno:
+        why = exc.strerror or str(exc)
+    else:
+        why = os.strerror(exc.errno)
+    reason = f"{address[0]}:{address[1]}: {why.lower()}"
+    return ConfigError.at([(("policies", index, "listen"), reason)])
+
+
+def hold(host: str, port: int, *, transparent: bool = False) -> list[socket.socket]:
+    """Sockets bound to ``host:port`` that do not listen: the supervisor of workers
+    holds each address so. The port is then taken (a port 0 is chosen here, once, for
+    every worker), and stays taken while workers restart; the workers' sockets
+    (SO_REUSEADDR, SO_REUSEPORT, listening) bind beside it, but another program's
+    listener, or another ``serve``'s, cannot. ``OSError`` as :func:`_bind` raises it."""
+    return _bind(host, port, transparent=transparent, listen=False)
 
 
 def _set_transparent(sock: socket.socket, *, on: bool) -> None:
@@ -861,14 +964,6 @@ def _all(stops: list[Callable[[], None]]) -> Callable[[], None]:
             each()
 
     return stop
-
-
-def _configure_log(log: EventLog, config: Config) -> None:
-    """Apply ``[logging]``; OSError if the file cannot be opened (nothing changed)."""
-    logging = config.logging
-    log.configure(
-        destination(logging), lambda: open_sink(logging), logging.format, logging.addresses
-    )
 
 
 def _looks_first(rt: PolicyRuntime) -> bool:
