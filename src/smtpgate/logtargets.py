@@ -46,6 +46,7 @@ SEVERITY: dict[str, int] = {
     "log_reopen_failed": 3,
     "pid_file_failed": 3,
     "console_tls_failed": 3,
+    "worker_exited": 3,
     "config_warning": 4,
     "login_failed": 4,
     "login_blocked": 4,

@@ -182,6 +182,15 @@ class SmtpgateProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def serving_pids(self) -> list[int]:
+        """The processes that take connections: the workers now running (the latest
+        ``worker_started`` of each slot) with ``[gateway] workers`` above 1, else serve's."""
+        latest = {r["worker"]: int(r["pid"]) for r in self.records("worker_started")}
+        if latest:
+            return [latest[slot] for slot in sorted(latest)]
+        assert self.proc is not None
+        return [self.proc.pid]
+
     # -- output ----------------------------------------------------------------
 
     def stdout(self) -> str:
