@@ -48,9 +48,7 @@ Started = tuple[SmtpgateProcess, ScriptedUpstream, Load]
 
 
 @pytest.fixture
-def started(
-    tmp_path: Path, loop: LoopThread, make_scripted_upstream: MakeRaw
-) -> Iterator[Started]:
+def started(tmp_path: Path, loop: LoopThread, make_scripted_upstream: MakeRaw) -> Iterator[Started]:
     upstream = make_scripted_upstream()
     config = gate_config(
         upstream.port,
