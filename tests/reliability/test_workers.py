@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -24,6 +25,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from smtpgate.config.errors import ConfigError
+from smtpgate.config.loader import parse_config
+from smtpgate.proxy.supervisor import worker_count
 from smtpgate.reserved_port import ReservedPort
 from tests.peers import wait_until
 from tests.peers.gate_config import gate_config
@@ -170,3 +174,41 @@ def test_a_worker_that_keeps_dying_waits_longer_each_time(started: Started) -> N
     # Each one died within 10 s of its start (the first may have run longer).
     assert delays[1] > 0 and delays[2] == 2 * delays[1], delays
     assert len(set(gate.serving_pids())) == WORKERS
+
+
+def test_the_connection_limits_are_totals_over_the_workers(
+    tmp_path: Path, make_scripted_upstream: MakeRaw
+) -> None:
+    """Each worker takes its share (docs/proxy.md, Workers and the limits): 2 per client
+    over 2 workers is 1 each, so one address never has more than 2 sessions at once,
+    however the kernel spreads its connections."""
+    upstream = make_scripted_upstream()
+    config = gate_config(
+        upstream.port, gateway={"workers": WORKERS, "max_connections_per_client": 2}
+    )
+    with SmtpgateProcess(tmp_path, config) as gate:
+        socks = [socket.create_connection(("127.0.0.1", gate.port()), timeout=10) for _ in range(8)]
+        try:
+            firsts = [sock.recv(200) for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+    greeted = [f for f in firsts if f.startswith(b"220 ")]
+    refused = b"421 4.7.0 Too many connections from your address, try again later\r\n"
+    assert 1 <= len(greeted) <= 2, firsts
+    assert firsts.count(refused) == len(firsts) - len(greeted), firsts
+
+
+@pytest.mark.parametrize("value", ["0", "257", '"all"', "true", "1.5"])
+def test_workers_is_a_number_of_processes_or_auto(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"[gateway]\nworkers = {value}\n", tmp_path)
+    (error,) = caught.value.errors
+    assert error[0] == "gateway.workers"
+    assert error[1].endswith('is not a number of processes: 1 to 256, or "auto"')
+
+
+def test_auto_is_one_worker_per_core_this_process_may_use(tmp_path: Path) -> None:
+    config = parse_config('[gateway]\nworkers = "auto"\n', tmp_path)
+    assert worker_count(config) == len(os.sched_getaffinity(0))
+    assert worker_count(parse_config("[gateway]\nworkers = 3\n", tmp_path)) == 3

@@ -391,10 +391,11 @@ class Supervisor:
                 worker.announced.clear()
             frame = config_frame(config, len(self._workers), self._ports())
             answers = await asyncio.gather(*(self._send(w, frame) for w in live))
-            applied = [
-                w for w, found in zip(live, answers, strict=True) if found and found[APPLIED]
-            ]
-            if live and not applied:
+            # A worker that died meanwhile (None) starts again with the new configuration.
+            said = [(w, found[APPLIED]) for w, found in zip(live, answers, strict=True) if found]
+            applied = [w for w, yes in said if yes]
+            refused = len(said) - len(applied)
+            if refused and not applied:
                 # Nobody runs it: back to the configuration that runs.
                 self.config, self._held = previous, previous_held
                 for socks in opened:
@@ -406,11 +407,18 @@ class Supervisor:
                 _close(socks)
             if applied:
                 self._announce(applied[0])
-            if len(applied) < len(live):
+            else:  # no worker runs now (all are being restarted): they start with it
+                self.log.emit(
+                    "reloaded",
+                    policies=sorted(p.name for p in config.policies),
+                    opened=_listeners(config, without=previous_held),
+                    closed=_listeners(previous, without=held),
+                )
+            if refused:
                 self.log.emit(
                     "reload_failed",
-                    reason=f"{len(live) - len(applied)} of {len(live)} workers kept the "
-                    "previous configuration (their reload_failed says why)",
+                    reason=f"{refused} of {len(said)} workers kept the previous configuration "
+                    "(their reload_failed says why)",
                 )
                 return False
             return True
@@ -461,6 +469,16 @@ class Supervisor:
             _close(socks)
         self._held = {}
         self.log.emit(_STOPPED)
+
+
+def _listeners(config: Config, *, without: Mapping[Address, object]) -> list[str]:
+    """``policy host:port`` of the listeners of ``config`` not in ``without``, sorted,
+    as ``reloaded`` names them."""
+    return sorted(
+        f"{p.name} {p.listen.host}:{p.listen.port}"
+        for p in config.policies
+        if (p.listen.host, p.listen.port) not in without
+    )
 
 
 def _exit_status(code: int) -> str:
