@@ -68,6 +68,9 @@ START_SECONDS = 60.0
 EXIT_GRACE_SECONDS = 10.0
 #: What a scrape waits for a worker's gauges.
 STATUS_SECONDS = 2.0
+#: What a reload waits for a worker's answer (a worker that takes longer is wedged:
+#: it counts as one that died, and keeps what it ran).
+RELOAD_SECONDS = 60.0
 
 #: Records of a worker's start or reload the supervisor writes once, for all workers.
 _ANNOUNCED = frozenset({"listening", "reloaded", "config_warning"})
@@ -181,7 +184,9 @@ class Supervisor:
         """Ask every worker for its gauges; its records before the answer are written
         (and counted) by then."""
         live = [w for w in self._workers if w.alive]
-        answers = await asyncio.gather(*(self._ask(w, status_frame()) for w in live))
+        answers = await asyncio.gather(
+            *(self._ask(w, status_frame(), STATUS_SECONDS) for w in live)
+        )
         for worker, found in zip(live, answers, strict=True):
             worker.status = dict(found.get(STATUS_KEY, {})) if found else {}
         for worker in self._workers:
@@ -279,9 +284,10 @@ class Supervisor:
         worker.writer.write(frame)
         return answered
 
-    async def _ask(self, worker: _Worker, frame: bytes) -> dict[str, Any] | None:
+    async def _ask(self, worker: _Worker, frame: bytes, seconds: float) -> dict[str, Any] | None:
+        """:meth:`_send`, and its answer within ``seconds`` (else None)."""
         try:
-            return await asyncio.wait_for(self._send(worker, frame), STATUS_SECONDS)
+            return await asyncio.wait_for(asyncio.shield(self._send(worker, frame)), seconds)
         except TimeoutError:
             return None
 
@@ -295,7 +301,7 @@ class Supervisor:
                     event = message.get("event")
                     if event is None:
                         if worker.waiting:
-                            worker.waiting.popleft().set_result(message)
+                            _resolve(worker.waiting.popleft(), message)
                     elif event in _ANNOUNCED:
                         worker.announced.append((line, message))
                     elif event == _STOPPING:
@@ -309,7 +315,7 @@ class Supervisor:
             worker.gone.set()
             worker.stopping_seen.set()
             while worker.waiting:
-                worker.waiting.popleft().set_result(None)
+                _resolve(worker.waiting.popleft(), None)
             if worker.writer is not None:
                 worker.writer.close()
                 worker.writer = None
@@ -390,7 +396,7 @@ class Supervisor:
             for worker in live:
                 worker.announced.clear()
             frame = config_frame(config, len(self._workers), self._ports())
-            answers = await asyncio.gather(*(self._send(w, frame) for w in live))
+            answers = await asyncio.gather(*(self._ask(w, frame, RELOAD_SECONDS) for w in live))
             # A worker that died meanwhile (None) starts again with the new configuration.
             said = [(w, found[APPLIED]) for w, found in zip(live, answers, strict=True) if found]
             applied = [w for w, yes in said if yes]
@@ -479,6 +485,14 @@ def _listeners(config: Config, *, without: Mapping[Address, object]) -> list[str
         for p in config.policies
         if (p.listen.host, p.listen.port) not in without
     )
+
+
+def _resolve(
+    answered: asyncio.Future[dict[str, Any] | None], message: dict[str, Any] | None
+) -> None:
+    """Hand a worker's answer to whoever waits for it (nobody, once they gave up)."""
+    if not answered.done():
+        answered.set_result(message)
 
 
 def _exit_status(code: int) -> str:

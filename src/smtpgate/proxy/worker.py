@@ -27,7 +27,7 @@ from typing import Any
 import uvloop
 
 from smtpgate.config.errors import ConfigError
-from smtpgate.logs import EventLog
+from smtpgate.logs import EventLog, describe_error
 from smtpgate.proxy.channel import (
     APPLIED,
     CONFIG,
@@ -129,8 +129,13 @@ async def _obey(reader: asyncio.StreamReader, gateway: Gateway, sink: ForwardSin
     while (frame := await read_frame(reader)) is not None:
         kind, payload = frame
         if kind == CONFIG:
-            given = assignment(payload)
-            sink.send({APPLIED: await gateway.apply(given.config, given.share)})
+            try:
+                given = assignment(payload)
+                applied = await gateway.apply(given.config, given.share)
+            except Exception as exc:  # a bug must not leave the supervisor waiting
+                gateway.log.emit("reload_failed", reason=f"worker: {describe_error(exc)}")
+                applied = False
+            sink.send({APPLIED: applied})
         elif kind == STATUS:
             pools = {name: len(pool) for name, pool in gateway.pools.items()}
             sink.send({STATUS_KEY: {"connections": gateway.open_connections, "pools": pools}})
