@@ -212,3 +212,20 @@ def test_auto_is_one_worker_per_core_this_process_may_use(tmp_path: Path) -> Non
     config = parse_config('[gateway]\nworkers = "auto"\n', tmp_path)
     assert worker_count(config) == len(os.sched_getaffinity(0))
     assert worker_count(parse_config("[gateway]\nworkers = 3\n", tmp_path)) == 3
+
+
+def test_a_second_serve_cannot_listen_where_the_workers_listen(
+    tmp_path: Path, make_scripted_upstream: MakeRaw
+) -> None:
+    """The workers' sockets share the address with SO_REUSEPORT; another serve's must
+    not join them (the main process's held socket does not allow it)."""
+    upstream = make_scripted_upstream()
+    config = gate_config(upstream.port, gateway={"workers": WORKERS})
+    with SmtpgateProcess(tmp_path / "first", config) as first:
+        taken = f"127.0.0.1:{first.port()}"
+        second_config = gate_config(upstream.port, gateway={"workers": WORKERS})
+        second_config["policies"][0]["listen"] = taken
+        second = SmtpgateProcess(tmp_path / "second", second_config)
+        with pytest.raises(AssertionError, match="exited with 1 before listening"):
+            second.start(timeout=30)
+        assert f"policies[1].listen: {taken}: address already in use" in second.stderr()

@@ -1,7 +1,7 @@
 """The link between ``serve``'s supervisor and one worker process: a socket pair.
 
 Down, supervisor to worker, frames (a kind byte, a 4-byte length, the payload):
-``CONFIG``, the configuration to run with the ports the supervisor chose (the
+``CONFIG``, the configuration to run and the worker's share of the limits (the
 first one starts the worker, each later one is a reload), and ``STATUS``, a
 question for the gauges a scrape reads.
 
@@ -19,12 +19,12 @@ import asyncio
 import json
 import pickle
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from smtpgate.config.schema import Config
-from smtpgate.proxy.gateway import Address, WorkerShare
+from smtpgate.proxy.gateway import WorkerShare
 
 #: Frame kinds (supervisor to worker).
 CONFIG = b"C"
@@ -40,17 +40,17 @@ STATUS_KEY = "status"
 @dataclass(frozen=True, slots=True)
 class Assignment:
     """What a worker runs: the configuration (as the supervisor read and checked it)
-    and its share of the limits and ports."""
+    and its share of the limits."""
 
     config: Config
     share: WorkerShare
 
 
-def config_frame(config: Config, workers: int, ports: Mapping[Address, int]) -> bytes:
+def config_frame(config: Config, workers: int) -> bytes:
     """A ``CONFIG`` frame. Pickled: the worker runs the very configuration its
     supervisor checked (no second parse that a file changed meanwhile could fail);
     both ends are this program, the socket pair is theirs alone."""
-    payload = pickle.dumps(Assignment(config, WorkerShare(workers, dict(ports))))
+    payload = pickle.dumps(Assignment(config, WorkerShare(workers)))
     return _HEADER.pack(CONFIG, len(payload)) + payload
 
 

@@ -24,7 +24,7 @@ import socket
 import ssl
 import sys
 from asyncio import sslproto
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,15 +202,11 @@ class RawAcceptor:
 
 @dataclass(frozen=True, slots=True)
 class WorkerShare:
-    """What one of ``workers`` worker processes takes (``[gateway] workers``).
-
-    The connection limits hold for all workers together: each takes its share,
-    ``limit // workers`` (at least 1). ``ports``: for a listen address with port 0,
-    the port the supervisor chose, the same for every worker.
-    """
+    """What one of ``workers`` worker processes takes (``[gateway] workers``): the
+    connection limits hold for all workers together, so each takes its share,
+    ``limit // workers`` (at least 1)."""
 
     workers: int
-    ports: Mapping[Address, int]
 
 
 def _limits(config: Config, worker: WorkerShare | None) -> tuple[int, int]:
@@ -312,13 +308,9 @@ class Gateway:
                     for sock in self._listeners[address].socks:
                         _set_transparent(sock, on=rt.tproxy)
                     continue
-                if self._worker is None:
-                    opened[address] = _bind(*address, transparent=rt.tproxy)
-                else:
-                    port = self._worker.ports.get(address, address[1])
-                    opened[address] = _bind(
-                        address[0], port, transparent=rt.tproxy, reuse_port=True
-                    )
+                opened[address] = _bind(
+                    *address, transparent=rt.tproxy, reuse_port=self._worker is not None
+                )
             except OSError as exc:
                 _close(*opened.values())
                 raise listen_error(index, address, exc) from exc
@@ -641,7 +633,7 @@ class Gateway:
 
     async def apply(self, config: Config, worker: WorkerShare) -> bool:
         """A worker's reload: run ``config`` (read and checked by its supervisor, which
-        also chose the ports in ``worker``) as :meth:`reload` runs the file's; True when
+        also says what share the worker takes) as :meth:`reload` runs the file's; True when
         it was applied."""
         async with self._reload_lock:
             if self._stopping:
@@ -873,10 +865,10 @@ def listen_error(index: int, address: Address, exc: OSError) -> ConfigError:
 
 def hold(host: str, port: int, *, transparent: bool = False) -> list[socket.socket]:
     """Sockets bound to ``host:port`` that do not listen: the supervisor of workers
-    holds each address so. The port is then taken (a port 0 is chosen here, once, for
-    every worker), and stays taken while workers restart; the workers' sockets
-    (SO_REUSEADDR, SO_REUSEPORT, listening) bind beside it, but another program's
-    listener, or another ``serve``'s, cannot. ``OSError`` as :func:`_bind` raises it."""
+    holds each address so. The port is then taken, and stays taken while workers
+    restart; the workers' sockets (SO_REUSEADDR, SO_REUSEPORT, listening) bind beside
+    it, but another program's listener, or another ``serve``'s, cannot. ``OSError``
+    as :func:`_bind` raises it."""
     return _bind(host, port, transparent=transparent, listen=False)
 
 

@@ -3,8 +3,8 @@
 The main process reads and checks the configuration, makes what
 ``state_dir`` lacks (the proxy CA, the server certificate: once, before any
 worker starts, so no two race), holds every listening address with a bound
-socket that does not listen (it chooses a port 0 once, and keeps the port
-taken while workers restart), then starts the workers
+socket that does not listen (the port stays taken while workers restart,
+and no other program can listen there), then starts the workers
 (:mod:`smtpgate.proxy.worker`). Each worker binds its own listening sockets
 on those addresses with ``SO_REUSEPORT``; the kernel spreads new connections
 over them. The main process runs what there is once of: the log (the workers
@@ -240,9 +240,6 @@ class Supervisor:
             opened.append(kept[address])
         return kept
 
-    def _ports(self) -> dict[Address, int]:
-        return {address: int(socks[0].getsockname()[1]) for address, socks in self._held.items()}
-
     async def _spawn(self, worker: _Worker) -> asyncio.Future[dict[str, Any] | None]:
         """Start a process in ``worker``'s slot with the configuration in force; the
         future is its first answer (it listens) or None (it died first)."""
@@ -269,7 +266,7 @@ class Supervisor:
         worker.announced.clear()
         worker.stopping, worker.stopping_seen, worker.gone = None, asyncio.Event(), asyncio.Event()
         worker.status = {}
-        answered = self._send(worker, config_frame(self.config, len(self._workers), self._ports()))
+        answered = self._send(worker, config_frame(self.config, len(self._workers)))
         worker.reading = asyncio.get_running_loop().create_task(self._read(worker, reader))
         self.log.emit("worker_started", worker=worker.index, pid=process.pid)
         return answered
@@ -395,7 +392,7 @@ class Supervisor:
             live = [w for w in self._workers if w.alive]
             for worker in live:
                 worker.announced.clear()
-            frame = config_frame(config, len(self._workers), self._ports())
+            frame = config_frame(config, len(self._workers))
             answers = await asyncio.gather(*(self._ask(w, frame, RELOAD_SECONDS) for w in live))
             # A worker that died meanwhile (None) starts again with the new configuration.
             said = [(w, found[APPLIED]) for w, found in zip(live, answers, strict=True) if found]
