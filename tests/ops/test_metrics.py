@@ -61,11 +61,13 @@ def metrics_gate(
     rule: dict[str, str],
     *,
     trust: Path | None = None,
+    workers: int | str = "auto",
     **policy: str,
 ) -> SmtpgateProcess:
     """serve with ``[metrics]`` (token ``TOKEN``) and one policy ``in`` towards
     ``upstream``, its action ``incoming`` with ``rule``; not started yet. ``trust``:
-    the CA that upstream certificates are checked against."""
+    the CA that upstream certificates are checked against; ``workers``: ``[gateway]
+    workers``."""
     token_file = tmp_path / "metrics.token"
     token_file.write_text(TOKEN + "\n")
     starttls: dict[str, Any] = {"rules": [rule]}
@@ -75,6 +77,7 @@ def metrics_gate(
         starttls["tls_profile"] = "checked"
     with ReservedPort() as metrics_port:
         config = {
+            "gateway": {"workers": workers},
             "metrics": {
                 "enabled": True,
                 "listen": f"127.0.0.1:{metrics_port.port}",
@@ -90,8 +93,18 @@ def metrics_gate(
 
 
 @pytest.fixture
-def gate(tmp_path: Path, upstream: AiosmtpdUpstream) -> Iterator[SmtpgateProcess]:
-    with metrics_gate(tmp_path, f"127.0.0.1:{upstream.port}", PARTNERS) as gate:
+def workers() -> int | str:
+    """``[gateway] workers`` of the ``gate``; a test that needs one sets it
+    (``@pytest.mark.parametrize("workers", ...)``)."""
+    return "auto"
+
+
+@pytest.fixture
+def gate(
+    tmp_path: Path, upstream: AiosmtpdUpstream, workers: int | str
+) -> Iterator[SmtpgateProcess]:
+    upstream_address = f"127.0.0.1:{upstream.port}"
+    with metrics_gate(tmp_path, upstream_address, PARTNERS, workers=workers) as gate:
         gate.wait_record("metrics_listening")
         yield gate
 
@@ -136,6 +149,10 @@ def send(gate: SmtpgateProcess, subject: str) -> None:
         assert client.sendmail("a@sender.example", ["b@rcpt.example"], content) == {}
 
 
+# One process: the second message reuses the first one's upstream leg, parked in the
+# pool, and the pools are per worker (with two, the kernel may hand the second
+# connection to the other one). The counts with workers: tests/reliability/test_workers.py.
+@pytest.mark.parametrize("workers", [1])
 def test_a_scrape_counts_what_the_log_says(gate: SmtpgateProcess) -> None:
     send(gate, "one")
     send(gate, "two")  # its upstream leg is the first one's, parked in the pool
@@ -267,6 +284,8 @@ def test_auth_outcomes_are_counted_by_mechanism_and_outcome(tmp_path: Path) -> N
     assert not [labels for _, labels in samples if any(USER in v for _, v in labels)]
 
 
+# With workers, the main process asks each worker when the scrape comes.
+@pytest.mark.parametrize("workers", [1, 2])
 def test_open_connections_are_a_gauge_read_at_scrape_time(gate: SmtpgateProcess) -> None:
     with smtplib.SMTP("127.0.0.1", gate.port(), timeout=10) as client:
         client.ehlo("client.test")
