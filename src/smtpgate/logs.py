@@ -12,7 +12,7 @@ import json
 import json.encoder
 import sys
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Literal, Protocol, TextIO
 
 LogFormat = Literal["json", "text"]
@@ -79,6 +79,11 @@ class StreamSink:
             self.stream.flush()
         except (OSError, ValueError):
             pass  # a full disk or closed log must not take mail down
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Several rendered records in one write."""
+        if lines:
+            self.write("\n".join(lines), {})
 
     def reopen(self) -> None:
         pass
@@ -155,14 +160,28 @@ class EventLog:
         line = _encode_json(record) if self._json else render_text(record)
         self._sink.write(line, record)
 
-    def forward(self, line: str, record: dict[str, Any]) -> None:
-        """A record another process emitted, ``line`` its JSON (a worker's, which
-        :mod:`smtpgate.proxy.supervisor` reads): observed and written as if it were
-        emitted here, ``line`` as it is when this log writes JSON."""
-        for observer in self._observers:
-            with contextlib.suppress(Exception):
-                observer(record)
-        self._sink.write(line if self._json else render_text(record), record)
+    def forward(self, lines: list[str]) -> None:
+        """Records another process emitted, as JSON lines (a worker's batch, which
+        :mod:`smtpgate.proxy.supervisor` reads): observed and written as if they were
+        emitted here. Parsed only when something needs the objects (observers, the
+        text format, a syslog or journal target); a file or standard error gets the
+        lines as they are, in one write."""
+        sink = self._sink
+        if self._json and isinstance(sink, StreamSink):
+            if self._observers:
+                self._observe(json.loads(line) for line in lines)
+            sink.write_lines(lines)
+            return
+        records = [json.loads(line) for line in lines]
+        self._observe(records)
+        for line, record in zip(lines, records, strict=True):
+            sink.write(line if self._json else render_text(record), record)
+
+    def _observe(self, records: Iterable[dict[str, Any]]) -> None:
+        for record in records:
+            for observer in self._observers:
+                with contextlib.suppress(Exception):
+                    observer(record)
 
     def observe(self, observer: RecordObserver) -> None:
         """Feed ``observer`` every record from now on (the same records the log gets,

@@ -80,22 +80,38 @@ def answer(message: dict[str, Any]) -> str:
 
 
 class Lines:
-    """JSON lines out of the bytes as they arrive (a read may end inside a line)."""
+    """Lines out of the bytes as they arrive (a read may end inside a line)."""
 
     def __init__(self) -> None:
         self._rest = b""
 
-    def feed(self, data: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Each complete line of ``rest + data``, as text and as the object it holds;
-        what is not an object is skipped (the worker writes nothing else)."""
+    def feed(self, data: bytes) -> Iterator[str]:
+        """Each complete line of what came so far."""
         *complete, self._rest = (self._rest + data).split(b"\n")
         for raw in complete:
-            if not raw:
-                continue
-            line = raw.decode("utf-8", "replace")
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(message, dict):
-                yield line, message
+            if raw:
+                yield raw.decode("utf-8", "replace")
+
+
+#: A record line begins so (``logs.py`` writes its time, always 24 characters, then
+#: its event), and its event name begins at this offset.
+_RECORD_START = '{"time":"'
+_EVENT_AT = len('{"time":"2026-01-01T00:00:00.000Z","event":"')
+
+
+def event_of(line: str) -> str | None:
+    """The event of a record line, None for an answer. Read at its place in the line,
+    not parsed: the supervisor parses only the records something needs as objects."""
+    if line.startswith(_RECORD_START) and line[_EVENT_AT - 11 : _EVENT_AT] == '","event":"':
+        return line[_EVENT_AT : line.find('"', _EVENT_AT)]
+    event = message_of(line).get("event")
+    return str(event) if event is not None else None
+
+
+def message_of(line: str) -> dict[str, Any]:
+    """A line as the object it holds (``{}`` if it holds none)."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return {}
+    return message if isinstance(message, dict) else {}

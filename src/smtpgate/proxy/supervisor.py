@@ -45,7 +45,15 @@ from smtpgate.config.errors import ConfigError
 from smtpgate.config.schema import Config
 from smtpgate.logs import EventLog, describe_error
 from smtpgate.logtargets import open_error
-from smtpgate.proxy.channel import APPLIED, STATUS_KEY, Lines, config_frame, status_frame
+from smtpgate.proxy.channel import (
+    APPLIED,
+    STATUS_KEY,
+    Lines,
+    config_frame,
+    event_of,
+    message_of,
+    status_frame,
+)
 from smtpgate.proxy.gateway import (
     Address,
     compile_runtimes,
@@ -118,7 +126,7 @@ class _Worker:
     #: Answers still owed, oldest first (a frame is answered in order).
     waiting: deque[asyncio.Future[dict[str, Any] | None]] = field(default_factory=deque)
     #: The records of its start or latest reload that the supervisor writes once.
-    announced: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    announced: list[str] = field(default_factory=list)
     #: Its ``stopping`` record, once it stopped accepting.
     stopping: dict[str, Any] | None = None
     stopping_seen: asyncio.Event = field(default_factory=asyncio.Event)
@@ -294,18 +302,21 @@ class Supervisor:
         lines = Lines()
         try:
             while data := await reader.read(1 << 16):
-                for line, message in lines.feed(data):
-                    event = message.get("event")
+                records: list[str] = []  # written together, in order
+                for line in lines.feed(data):
+                    event = event_of(line)
                     if event is None:
                         if worker.waiting:
-                            _resolve(worker.waiting.popleft(), message)
+                            _resolve(worker.waiting.popleft(), message_of(line))
                     elif event in _ANNOUNCED:
-                        worker.announced.append((line, message))
+                        worker.announced.append(line)
                     elif event == _STOPPING:
-                        worker.stopping = message
+                        worker.stopping = message_of(line)
                         worker.stopping_seen.set()
                     elif event != _STOPPED:
-                        self.log.forward(line, message)
+                        records.append(line)
+                with contextlib.suppress(ValueError):  # not JSON: a worker's bug, not ours
+                    self.log.forward(records)
         except OSError:
             pass
         finally:
@@ -319,8 +330,7 @@ class Supervisor:
 
     def _announce(self, worker: _Worker) -> None:
         """Write what ``worker`` said of its start or reload, once for all workers."""
-        for line, message in worker.announced:
-            self.log.forward(line, message)
+        self.log.forward(worker.announced)
         for each in self._workers:
             each.announced.clear()
 
