@@ -43,12 +43,18 @@ from smtpgate.proxy.gateway import Gateway
 _PR_SET_PDEATHSIG = 1
 
 
+#: How long a worker's records wait to be sent with the ones after them.
+FLUSH_SECONDS = 0.02
+
+
 class ForwardSink:
     """The worker's log sink: records to the supervisor, one write per batch.
 
-    A record is queued; the first one of a batch schedules the write for the
-    next turn of the event loop, so a burst of records (a transaction's) costs
-    one system call. The transport buffers what the supervisor has not read yet.
+    A record is queued; the first one of a batch schedules the write
+    :data:`FLUSH_SECONDS` later, so the records of many sessions go in one system
+    call (and wake the supervisor once), not one each. An answer goes at once,
+    behind the records queued before it; so do the last records at the stop. The
+    transport buffers what the supervisor has not read yet.
     """
 
     name = "the supervisor"
@@ -57,17 +63,22 @@ class ForwardSink:
         self._transport = transport
         self._lines: list[str] = []
         self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
 
     def write(self, line: str, record: dict[str, Any]) -> None:
-        if not self._lines:
-            self._loop.call_soon(self.flush)
+        if self._timer is None:
+            self._timer = self._loop.call_later(FLUSH_SECONDS, self.flush)
         self._lines.append(line)
 
     def send(self, message: dict[str, Any]) -> None:
-        """An answer, behind the records queued before it."""
-        self.write(answer(message), message)
+        """An answer, behind the records queued before it, sent now."""
+        self._lines.append(answer(message))
+        self.flush()
 
     def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._lines:
             lines, self._lines = self._lines, []
             lines.append("")
