@@ -203,7 +203,21 @@ def test_two_instances_behind_haproxy_lose_nothing_when_one_stops(
         assert "server_shutdown" not in {r["reason"] for r in first.records("session_end")}
         (held_record,) = first.transactions(message_id=HeldSession.MESSAGE_ID)
         assert (held_record["client"], held_record["outcome"]) == ("192.0.2.25:40025", "delivered")
-        # New sessions went to the second instance, and both took mail.
+
+        # New sessions went to the second instance, and both took mail. A worker's
+        # records reach the log just after the client's reply: wait for all of them.
+        def recorded() -> int:
+            return sum(
+                t["outcome"] == "delivered"
+                for gate in (first, second)
+                for t in gate.records("transaction")
+            )
+
+        wait_until(
+            lambda: recorded() > len(sender.accepted) or None,
+            lambda: f"{recorded()} delivered records for {len(sender.accepted) + 1} messages",
+            timeout=20,
+        )
         delivered = {
             name: [t for t in gate.records("transaction") if t["outcome"] == "delivered"]
             for name, gate in (("first", first), ("second", second))

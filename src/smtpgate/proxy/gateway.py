@@ -736,12 +736,20 @@ class Gateway:
             for listener in self._listeners.values():
                 listener.close()
         self.log.emit("stopping", sessions=len(self._sessions))
-        if self._sessions:
-            _, pending = await asyncio.wait(set(self._sessions), timeout=self._drain_seconds)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
+        # A connection the closed listener had already accepted starts its session a
+        # turn later: it is drained too, so the wait takes whatever is in progress
+        # until none is left or the bound is reached, not a snapshot.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._drain_seconds
+        await asyncio.sleep(0)
+        while self._sessions and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._sessions), timeout=left)
+            await asyncio.sleep(0)  # let sessions accepted meanwhile register
+        pending = set(self._sessions)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
         for pool in self.pools.values():
             pool.close()
         self.log.emit("stopped")

@@ -43,16 +43,14 @@ from smtpgate.proxy.gateway import Gateway
 _PR_SET_PDEATHSIG = 1
 
 
-#: How long a worker's records wait to be sent with the ones after them.
-FLUSH_SECONDS = 0.02
-
-
 class ForwardSink:
     """The worker's log sink: records to the supervisor, one write per batch.
 
-    A record is queued; the first one of a batch schedules the write
-    :data:`FLUSH_SECONDS` later, so the records of many sessions go in one system
-    call (and wake the supervisor once), not one each. An answer goes at once,
+    A record is queued; the first one of a batch schedules the write for the event
+    loop's next turn, so the records of every session that turn served go in one
+    system call (and wake the supervisor once), not one each, and a record reaches
+    the log as soon as the reply it goes with reaches its client, not later (what
+    an administrator tailing the log, and a test reading it, expect). An answer goes at once,
     behind the records queued before it; so do the last records at the stop. The
     transport buffers what the supervisor has not read yet.
     """
@@ -63,11 +61,11 @@ class ForwardSink:
         self._transport = transport
         self._lines: list[str] = []
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
 
     def write(self, line: str, record: dict[str, Any]) -> None:
         if self._timer is None:
-            self._timer = self._loop.call_later(FLUSH_SECONDS, self.flush)
+            self._timer = self._loop.call_soon(self.flush)
         self._lines.append(line)
 
     def send(self, message: dict[str, Any]) -> None:
