@@ -131,7 +131,9 @@ class SessionDriver:
                 self.upstream = self.leg = None
 
     async def _next_event(self, wait: Wait) -> ProxyEvent:
-        now = asyncio.get_running_loop().time
+        loop = self.client.loop
+        assert loop is not None  # the driver runs on a connected stream
+        now = loop.time
         timeout, expiry = self._clock.next_read(wait, self.session.server.commands, now())
         if wait.side is Side.CLIENT:
             client = self.client

@@ -26,6 +26,10 @@ class Stream(asyncio.Protocol):
         self, on_connect: Callable[[Stream], Coroutine[Any, Any, None]] | None = None
     ) -> None:
         self.transport: asyncio.Transport | None = None
+        #: The loop the connection runs on, kept from :meth:`connection_made`: in Python
+        #: 3.11 every ``asyncio.get_running_loop()`` is a ``getpid`` system call (its
+        #: fork check), and a read asked for it twice (here and in the driver).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._on_connect = on_connect
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -50,8 +54,9 @@ class Stream(asyncio.Protocol):
         # uvloop's transports implement the interface without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self._tls = transport.get_extra_info("ssl_object") is not None
+        loop = self.loop = asyncio.get_running_loop()
         if self._on_connect is not None:
-            self.task = asyncio.get_running_loop().create_task(self._on_connect(self))
+            self.task = loop.create_task(self._on_connect(self))
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -106,7 +111,8 @@ class Stream(asyncio.Protocol):
         if not self._chunks:
             if self._eof:
                 return b""
-            loop = asyncio.get_running_loop()
+            loop = self.loop
+            assert loop is not None  # reads follow connection_made
             waiter = self._read_waiter = loop.create_future()
             if timeout is not None:
                 self._expire_at(loop, loop.time() + timeout)
@@ -153,7 +159,8 @@ class Stream(asyncio.Protocol):
         waiter, deadline = self._read_waiter, self._deadline
         if waiter is None or waiter.done() or deadline is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None
         # Within the event loop's timer resolution: a timer may fire a little early.
         if loop.time() + _TIMER_SLACK >= deadline:
             waiter.set_exception(TimeoutError())
