@@ -1237,10 +1237,10 @@ def test_received_header_names_helo_client_and_tls(make_runtime: Any) -> None:
         U: DATA
         R: 354 go
         S: 354 End data with <CR><LF>.<CR><LF>
+        C: .
         U: Received: from client.test ([192.0.2.7])
         U: \tby mx.example.test (smtpgate) with ESMTPS ({tls})
         U: \tid s1; {DATE}
-        C: .
         U: .
         R: 250 queued
         S: 250 queued
@@ -1314,9 +1314,11 @@ def test_received_header_reduces_what_it_quotes_to_tokens(make_runtime: Any) -> 
         U: DATA
         R: 354 go
         S: 354 End data with <CR><LF>.<CR><LF>
+        C: .
         U: Received: from client.test ([[2001:db8::1?x?]])
         U: \tby mx.example.test (smtpgate) with SMTP
         U: \tid s1; {DATE}
+        U: .
         """
     )
 

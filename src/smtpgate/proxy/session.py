@@ -1275,7 +1275,7 @@ class Session:
             else:
                 self.server.accept_data()
             if self.rt.received_header:
-                leg.body(self._received_header())
+                leg.body_prefix(self._received_header())
         elif isinstance(pending, AwaitChunks):
             self._chunk_reply(pending, reply)
         elif isinstance(pending, AwaitEnd):

@@ -202,6 +202,7 @@ class Opened(Enum):
 
 class UpstreamLeg:
     __slots__ = (
+        "_prefix",
         "bound",
         "chunked",
         "client",
@@ -229,6 +230,8 @@ class UpstreamLeg:
         self.bound = False
         #: The body in progress goes by BDAT (RFC 3030), not DATA.
         self.chunked = False
+        #: What goes before a DATA body, held until its first bytes (:meth:`body_prefix`).
+        self._prefix = b""
 
     @property
     def mode(self) -> UpstreamTLS:
@@ -364,28 +367,45 @@ class UpstreamLeg:
 
     def data(self) -> None:
         self.chunked = False
+        self._prefix = b""
         self.client.send_data()
         self.state = LegState.DATA
 
     def chunks(self) -> None:
         """The body goes by BDAT: each :meth:`body` is one chunk, :meth:`end` the last."""
         self.chunked = True
+        self._prefix = b""
         self.state = LegState.BODY
+
+    def body_prefix(self, text: bytes) -> None:
+        """Bytes to put before the client's DATA body (the ``Received:`` header). Held
+        and sent with the body's first chunk, or with the dot if none comes: sent at
+        once they were a write, a TLS record and a system call of their own, the
+        client's body arriving a round trip after the ``354``. (Under BDAT each chunk
+        is a command awaiting its reply, so the header is a chunk sent as it comes.)"""
+        self._prefix = text
 
     def body(self, chunk: bytes | memoryview) -> None:
         if self.chunked:
             self.client.send_bdat(chunk)
-        else:
-            self.client.send_body(chunk)
+            return
+        if self._prefix:
+            self.client.send_body(self._prefix)
+            self._prefix = b""
+        self.client.send_body(chunk)
 
     def end(self) -> None:
         if self.chunked:
             self.client.send_bdat(b"", last=True)
         else:
+            if self._prefix:
+                self.client.send_body(self._prefix)
+                self._prefix = b""
             self.client.send_end_of_data()
         self.state = LegState.END
 
     def reset(self) -> None:
+        self._prefix = b""
         self.client.send_rset()
         self.state = LegState.RESET
 
