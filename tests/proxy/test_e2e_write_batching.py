@@ -97,3 +97,21 @@ def test_an_empty_body_still_gets_the_received_header(
     wire = upstream.messages[0].wire
     assert wire.startswith(b"Received: from client.test ") and wire.endswith(b"\r\n")
     assert wire.count(b"\r\n") == 3  # the header's three lines, nothing after them
+
+
+def test_the_received_header_follows_a_new_hello_within_the_session(
+    make_gate: Any, make_scripted_upstream: MakeScripted
+) -> None:
+    """The header is made once per session and again when what it names changes."""
+    upstream = make_scripted_upstream()
+    gate = make_gate(upstream.port, rules=[rule(recipient_encryption="none")])
+    with RawClient(gate.port) as client:
+        assert client.ehlo("first.test").code == 250
+        send_pipelined(client, 1)
+        send_pipelined(client, 2)
+        assert client.ehlo("second.test").code == 250
+        send_pipelined(client, 3)
+    wait_until(lambda: len(upstream.messages) == 3, lambda: "three messages upstream", timeout=5)
+    names = [m.wire.split(b" ", 3)[2] for m in upstream.messages]
+    assert names == [b"first.test", b"first.test", b"second.test"]
+    assert all(b" with ESMTP\r\n\tid " in m.wire for m in upstream.messages)

@@ -468,6 +468,10 @@ class Session:
         )
         self._wait_upstream = Wait(Side.UPSTREAM, rt.command_timeout)
         self._wait_verdict = Wait(Side.UPSTREAM, rt.data_timeout)
+        #: The ``Received:`` header up to its date, and the hello name, client TLS and
+        #: ESMTP it was made for: the same for every message of the session until one
+        #: of them changes (:meth:`_received_header`).
+        self._received_head: tuple[str, TLSFacts, bool, bytes] | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -1547,17 +1551,27 @@ class Session:
         )
 
     def _received_header(self) -> bytes:
-        """The trace header; every part is reduced to header-safe ASCII, whatever it held."""
-        version, cipher = self.client_tls.version, self.client_tls.cipher
-        tls = f" (version={_token(version)} cipher={_token(cipher)})" if version != "none" else ""
-        protocol = ("ESMTPS" if version != "none" else "ESMTP") if self.server.esmtp else "SMTP"
-        client_ip = _token(self.client_addr.rsplit(":", 1)[0])
-        line = (
-            f"Received: from {_token(self.helo_name)} ([{client_ip}])\r\n"
-            f"\tby {_token(self.rt.hostname)} (smtpgate) with {protocol}{tls}\r\n"
-            f"\tid {self.id}; {self.received_date()}\r\n"
-        )
-        return line.encode("ascii")
+        """The trace header; every part is reduced to header-safe ASCII, whatever it held.
+
+        All but the date is made once per session (and again after another hello or
+        STARTTLS): five token scans and the formatting cost more than the rest of a
+        small message's transaction in the session.
+        """
+        helo, tls_facts, esmtp = self.helo_name, self.client_tls, self.server.esmtp
+        head = self._received_head
+        if head is None or head[0] is not helo or head[1] is not tls_facts or head[2] != esmtp:
+            version, cipher = tls_facts.version, tls_facts.cipher
+            encrypted = version != "none"
+            tls = f" (version={_token(version)} cipher={_token(cipher)})" if encrypted else ""
+            protocol = ("ESMTPS" if encrypted else "ESMTP") if esmtp else "SMTP"
+            client_ip = _token(self.client_addr.rsplit(":", 1)[0])
+            text = (
+                f"Received: from {_token(helo)} ([{client_ip}])\r\n"
+                f"\tby {_token(self.rt.hostname)} (smtpgate) with {protocol}{tls}\r\n"
+                f"\tid {self.id}; "
+            )
+            head = self._received_head = (helo, tls_facts, esmtp, text.encode("ascii"))
+        return head[3] + self.received_date().encode("ascii") + b"\r\n"
 
     def _close(self) -> None:
         """Flush, close the client leg, release the upstream leg, log the end."""
