@@ -689,11 +689,9 @@ class Session:
         leg = self.leg
         refusal = txn.chunk_refusal
         if refusal is not None:
-            self.server.reply_lines(refusal.code, refusal.lines)
-            self._end_transaction(_outcome(refusal.code), refusal.code)
+            self._relay_chunk_refusal(refusal)
         elif leg is None or leg.state is not LegState.BODY:
-            self.server.reply(*REPLY_UPSTREAM_FAILED)
-            self._end_transaction("tempfail", REPLY_UPSTREAM_FAILED[0])
+            self._upstream_failed_transaction()
         else:
             self.server.reply(250, f"2.0.0 Ok: {event.size} octets")
 
@@ -1002,15 +1000,7 @@ class Session:
         if self.server.authenticated:
             # Another connection would not carry the client's authentication.
             self.pending = None
-            self.server.reply(*REPLY_UPSTREAM_FAILED)
-            self._rcpt_rejected(
-                txn,
-                pending.event,
-                pending.domain,
-                pending.rule,
-                REPLY_UPSTREAM_FAILED[0],
-                AUTHENTICATED_LEG_LOST,
-            )
+            self._refuse_recipient(txn, pending, REPLY_UPSTREAM_FAILED, AUTHENTICATED_LEG_LOST)
             return
         if leg is not None:
             self.leg = None
@@ -1088,12 +1078,10 @@ class Session:
         txn = self.txn
         if txn is not None and txn.chunk_refusal is not None:
             refusal = txn.chunk_refusal
-            self.server.reply_lines(refusal.code, refusal.lines)
-            self._end_transaction(_outcome(refusal.code), refusal.code)
+            self._relay_chunk_refusal(refusal)
             return
         if leg is None or leg.state is not LegState.BODY:
-            self.server.reply(*REPLY_UPSTREAM_FAILED)
-            self._end_transaction("tempfail", REPLY_UPSTREAM_FAILED[0])
+            self._upstream_failed_transaction()
             return
         leg.end()  # the body's rest leaves with the dot, in the same write
         self.pending = AwaitEnd(self._clock())
@@ -1428,14 +1416,8 @@ class Session:
             self.pending = None
             if not txn.recipient_domains:
                 self.leg = None  # nothing to lose: a new connection may start over
-            self.server.reply(*REPLY_UPSTREAM_FAILED)
-            self._rcpt_rejected(
-                txn,
-                pending.event,
-                pending.domain,
-                pending.rule,
-                REPLY_UPSTREAM_FAILED[0],
-                f"upstream failed during MAIL/RCPT: {reason}",
+            self._refuse_recipient(
+                txn, pending, REPLY_UPSTREAM_FAILED, f"upstream failed during MAIL/RCPT: {reason}"
             )
         elif isinstance(pending, AwaitData) and pending.chunk:
             self.pending = None
@@ -1451,8 +1433,7 @@ class Session:
             # After the dot we cannot know whether the upstream took it; a 4xx makes the
             # client retry (a possible duplicate is better than a loss, RFC 5321 6.1).
             self.pending = None
-            self.server.reply(*REPLY_UPSTREAM_FAILED)
-            self._end_transaction("tempfail", REPLY_UPSTREAM_FAILED[0])  # logs the leg's TLS
+            self._upstream_failed_transaction()  # logs the leg's TLS
             self.leg = None
         elif isinstance(pending, AwaitReset):
             self.pending = None
@@ -1508,6 +1489,24 @@ class Session:
                 upstream_reused=leg is not None and leg.reused,
             ),
         )
+
+    def _upstream_failed_transaction(self) -> None:
+        """The upstream failed the body: ``451 4.4.2`` to the client, the transaction
+        ends as a temporary failure (the client retries; nothing was acknowledged)."""
+        self.server.reply(*REPLY_UPSTREAM_FAILED)
+        self._end_transaction("tempfail", REPLY_UPSTREAM_FAILED[0])
+
+    def _relay_chunk_refusal(self, refusal: Reply) -> None:
+        """The upstream's first refusal of a BDAT chunk is the transaction's answer."""
+        self.server.reply_lines(refusal.code, refusal.lines)
+        self._end_transaction(_outcome(refusal.code), refusal.code)
+
+    def _refuse_recipient(
+        self, txn: Transaction, pending: AwaitRcpt, reply: tuple[int, str], reason: str
+    ) -> None:
+        """The recipient ``pending`` waits for is refused with ``reply``, logged with why."""
+        self.server.reply(*reply)
+        self._rcpt_rejected(txn, pending.event, pending.domain, pending.rule, reply[0], reason)
 
     def _rcpt_rejected(
         self,
