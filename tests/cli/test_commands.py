@@ -18,6 +18,7 @@ import pytest
 from cryptography import x509
 
 from smtpgate.reserved_port import ReservedPort
+from tests.peers import complete_lines
 
 SMTPGATE = str(Path(sys.executable).with_name("smtpgate"))
 
@@ -174,9 +175,7 @@ def _wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-unty
 
 
 def _records(log: Path) -> list[dict[str, object]]:
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in complete_lines(log) if line.strip()]
 
 
 def test_serve_sighup_reloads_and_sigterm_lets_a_session_finish(tmp_path: Path) -> None:

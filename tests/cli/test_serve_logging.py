@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from smtpgate.config import toml_writer
+from tests.peers import complete_lines
 from tests.peers.smtpgate_proc import SmtpgateProcess
 from tests.peers.upstream import AiosmtpdUpstream
 
@@ -124,9 +125,8 @@ def test_sighup_keeps_logging_where_it_did_when_the_file_cannot_be_reopened(
 def wait_for_line(path: Path, needle: str, timeout: float = 20) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if needle in line:
-                    return line
+        for line in complete_lines(path):
+            if needle in line:
+                return line
         time.sleep(0.05)
     raise AssertionError(f"no line with {needle!r} in {path} after {timeout}s")

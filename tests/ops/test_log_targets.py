@@ -36,7 +36,7 @@ from smtpgate.logtargets import (
     severity,
 )
 from smtpgate.reserved_port import ReservedPort
-from tests.peers import accepts_connections, require_binary, wait_until
+from tests.peers import accepts_connections, complete_lines, require_binary, wait_until
 from tests.peers.certs import TestPKI
 from tests.peers.gate_config import gate_config, rule
 from tests.peers.smtpgate_proc import Record, SmtpgateProcess, smtpgate_binary
@@ -645,11 +645,14 @@ def test_rsyslog_parses_what_serve_sends(
 ) -> None:
     port, received_log = rsyslog
 
-    def lines_so_far() -> list[str]:
-        return received_log.read_text().splitlines() if received_log.exists() else []
-
     logging = {"target": "syslog", "syslog_address": f"{transport}://127.0.0.1:{port}"}
-    gate = SocketLoggedGate(tmp_path / "gate", logging, upstream.port, lines_so_far, rsyslog_parsed)
+    gate = SocketLoggedGate(
+        tmp_path / "gate",
+        logging,
+        upstream.port,
+        lambda: complete_lines(received_log),
+        rsyslog_parsed,
+    )
     with gate:
         send(gate)
         (transaction,) = gate.transactions()

@@ -100,3 +100,16 @@ def wait_until(
 def tail(text: str, lines: int = 40) -> str:
     """The last ``lines`` lines of ``text``, for failure messages."""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def complete_lines(path: Path) -> list[str]:
+    """The newline-terminated lines of a file another process is still writing.
+
+    A writer's buffer boundary can fall inside a line (rsyslog's omfile flushes 4 KiB
+    at a time), so a read between two of its writes ends in part of a line: dropped
+    here until its newline arrives."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return text[: text.rfind("\n") + 1].splitlines()
