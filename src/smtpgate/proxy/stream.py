@@ -45,6 +45,10 @@ class Stream(asyncio.Protocol):
         self.writing_paused = False
         self.task: asyncio.Task[None] | None = None
         self._tls = False
+        #: The peer's address, read as soon as the connection is made: uvloop asks the
+        #: socket only when asked, and once a client has reset the connection (a
+        #: balancer's health check does) the socket no longer knows it.
+        self._peername: tuple[str, int] | None = None
         #: What ended the connection, when the transport said (None: a close or EOF).
         self.lost_because: Exception | None = None
 
@@ -54,6 +58,8 @@ class Stream(asyncio.Protocol):
         # uvloop's transports implement the interface without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self._tls = transport.get_extra_info("ssl_object") is not None
+        peer: Any = transport.get_extra_info("peername")
+        self._peername = (str(peer[0]), int(peer[1])) if peer else None
         loop = self.loop = asyncio.get_running_loop()
         if self._on_connect is not None:
             self.task = loop.create_task(self._on_connect(self))
@@ -241,10 +247,7 @@ class Stream(asyncio.Protocol):
 
     @property
     def peername(self) -> tuple[str, int] | None:
-        if self.transport is None:
-            return None
-        peer: Any = self.transport.get_extra_info("peername")
-        return (str(peer[0]), int(peer[1])) if peer else None
+        return self._peername
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
