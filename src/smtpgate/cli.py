@@ -175,6 +175,7 @@ def check(
     with _stand_in_state_dir(state_dir) as stand_in:
         try:
             run_async(_build(_with_state_dir(cfg, stand_in), bind=bind))
+            unreachable = _unreachable_database(cfg)
             generated = [
                 state_dir / made.relative_to(stand_in)
                 for made in sorted(stand_in.rglob("*"))
@@ -185,12 +186,36 @@ def check(
             raise fail(config, _named_in(exc, stand_in, state_dir)) from exc
     for made in generated:
         typer.echo(f"note: {config}: serve would generate {made} (gateway.state_dir)", err=True)
-    found = config_warnings(cfg)
-    print_problems("warning", config, ((w.key, w.reason) for w in found))
+    found = [(w.key, w.reason) for w in config_warnings(cfg)] + unreachable
+    print_problems("warning", config, found)
     typer.echo(
         f"{config}: ok ({len(cfg.policies)} policies, {len(cfg.proxy_actions)} proxy actions, "
         f"{len(cfg.tls_profiles)} TLS profiles, {len(found)} warnings)"
     )
+
+
+def _unreachable_database(cfg: Config) -> list[tuple[str, str]]:
+    """The traffic database serve would write to, asked a query that writes nothing.
+
+    A PostgreSQL server that cannot be reached is a warning: serve starts without it
+    and retries, and systemd runs check before serve (a database that is down must
+    not keep mail from flowing). An SQLite file that is not a database is an error:
+    that stays so until someone moves it away."""
+    from smtpgate.traffic.store import DEFAULT_CAPACITY, traffic_database
+
+    database = traffic_database(cfg)
+    if database is None or (problem := database.unusable()) is None:
+        return []
+    if database.url is None:
+        raise ConfigError([("gateway.state_dir", f"{database.where}: cannot reach: {problem}")])
+    return [
+        (
+            "console.database",
+            f"{database.where}: cannot reach: {problem} "
+            f"(serve starts without it and retries; up to {DEFAULT_CAPACITY} "
+            "transaction records wait in memory meanwhile)",
+        )
+    ]
 
 
 def _check_log(cfg: Config, path: Path) -> None:
@@ -299,15 +324,10 @@ async def _build(cfg: Config, *, bind: bool) -> None:
     """What serve builds before it accepts connections; with ``bind``, its listeners too."""
     from smtpgate.metrics_server import read_token
     from smtpgate.proxy.gateway import Gateway
-    from smtpgate.traffic.store import traffic_database
 
     gateway = Gateway(cfg, EventLog(io.StringIO(), fmt=cfg.logging.format))
     if cfg.metrics.enabled and cfg.metrics.token_file:
         read_token(cfg.metrics.token_file)  # serve reads it when the listener starts
-    database = traffic_database(cfg)
-    if database is not None and (problem := database.unusable()) is not None:
-        key = "console.database" if cfg.console.database is not None else "gateway.state_dir"
-        raise ConfigError([(key, f"{database.where}: cannot reach: {problem}")])
     if bind:
         try:
             await gateway.start()
