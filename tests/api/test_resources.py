@@ -310,6 +310,51 @@ def test_a_certificate_upload_is_checked_then_used_by_the_console(
         client.get("/api/v1/whoami")
 
 
+def upload(client: httpx.Client, leaf: trustme.LeafCert) -> httpx.Response:
+    return client.put(
+        "/api/v1/certificates/server",
+        json={
+            "certificate": "".join(blob.bytes().decode() for blob in leaf.cert_chain_pems),
+            "key": leaf.private_key_pem.bytes().decode(),
+        },
+        headers={"If-Match": etag(client, "/api/v1/certificates")},
+    )
+
+
+def test_an_rsa_upload_goes_beside_a_configured_ecdsa_certificate(
+    console: ConsoleUnderTest,
+) -> None:
+    ecdsa_ca, rsa_ca = trustme.CA(), trustme.CA(key_type=trustme.KeyType.RSA)
+    with console.admin() as client:
+        assert upload(client, ecdsa_ca.issue_cert("127.0.0.1")).status_code == 200
+        ecdsa_file = client.get("/api/v1/certificates").json()["server"]["file"]
+        for renewal in (1, 2):  # a second RSA upload replaces the first one beside it
+            rsa_leaf = rsa_ca.issue_cert(
+                "127.0.0.1", f"rsa-{renewal}.example", key_type=trustme.KeyType.RSA
+            )
+            uploaded = upload(client, rsa_leaf)
+            assert uploaded.status_code == 200, uploaded.text
+            assert uploaded.json()["applied"] is True
+            assert uploaded.json()["server_rsa"]["names"] == ["127.0.0.1", f"rsa-{renewal}.example"]
+            listed = client.get("/api/v1/certificates").json()
+            assert (listed["server"]["file"], listed["server"]["configured"]) == (ecdsa_file, True)
+            assert listed["server_rsa"]["configured"] is True
+            assert listed["server_rsa"]["names"] == ["127.0.0.1", f"rsa-{renewal}.example"]
+    # Both are presented: a client that can only verify RSA gets the RSA one, one
+    # that trusts only the ECDSA CA the ECDSA one.
+    rsa_only = ssl.create_default_context()
+    rsa_ca.configure_trust(rsa_only)
+    rsa_only.maximum_version = ssl.TLSVersion.TLSv1_2
+    rsa_only.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    ecdsa_only = ssl.create_default_context()
+    ecdsa_ca.configure_trust(ecdsa_only)
+    for context in (rsa_only, ecdsa_only):
+        with httpx.Client(
+            verify=context, base_url=console.base_url, auth=("admin", console.admin_password)
+        ) as client:
+            assert client.get("/api/v1/whoami").status_code == 200
+
+
 def test_sections_policies_and_action_settings_by_key(console: ConsoleUnderTest) -> None:
     with console.admin() as client:
         tag = etag(client, "/api/v1/sections/gateway")

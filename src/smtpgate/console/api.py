@@ -41,7 +41,13 @@ from smtpgate.config.errors import format_loc
 from smtpgate.config.schema import GeneralSettings, ProxyAction, RuleEntry, TLSProfile
 from smtpgate.console.auth import Authenticator, Changer, Reader, client_address
 from smtpgate.console.backend import Backend, PreconditionRequired, Saved, parse_if_match
-from smtpgate.console.certificates import UploadError, check_pair, describe_file, store_pair
+from smtpgate.console.certificates import (
+    UploadError,
+    check_pair,
+    describe_file,
+    store_pair,
+    upload_keys,
+)
 from smtpgate.console.traffic_routes import router as traffic_router
 from smtpgate.explain import rules_test
 from smtpgate.policy.rules import RecipientEncryption, SenderEncryption, TLSNameFrom
@@ -699,20 +705,19 @@ def upload_server_certificate(
     if_match: IfMatch,
 ) -> dict[str, Any]:
     try:
-        check_pair(body.certificate, body.key)
+        chain = check_pair(body.certificate, body.key)
     except UploadError as exc:
         raise Invalid([("certificates.server_cert", str(exc))]) from exc
 
     def edit(document: ConfigDocument) -> dict[str, Any]:
-        state_dir = document.config.gateway.state_dir
-        cert, key = store_pair(state_dir, "server", body.certificate, body.key)
+        config = document.config
+        cert_key, key_key = upload_keys(chain, config.certificates.server_cert)
+        cert, key = store_pair(config.gateway.state_dir, "server", body.certificate, body.key)
         # Both keys in one edit: each alone is invalid (both set or both empty). The
         # model sets one key per edit, so the table is set whole, as the file has it.
         table = tomllib.loads(document.text()).get("certificates", {})
-        document.set_value(
-            "certificates", {**table, "server_cert": str(cert), "server_key": str(key)}
-        )
-        return {"server": describe_file(cert)}
+        document.set_value("certificates", {**table, cert_key: str(cert), key_key: str(key)})
+        return {"server_rsa" if cert_key == "server_rsa_cert" else "server": describe_file(cert)}
 
     return _change(request, response, account, if_match, "certificates.upload", "server", edit)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from smtpgate.tls.certificates import CERT_MODE, DIR_MODE, KEY_MODE
 from smtpgate.tls.issuing import write_atomic
@@ -83,6 +84,30 @@ def check_pair(cert_pem: str, key_pem: str) -> list[x509.Certificate]:
         except ssl.SSLError as exc:
             raise UploadError(f"certificate: OpenSSL refuses the pair: {exc}") from exc
     return chain
+
+
+def upload_keys(
+    chain: list[x509.Certificate], configured_server_cert: Path | None
+) -> tuple[str, str]:
+    """The ``[certificates]`` keys an uploaded server pair replaces.
+
+    An RSA pair goes beside a configured ECDSA ``server_cert`` (as
+    ``server_rsa_cert``, replacing the one there): a context holds one certificate
+    per key type, so putting it in ``server_cert`` would leave two RSA ones and the
+    configuration would not load. Any other upload is the server certificate."""
+    if isinstance(chain[0].public_key(), rsa.RSAPublicKey) and _is_ecdsa(configured_server_cert):
+        return "server_rsa_cert", "server_rsa_key"
+    return "server_cert", "server_key"
+
+
+def _is_ecdsa(cert_file: Path | None) -> bool:
+    if cert_file is None:
+        return False
+    try:
+        first = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    except (OSError, ValueError):
+        return False  # unreadable: the upload replaces it
+    return not isinstance(first.public_key(), rsa.RSAPublicKey)
 
 
 def store_pair(state_dir: Path, what: str, cert_pem: str, key_pem: str) -> tuple[Path, Path]:
