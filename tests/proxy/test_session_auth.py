@@ -222,7 +222,7 @@ def test_auth_in_clear_is_538_and_nothing_is_opened(auth_rt: PolicyRuntime) -> N
 
 def test_auth_not_relayed_by_the_policy_is_502_and_not_offered(state_dir: Path) -> None:
     rt = runtime(state_dir)
-    assert not any(k.startswith("AUTH") for k in rt.ehlo_keywords_tls)
+    assert "AUTH" not in rt.ehlo_offer_tls.offered
     Playbook(rt, client_tls=True).play(
         f"""
         {GREETING}
@@ -294,8 +294,9 @@ def test_offered_mechanisms_are_the_configured_ones(state_dir: Path) -> None:
     rt: Any = runtime(
         state_dir, policy={"auth": "relay", "auth_mechanisms": ["plain", "SCRAM-SHA-256"]}
     )
-    assert rt.ehlo_keywords_tls[-1] == "AUTH PLAIN SCRAM-SHA-256"
-    assert not any(k.startswith("AUTH") for k in rt.ehlo_keywords_clear)
+    assert rt.ehlo_offer_tls.auth_mechanisms == {b"PLAIN", b"SCRAM-SHA-256"}
+    assert rt.ehlo_offer_tls.reply.endswith(b"\r\n250 AUTH PLAIN SCRAM-SHA-256\r\n")
+    assert "AUTH" not in rt.ehlo_offer_clear.offered
 
 
 def test_a_temporary_refusal_of_mail_after_auth_is_relayed_not_sent_to_the_backup(

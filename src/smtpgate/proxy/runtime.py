@@ -23,7 +23,7 @@ from smtpgate.policy.rules import RuleSet
 from smtpgate.proxy.upstream import UpstreamTarget
 from smtpgate.routing.nexthops import NextHop, Route, Via, configured_route
 from smtpgate.routing.resolver import NextHopResolver
-from smtpgate.smtp.server import ServerLimits
+from smtpgate.smtp.server import EhloOffer, ServerLimits
 from smtpgate.tls.certificates import CertificateStore
 from smtpgate.tls.contexts import TLSContextCache
 from smtpgate.tls.trust import TrustAnchors
@@ -60,8 +60,8 @@ class PolicyRuntime:
     limits: ServerLimits
     esmtp_enabled: bool
     #: EHLO keywords for a cleartext session and for an encrypted one.
-    ehlo_keywords_clear: tuple[str, ...]
-    ehlo_keywords_tls: tuple[str, ...]
+    ehlo_offer_clear: EhloOffer
+    ehlo_offer_tls: EhloOffer
     require_tls_for_envelope: bool
     rules: RuleSet
     received_header: bool
@@ -175,9 +175,13 @@ def compile_policy(
             auth=policy.auth == "relay",
         ),
         esmtp_enabled=esmtp.enabled,
-        ehlo_keywords_clear=(*keywords, "STARTTLS") if offer_starttls else keywords,
+        ehlo_offer_clear=EhloOffer.of(
+            config.gateway.hostname, (*keywords, "STARTTLS") if offer_starttls else keywords
+        ),
         # AUTH over TLS only: credentials never cross a clear client leg (RFC 4954 section 4).
-        ehlo_keywords_tls=(*keywords, auth_keyword) if auth_keyword else keywords,
+        ehlo_offer_tls=EhloOffer.of(
+            config.gateway.hostname, (*keywords, auth_keyword) if auth_keyword else keywords
+        ),
         require_tls_for_envelope=starttls.require_tls_for_envelope,
         rules=rules,
         received_header=general.received_header,

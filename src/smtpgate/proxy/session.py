@@ -838,8 +838,7 @@ class Session:
         elif not rt.esmtp_enabled:
             self.server.reply(502, "5.5.1 EHLO not supported, use HELO")
         else:
-            keywords = rt.ehlo_keywords_tls if self.encrypted else rt.ehlo_keywords_clear
-            self.server.reply_ehlo(keywords)
+            self.server.reply_ehlo(rt.ehlo_offer_tls if self.encrypted else rt.ehlo_offer_clear)
 
     def _start_client_tls(self) -> None:
         self._handshaking = True

@@ -142,6 +142,34 @@ class LocalProtocolError(RuntimeError):
     """The caller used the API out of order (a bug in the caller, not the peer)."""
 
 
+@dataclass(frozen=True, slots=True)
+class EhloOffer:
+    """An EHLO answer worked out once, where the keywords are decided (per
+    configuration, not per EHLO): its bytes and what its keywords allow."""
+
+    #: The keywords' names, upper case: the MAIL and RCPT parameters a client may use.
+    offered: frozenset[str]
+    starttls: bool
+    #: The SASL mechanisms of the AUTH keyword.
+    auth_mechanisms: frozenset[bytes]
+    reply: bytes
+
+    @classmethod
+    def of(cls, greeting: str, keywords: Sequence[str]) -> EhloOffer:
+        offered = frozenset(k.split(" ", 1)[0].upper() for k in keywords)
+        return cls(
+            offered=offered,
+            starttls="STARTTLS" in offered,
+            auth_mechanisms=frozenset(
+                mechanism.encode("ascii").upper()
+                for keyword in keywords
+                if keyword.split(" ", 1)[0].upper() == "AUTH"
+                for mechanism in keyword.split()[1:]
+            ),
+            reply=format_reply(250, [greeting, *keywords]),
+        )
+
+
 class ServerConnection:
     """SMTP server state machine for one client connection."""
 
@@ -214,19 +242,21 @@ class ServerConnection:
         self._queue(format_reply_bytes(code, lines))
         self._answered(code)
 
-    def reply_ehlo(self, keywords: Sequence[str], greeting: str | None = None) -> None:
-        """Answer EHLO with ``keywords`` (e.g. ``["PIPELINING", "SIZE 1000", "STARTTLS"]``)."""
+    def reply_ehlo(self, keywords: Sequence[str] | EhloOffer, greeting: str | None = None) -> None:
+        """Answer EHLO with ``keywords`` (e.g. ``["PIPELINING", "SIZE 1000", "STARTTLS"]``),
+        or with an :class:`EhloOffer` worked out beforehand (``greeting`` is its own)."""
         if self._awaiting != "HELO" or not self._hello_esmtp:
             raise LocalProtocolError("reply_ehlo answers an EHLO")
-        self.offered = frozenset(k.split(" ", 1)[0].upper() for k in keywords)
-        self.starttls_offered = "STARTTLS" in self.offered
-        self.auth_mechanisms = frozenset(
-            mechanism.encode("ascii").upper()
-            for keyword in keywords
-            if keyword.split(" ", 1)[0].upper() == "AUTH"
-            for mechanism in keyword.split()[1:]
+        offer = (
+            keywords
+            if isinstance(keywords, EhloOffer)
+            else EhloOffer.of(greeting or self.hostname, keywords)
         )
-        self.reply(250, [greeting or self.hostname, *keywords])
+        self.offered = offer.offered
+        self.starttls_offered = offer.starttls
+        self.auth_mechanisms = offer.auth_mechanisms
+        self._queue(offer.reply)
+        self._answered(250)
 
     def accept_starttls(self) -> None:
         """``220``, then pause: the caller starts TLS and calls :meth:`tls_established`."""
