@@ -290,6 +290,26 @@ def test_too_long_response_is_500_5_5_6_and_cancelled_upstream(auth_rt: PolicyRu
     assert (record["outcome"], record["reply"]) == ("failed", 500)
 
 
+def test_a_challenge_of_12288_octets_is_relayed(auth_rt: PolicyRuntime) -> None:
+    """RFC 4954 section 4: a challenge line may carry 12288 octets (a GSSAPI token)."""
+    challenge = "Q" * 12288
+    Playbook(auth_rt, client_tls=True).play(
+        f"""
+        {GREETING}
+        {EHLO_TLS}
+        C: AUTH LOGIN
+        {OPEN_ENCRYPTED}
+        U: AUTH LOGIN
+        R: 334 {challenge}
+        S: 334 {challenge}
+        C: *
+        U: *
+        R: 501 5.7.0 cancelled
+        S: 501 5.7.0 cancelled
+        """
+    )
+
+
 def test_offered_mechanisms_are_the_configured_ones(state_dir: Path) -> None:
     rt: Any = runtime(
         state_dir, policy={"auth": "relay", "auth_mechanisms": ["plain", "SCRAM-SHA-256"]}

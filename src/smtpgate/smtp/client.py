@@ -19,7 +19,9 @@ from smtpgate.smtp.replies import ReplyParseError, ReplyParser
 class ClientLimits:
     """Limits on what the upstream server may send us."""
 
-    max_reply_line: int = 2048
+    #: A ``334`` challenge line carries up to 12288 octets of base64 (RFC 4954
+    #: section 4; GSSAPI's tokens are large), the longest reply line SMTP has.
+    max_reply_line: int = len("334 ") + 12288 + len("\r\n")
     max_reply_lines: int = 100
     max_buffer: int = 256 * 1024
 
