@@ -143,8 +143,9 @@ def test_out_of_memory_is_logged_and_smtpgate_recovers(
         # one before.
         assert len(records) <= (int(elapsed) + 1) * len(limits)
         assert sum(r["count"] for r in records) >= 1
-        ended = [r for r in gate.records("session_end") if r["reason"] == "out_of_memory"]
-        assert ended, "no session_end says out_of_memory"
+        # Some session ended for want of memory (its record may reach the log after
+        # its client saw the close).
+        gate.wait_record("session_end", lambda r: r["reason"] == "out_of_memory")
         assert "Traceback" not in gate.stderr(), gate.stderr()[-2000:]
         assert gate.proc.poll() is None
 
