@@ -10,12 +10,18 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from test_commands import SMTPGATE, free_port, release_held_ports, run
 
+from tests.peers import complete_lines, wait_until
+
 __all__ = ["release_held_ports"]  # autouse: the ports free_port hands out are held
+
+T = TypeVar("T")
+Records = list[dict[str, str]]
 
 BASE = """\
 [gateway]
@@ -148,18 +154,29 @@ def test_check_warns_and_serve_logs_the_same_warnings(tmp_path: Path) -> None:
     assert not (tmp_path / "state").exists()  # check wrote nothing; serve generates, and says where
     proc = subprocess.Popen([SMTPGATE, "serve", "--config", str(path)], stderr=subprocess.PIPE)
 
-    def records_after(event: str) -> list[dict[str, str]]:
-        for _ in range(300):
-            text = log.read_text() if log.exists() else ""
-            records = [json.loads(line) for line in text.splitlines()]
-            if any(r["event"] == event for r in records):
-                return records
+    def records_until(holds: Callable[[Records], T | None], what: str) -> T:
+        """What ``holds`` finds in the log's whole lines, once it finds something: serve
+        writes its records one by one, and the one being written may end mid-line."""
+
+        def probe() -> T | None:
             assert proc.poll() is None, proc.stderr
-            time.sleep(0.05)
-        raise AssertionError(f"no {event} record")
+            return holds([json.loads(line) for line in complete_lines(log)])
+
+        return wait_until(probe, lambda: f"no {what} in {log}", timeout=15)
+
+    def reload_warnings(records: Records) -> Records | None:
+        """The config_warning records after ``reloaded``, once all of them are there."""
+        events = [r["event"] for r in records]
+        if "reloaded" not in events:
+            return None
+        after = records[events.index("reloaded") :]
+        found = [r for r in after if r["event"] == "config_warning"]
+        return found if len(found) >= len(keys) else None
 
     try:
-        started = records_after("listening")
+        started = records_until(
+            lambda rs: rs if any(r["event"] == "listening" for r in rs) else None, "listening"
+        )
         created = [r["file"] for r in started if r["event"] == "created"]
         assert str(tmp_path / "state/tls/ca.key") in created
         logged = [r for r in started if r["event"] == "config_warning"]
@@ -167,9 +184,8 @@ def test_check_warns_and_serve_logs_the_same_warnings(tmp_path: Path) -> None:
         assert [f"warning: {path}: {r['key']}: {r['warning']}" for r in logged] == warnings
         # A reload logs the warnings of the new configuration.
         proc.send_signal(signal.SIGHUP)
-        after = records_after("reloaded")
-        reloaded = after[[r["event"] for r in after].index("reloaded") :]
-        assert [r["key"] for r in reloaded if r["event"] == "config_warning"] == keys
+        reloaded = records_until(reload_warnings, "config_warning records after reloaded")
+        assert [r["key"] for r in reloaded] == keys
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(20)
