@@ -4,6 +4,7 @@ deploy/ uses exactly the names it exposes."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -55,6 +56,7 @@ PARTNERS = {
 }
 
 
+@contextlib.contextmanager
 def metrics_gate(
     tmp_path: Path,
     upstream: str | list[str],
@@ -63,11 +65,11 @@ def metrics_gate(
     trust: Path | None = None,
     workers: int | str = "auto",
     **policy: str,
-) -> SmtpgateProcess:
+) -> Iterator[SmtpgateProcess]:
     """serve with ``[metrics]`` (token ``TOKEN``) and one policy ``in`` towards
-    ``upstream``, its action ``incoming`` with ``rule``; not started yet. ``trust``:
-    the CA that upstream certificates are checked against; ``workers``: ``[gateway]
-    workers``."""
+    ``upstream``, its action ``incoming`` with ``rule``, running once its metrics
+    listen. ``trust``: the CA that upstream certificates are checked against;
+    ``workers``: ``[gateway] workers``."""
     token_file = tmp_path / "metrics.token"
     token_file.write_text(TOKEN + "\n")
     starttls: dict[str, Any] = {"rules": [rule]}
@@ -75,6 +77,8 @@ def metrics_gate(
     if trust is not None:
         profiles = [{"name": "checked", "ca_file": str(trust)}]
         starttls["tls_profile"] = "checked"
+    # The port held while serve runs: nothing else can take it before serve listens
+    # there (see ReservedPort).
     with ReservedPort() as metrics_port:
         config = {
             "gateway": {"workers": workers},
@@ -89,7 +93,9 @@ def metrics_gate(
                 {"name": "in", "upstream": upstream, "proxy_action": "incoming", **policy}
             ],
         }
-        return SmtpgateProcess(tmp_path / "gate", config)
+        with SmtpgateProcess(tmp_path / "gate", config) as gate:
+            gate.wait_record("metrics_listening")
+            yield gate
 
 
 @pytest.fixture
@@ -105,7 +111,6 @@ def gate(
 ) -> Iterator[SmtpgateProcess]:
     upstream_address = f"127.0.0.1:{upstream.port}"
     with metrics_gate(tmp_path, upstream_address, PARTNERS, workers=workers) as gate:
-        gate.wait_record("metrics_listening")
         yield gate
 
 
@@ -235,7 +240,6 @@ def test_a_recipient_refused_after_every_next_hop_counts_as_the_last_failure(
                 "recipient_encryption": "required",
             }
             with metrics_gate(tmp_path, hops, rule) as gate:
-                gate.wait_record("metrics_listening")
                 with smtplib.SMTP("127.0.0.1", gate.port(), timeout=10) as client:
                     client.ehlo("client.test")
                     assert client.docmd("MAIL FROM:<a@sender.example>")[0] == 250
@@ -265,7 +269,6 @@ def test_auth_outcomes_are_counted_by_mechanism_and_outcome(tmp_path: Path) -> N
         rule = {"name": "any", "recipient_encryption": "none"}
         upstream = f"127.0.0.1:{submission.port}"
         with metrics_gate(tmp_path, upstream, rule, trust=pki.ca_file, auth="relay") as gate:
-            gate.wait_record("metrics_listening")
             assert run_swaks_auth(gate.port(), "PLAIN", USER, PASSWORD).returncode == 0
             refused = run_swaks_auth(gate.port(), "LOGIN", USER, "wrong")
             assert refused.reply_to("AUTH") is not None
@@ -340,17 +343,16 @@ def test_a_scrape_without_the_token_is_refused(gate: SmtpgateProcess) -> None:
 
 
 def test_anonymous_scrapes_without_a_token_file(tmp_path: Path, upstream: AiosmtpdUpstream) -> None:
-    with ReservedPort() as port:
+    with ReservedPort() as port:  # held while serve runs, as in metrics_gate
         config = {
             "metrics": {"enabled": True, "listen": f"127.0.0.1:{port.port}"},
             "policies": [{"name": "in", "upstream": f"127.0.0.1:{upstream.port}"}],
         }
-        gate = SmtpgateProcess(tmp_path / "gate", config)
-    with gate:
-        gate.wait_record("metrics_listening")
-        response = httpx.get(metrics_url(gate), timeout=10)
-        assert response.status_code == 200
-        assert "smtpgate_sessions_total" in response.text
+        with SmtpgateProcess(tmp_path / "gate", config) as gate:
+            gate.wait_record("metrics_listening")
+            response = httpx.get(metrics_url(gate), timeout=10)
+    assert response.status_code == 200
+    assert "smtpgate_sessions_total" in response.text
 
 
 # -- the dashboard ---------------------------------------------------------------------------
