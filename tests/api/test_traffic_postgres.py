@@ -44,20 +44,24 @@ def test_two_instances_write_one_database_and_one_console_shows_both(
     tmp_path: Path, postgres: PostgresServer, upstream: AiosmtpdUpstream
 ) -> None:
     # mx1 serves the console; mx2 has none and only writes to the shared database.
-    with ReservedPort() as console_port:
-        first_config = console_config(
-            upstream.port, console_port.port, gateway={"hostname": "mx1.example.test"}
-        )
-        first_config["console"]["database"] = postgres.url
-        first = SmtpgateProcess(tmp_path / "mx1", first_config)
-        first.start()
     second_config: dict[str, Any] = gate_config(
         upstream.port, gateway={"hostname": "mx2.example.test"}
     )
     second_config["console"] = {"enabled": False, "database": postgres.url}
     second = SmtpgateProcess(tmp_path / "mx2", second_config)
+    with ReservedPort() as console_port:  # held until the console listens on it
+        first_config = console_config(
+            upstream.port, console_port.port, gateway={"hostname": "mx1.example.test"}
+        )
+        first_config["console"]["database"] = postgres.url
+        first = SmtpgateProcess(tmp_path / "mx1", first_config)
+        try:
+            first.start()
+            first.wait_record("console_listening")
+        except BaseException:
+            first.stop()
+            raise
     try:
-        first.wait_record("console_listening")
         console = ConsoleUnderTest(first, console_port.port)
         second.start()
         send(first.port(), "a@one.example", "b@example.com")
@@ -111,13 +115,17 @@ def test_two_instances_write_one_database_and_one_console_shows_both(
 def test_postgresql_down_is_503_on_the_console_and_mail_goes_on(
     tmp_path: Path, postgres: PostgresServer, upstream: AiosmtpdUpstream
 ) -> None:
-    with ReservedPort() as console_port:
+    with ReservedPort() as console_port:  # held until the console listens on it
         config = console_config(upstream.port, console_port.port)
         config["console"]["database"] = postgres.url
         gate = SmtpgateProcess(tmp_path / "gate", config)
-        gate.start()
+        try:
+            gate.start()
+            gate.wait_record("console_listening")
+        except BaseException:
+            gate.stop()
+            raise
     try:
-        gate.wait_record("console_listening")
         console = ConsoleUnderTest(gate, console_port.port)
         postgres.stop()
         send(gate.port(), "a@one.example", "b@example.com")
