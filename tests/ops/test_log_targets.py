@@ -594,8 +594,8 @@ def rsyslog(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     binary = require_binary("rsyslogd", "rsyslog")
     workdir = tmp_path / "rsyslog"
     workdir.mkdir()
-    with ReservedPort() as reserved:
-        port = reserved.port
+    reserved = ReservedPort()  # held until rsyslogd listens on it (TCP)
+    port = reserved.port
     conf = workdir / "rsyslog.conf"
     conf.write_text(RSYSLOG_CONF.format(workdir=workdir, port=port))
     proc = subprocess.Popen(
@@ -611,8 +611,10 @@ def rsyslog(tmp_path: Path) -> Iterator[tuple[int, Path]]:
             lambda: f"rsyslogd does not listen: {(workdir / 'stderr').read_text()}",
             timeout=20,
         )
+        reserved.release()
         yield port, workdir / "received.log"
     finally:
+        reserved.release()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(10)
