@@ -201,7 +201,9 @@ async def test_a_database_that_does_not_keep_up_drops_records_counts_them_and_ne
                 slowest = max(slowest, time.monotonic() - started)
                 await asyncio.sleep(0.05)
             # The writer is stuck in its batch for the busy timeout (10 s); emit is not.
-            assert slowest < 0.05, slowest
+            # (Bounded well below that, not at a few milliseconds: a garbage collection
+            # or a busy machine may hold any Python call up for tens of them.)
+            assert slowest < 1.0, slowest
             assert traffic.written == 0
             assert traffic.dropped_total == 3
             dropped = records_of(stream, "traffic_dropped")
