@@ -3,8 +3,10 @@
 ``HAProxy`` writes a minimal configuration (one frontend on a free loopback
 port, one backend server with ``send-proxy`` or ``send-proxy-v2``), runs
 ``haproxy -f <cfg> -db`` in the foreground as a child process and stops it by
-PID with SIGTERM (SIGKILL after a bound). Readiness is detected without sending
-traffic: the frontend port can no longer be bound.
+PID with SIGTERM (SIGKILL after a bound). Readiness: the frontend accepts a
+connection. HAProxy passes that probe on to its target, as a connection that
+closes at once (its client may be gone before the target reads its address):
+tests that count connections or records at the target allow for it.
 """
 
 from __future__ import annotations
