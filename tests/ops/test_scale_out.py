@@ -164,8 +164,9 @@ def test_two_instances_behind_haproxy_lose_nothing_when_one_stops(
         balancer = HAProxy(
             tmp_path / "haproxy", first.port(), version=2, more_targets=[second.port()]
         )
+        # Both servers take connections at once: HAProxy counts a server up from its
+        # start until a check fails (no wait for "rise" checks).
         stack.enter_context(balancer)
-        time.sleep(0.5)  # both servers checked up (rise 2 x 200 ms)
 
         sender = Sender(balancer.port)
         threads = [
