@@ -40,6 +40,24 @@ def send(port: int, sender: str, recipient: str) -> None:
         client.sendmail(sender, [recipient], MESSAGE)
 
 
+def start_with_console(
+    workdir: Path, upstream: AiosmtpdUpstream, postgres: PostgresServer, **sections: Any
+) -> tuple[SmtpgateProcess, int]:
+    """serve with its console, writing traffic to ``postgres``, and the console's port:
+    held until the console listens on it, so nothing else can take it meanwhile."""
+    with ReservedPort() as console_port:
+        config = console_config(upstream.port, console_port.port, **sections)
+        config["console"]["database"] = postgres.url
+        gate = SmtpgateProcess(workdir, config)
+        try:
+            gate.start()
+            gate.wait_record("console_listening")
+        except BaseException:
+            gate.stop()
+            raise
+    return gate, console_port.port
+
+
 def test_two_instances_write_one_database_and_one_console_shows_both(
     tmp_path: Path, postgres: PostgresServer, upstream: AiosmtpdUpstream
 ) -> None:
@@ -49,20 +67,11 @@ def test_two_instances_write_one_database_and_one_console_shows_both(
     )
     second_config["console"] = {"enabled": False, "database": postgres.url}
     second = SmtpgateProcess(tmp_path / "mx2", second_config)
-    with ReservedPort() as console_port:  # held until the console listens on it
-        first_config = console_config(
-            upstream.port, console_port.port, gateway={"hostname": "mx1.example.test"}
-        )
-        first_config["console"]["database"] = postgres.url
-        first = SmtpgateProcess(tmp_path / "mx1", first_config)
-        try:
-            first.start()
-            first.wait_record("console_listening")
-        except BaseException:
-            first.stop()
-            raise
+    first, console_port = start_with_console(
+        tmp_path / "mx1", upstream, postgres, gateway={"hostname": "mx1.example.test"}
+    )
     try:
-        console = ConsoleUnderTest(first, console_port.port)
+        console = ConsoleUnderTest(first, console_port)
         second.start()
         send(first.port(), "a@one.example", "b@example.com")
         send(second.port(), "a@two.example", "c@example.com")
@@ -115,18 +124,9 @@ def test_two_instances_write_one_database_and_one_console_shows_both(
 def test_postgresql_down_is_503_on_the_console_and_mail_goes_on(
     tmp_path: Path, postgres: PostgresServer, upstream: AiosmtpdUpstream
 ) -> None:
-    with ReservedPort() as console_port:  # held until the console listens on it
-        config = console_config(upstream.port, console_port.port)
-        config["console"]["database"] = postgres.url
-        gate = SmtpgateProcess(tmp_path / "gate", config)
-        try:
-            gate.start()
-            gate.wait_record("console_listening")
-        except BaseException:
-            gate.stop()
-            raise
+    gate, console_port = start_with_console(tmp_path / "gate", upstream, postgres)
     try:
-        console = ConsoleUnderTest(gate, console_port.port)
+        console = ConsoleUnderTest(gate, console_port)
         postgres.stop()
         send(gate.port(), "a@one.example", "b@example.com")
         gate.transactions(outcome="delivered")
