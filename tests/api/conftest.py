@@ -1,4 +1,4 @@
-"""Fixtures of the API tests: an upstream, and a serve with the console in front of it."""
+"""Fixtures of the API tests: a serve with the console in front of the shared upstream."""
 
 from __future__ import annotations
 
@@ -9,12 +9,6 @@ import pytest
 
 from tests.api.helpers import ConsoleUnderTest, start_console
 from tests.peers.upstream import AiosmtpdUpstream
-
-
-@pytest.fixture
-def upstream() -> Iterator[AiosmtpdUpstream]:
-    with AiosmtpdUpstream() as server:
-        yield server
 
 
 @pytest.fixture

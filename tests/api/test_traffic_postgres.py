@@ -29,12 +29,6 @@ def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
         yield server
 
 
-@pytest.fixture
-def upstream() -> Iterator[AiosmtpdUpstream]:
-    with AiosmtpdUpstream() as server:
-        yield server
-
-
 def send(port: int, sender: str, recipient: str) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
         client.sendmail(sender, [recipient], MESSAGE)

@@ -42,12 +42,6 @@ def held() -> Iterator[list[ReservedPort]]:
         yield [stack.enter_context(ReservedPort()) for _ in range(3)]
 
 
-@pytest.fixture
-def upstream() -> Iterator[AiosmtpdUpstream]:
-    with AiosmtpdUpstream() as server:
-        yield server
-
-
 def policy(name: str, listen: str, upstream: AiosmtpdUpstream, **keys: Any) -> dict[str, Any]:
     return {"name": name, "listen": listen, "upstream": f"127.0.0.1:{upstream.port}", **keys}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import resource
 import smtplib
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,6 @@ from tests.peers.upstream import AiosmtpdUpstream
 LIMIT = 150
 FLOOD = 400
 TOO_MANY = b"421 4.7.0 Too many connections, try again later\r\n"
-
-
-@pytest.fixture
-def upstream() -> Iterator[AiosmtpdUpstream]:
-    with AiosmtpdUpstream() as server:
-        yield server
 
 
 def open_descriptors(pid: int) -> int:

@@ -20,10 +20,7 @@ from __future__ import annotations
 import resource
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.peers.certs import client_context
 from tests.peers.smtpgate_proc import SmtpgateProcess
@@ -34,12 +31,6 @@ from tests.peers.upstream import AiosmtpdUpstream
 MAX_SESSIONS = 1000
 FAILURES = 5
 OUT_OF_MEMORY = b"421 4.3.0 Insufficient system resources, try again later\r\n"
-
-
-@pytest.fixture
-def upstream() -> Iterator[AiosmtpdUpstream]:
-    with AiosmtpdUpstream() as server:
-        yield server
 
 
 def mapped_bytes(pid: int) -> int:

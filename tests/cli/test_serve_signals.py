@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from smtpgate.reserved_port import ReservedPort
 from tests.api.helpers import console_config
 from tests.peers.smtpgate_proc import SmtpgateProcess
 from tests.peers.upstream import AiosmtpdUpstream
-
-
-@pytest.fixture
-def upstream() -> Iterator[AiosmtpdUpstream]:
-    server = AiosmtpdUpstream().start()
-    yield server
-    server.stop()
 
 
 def test_sighup_right_after_listening_reloads_while_the_console_still_starts(

@@ -21,7 +21,6 @@ import re
 import shutil
 import smtplib
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,13 +148,6 @@ def test_logrotate_reads_the_snippet_without_errors(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "error" not in proc.stderr.lower(), proc.stderr
     assert "considering log" in proc.stderr
-
-
-@pytest.fixture
-def upstream() -> Iterator[AiosmtpdUpstream]:
-    server = AiosmtpdUpstream().start()
-    yield server
-    server.stop()
 
 
 def send(port: int, subject: str) -> None:

@@ -50,13 +50,6 @@ RFC5424 = re.compile(
 )
 
 
-@pytest.fixture
-def upstream() -> Iterator[AiosmtpdUpstream]:
-    server = AiosmtpdUpstream().start()
-    yield server
-    server.stop()
-
-
 class Received:
     """What a stand-in daemon got, in order, safe to read from the test's thread."""
 
