@@ -59,7 +59,7 @@ class PolicyRuntime:
     action_name: str
     limits: ServerLimits
     esmtp_enabled: bool
-    #: EHLO keywords for a cleartext session and for an encrypted one.
+    #: The EHLO answer for a cleartext session and for an encrypted one.
     ehlo_offer_clear: EhloOffer
     ehlo_offer_tls: EhloOffer
     require_tls_for_envelope: bool
